@@ -1,0 +1,90 @@
+"""Where a model comes from: a local path, a Hugging Face repo id, or an alias.
+
+Repo ids and aliases resolve through `huggingface_hub` (its cache, `HF_TOKEN`,
+`HF_HUB_OFFLINE`), downloading only the files the engine reads.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .errors import GemmaRefError
+
+# alias -> Hugging Face repo id. "-it": instruction-tuned (chat) weights.
+ALIASES = {
+    # Gemma 1
+    "2b": "google/gemma-2b", "2b-it": "google/gemma-2b-it",
+    "7b": "google/gemma-7b", "7b-it": "google/gemma-7b-it",
+    "1.1-2b-it": "google/gemma-1.1-2b-it", "1.1-7b-it": "google/gemma-1.1-7b-it",
+    "codegemma-2b": "google/codegemma-2b", "codegemma-7b": "google/codegemma-7b",
+    "codegemma-7b-it": "google/codegemma-7b-it",
+    # Gemma 2
+    "2-2b": "google/gemma-2-2b", "2-2b-it": "google/gemma-2-2b-it",
+    "2-9b": "google/gemma-2-9b", "2-9b-it": "google/gemma-2-9b-it",
+    "2-27b": "google/gemma-2-27b", "2-27b-it": "google/gemma-2-27b-it",
+    # Gemma 3 (text; 4B and up are multimodal checkpoints, of which we run the text part)
+    "3-270m": "google/gemma-3-270m", "3-270m-it": "google/gemma-3-270m-it",
+    "3-1b": "google/gemma-3-1b-pt", "3-1b-it": "google/gemma-3-1b-it",
+    "3-4b": "google/gemma-3-4b-pt", "3-4b-it": "google/gemma-3-4b-it",
+    "3-12b": "google/gemma-3-12b-pt", "3-12b-it": "google/gemma-3-12b-it",
+    "3-27b": "google/gemma-3-27b-pt", "3-27b-it": "google/gemma-3-27b-it",
+}
+
+# The files the engine reads from a Hub repo (never the .gguf or PyTorch copies).
+FILES = ["config.json", "generation_config.json", "tokenizer.model", "*.safetensors",
+         "model.safetensors.index.json"]
+
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def is_instruction_tuned(source: str | None) -> bool:
+    """Whether a model name/path names instruction-tuned weights ("-it")."""
+    return bool(source) and bool(re.search(r"-it\b", str(source)))
+
+
+def resolve(source: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """A local directory or file for `source` (path, repo id or alias)."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    name = str(source)
+    if name.lower() in ALIASES:
+        return download(ALIASES[name.lower()], cache_dir)
+    if _REPO_ID.match(name) and not name.endswith(".gguf") and not name.startswith((".", "~")):
+        return download(name, cache_dir)
+    if "/" in name or "\\" in name or name.endswith((".gguf", ".safetensors")):
+        raise GemmaRefError(f"{name}: no such file or directory")
+    raise GemmaRefError(
+        f"unknown model {name!r}: give a local directory, a .gguf file, a Hugging Face "
+        f"repo id (owner/name), or one of the aliases: {', '.join(ALIASES)}, 3-270m-gguf")
+
+
+def download(repo_id: str, cache_dir: str | Path | None = None) -> Path:
+    """Fetch (or find in the cache) the files the engine needs from a Hub repo."""
+    import huggingface_hub
+    from huggingface_hub import constants, errors
+
+    offline = constants.HF_HUB_OFFLINE
+    try:
+        return Path(huggingface_hub.snapshot_download(
+            repo_id, allow_patterns=FILES, cache_dir=cache_dir, local_files_only=offline))
+    except errors.GatedRepoError:
+        raise GemmaRefError(
+            f"{repo_id} is gated: accept its license on huggingface.co, then set HF_TOKEN "
+            f"(or run `hf auth login`)") from None
+    except errors.RepositoryNotFoundError:
+        raise GemmaRefError(f"{repo_id}: no such repository on the Hugging Face Hub "
+                            f"(or it is private: set HF_TOKEN)") from None
+    except errors.LocalEntryNotFoundError:
+        if offline:
+            raise GemmaRefError(
+                f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
+                f"download it once online, or pass a local directory") from None
+        raise GemmaRefError(
+            f"{repo_id}: could not reach the Hugging Face Hub and it is not cached: check the "
+            f"network, or pass a local directory") from None
+    except errors.HfHubHTTPError as e:
+        raise GemmaRefError(f"{repo_id}: download failed ({e})") from None
+    except OSError as e:  # network down, disk full, permissions
+        raise GemmaRefError(f"{repo_id}: download failed ({e})") from None

@@ -1,0 +1,297 @@
+"""The Gemma forward pass, in NumPy, for every generation (1, 2, 3 text).
+
+One function per equation, each with its shapes. Generations differ only by
+config values (see config.py). Axis legend, used everywhere:
+
+    B batch   T query length   S key length   D hidden   N query heads
+    K kv heads   G = N / K   H head_dim   F ffn width   V vocab   C cache slots
+
+Parameters are a mapping from Hugging Face checkpoint keys to arrays
+(`model.layers.3.self_attn.q_proj.weight`, shape [out, in]). Precision: the
+activations are float32 (or float64, for ground truth); weights stored in a
+narrower type are widened as they are used (`Weights.__getitem__`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from .config import SLIDING, GemmaConfig
+from .errors import GemmaRefError
+
+
+# --- primitives -------------------------------------------------------------
+
+
+def rms_norm(x, w, eps):
+    """x / sqrt(mean(x^2) + eps) * (1 + w).        [..., D], [D] -> [..., D]
+
+    Computed in x's dtype, which is float32 or wider (never float16).
+    """
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * (1.0 + w)
+
+
+def gelu_tanh(x):
+    """GELU, tanh approximation (Gemma never uses the exact erf form).   [...] -> [...]"""
+    # Python floats, not NumPy float64 scalars, so float32 inputs stay float32.
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def geglu(x, w_gate, w_up, w_down):
+    """down(gelu_tanh(gate(x)) * up(x)).                 [B, T, D] -> [B, T, D]"""
+    return (gelu_tanh(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T  # [B,T,F] -> [B,T,D]
+
+
+def softcap(x, cap):
+    """cap * tanh(x / cap): squashes x smoothly into (-cap, cap) (Gemma 2)."""
+    return cap * np.tanh(x / cap)
+
+
+def softmax(x):
+    """Softmax over the last axis, in x's dtype (float32 or wider)."""
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def rope_angles(positions, head_dim, theta, scaling_factor, dtype):
+    """cos, sin of position * theta^(-2i/H) / factor.   [B, T] -> 2 x [B, T, H/2]
+
+    Computed in the activation dtype, as transformers does in float32: at long
+    positions a float64 angle would differ from the float32 one by ~1e-4 rad.
+    """
+    inv_freq = (theta ** -(np.arange(0, head_dim, 2) / head_dim) / scaling_factor).astype(dtype)
+    angles = positions.astype(dtype)[..., None] * inv_freq  # [B, T, H/2]
+    return np.cos(angles), np.sin(angles)
+
+
+def rope(x, cos, sin):
+    """Rotate the first half of each head against the second half (not interleaved).
+
+    [B, T, heads, H], 2 x [B, T, H/2] -> [B, T, heads, H]
+    """
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # broadcast over heads
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def attention(q, k, v, q_pos, k_pos, scale, window=None, cap=None):
+    """Causal (optionally sliding-window) grouped-query attention, K/V not copied per group.
+
+    q [B, T, N, H], k and v [B, S, K, H], q_pos [B, T], k_pos [B, S] -> [B, T, N*H]
+    A key is visible iff it exists (k_pos >= 0), is not in the future, and for a
+    sliding layer lies within the window: 0 <= q_pos - k_pos < window.
+    """
+    B, T, N, H = q.shape
+    K = k.shape[2]
+    q = q.reshape(B, T, K, N // K, H)  # [B, T, K, G, H]
+    scores = np.einsum("btkgh,bskh->bkgts", q, k, optimize=True) * scale  # [B, K, G, T, S]
+    if cap is not None:
+        scores = softcap(scores, cap)
+    dist = q_pos[:, :, None] - k_pos[:, None, :]  # [B, T, S]
+    visible = (k_pos[:, None, :] >= 0) & (dist >= 0)
+    if window is not None:
+        visible &= dist < window
+    # Masked scores get the dtype's most negative value (as transformers does), so a
+    # row with nothing visible (a padding query) is uniform rather than NaN.
+    scores = np.where(visible[:, None, None], scores, np.finfo(scores.dtype).min)
+    probs = softmax(scores)  # [B, K, G, T, S]
+    out = np.einsum("bkgts,bskh->btkgh", probs, v, optimize=True)  # [B, T, K, G, H]
+    return out.reshape(B, T, N * H)
+
+
+# --- weights and cache --------------------------------------------------------
+
+
+class Weights:
+    """Read-only view of the checkpoint: HF key -> array widened to the compute dtype.
+
+    Arrays already in the compute dtype are returned as they are (no copy); narrower
+    ones (bfloat16, float16, memory-mapped) are widened on each use.
+    """
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], dtype=np.float32):
+        self.arrays, self.dtype = arrays, np.dtype(dtype)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return np.asarray(self.arrays[name]).astype(self.dtype, copy=False)
+
+
+@dataclass
+class LayerCache:
+    """Keys and values of one layer, after RoPE, in C slots; a position p lives in slot p % C.
+
+    Full-attention layers have C = the longest context; sliding layers C = window,
+    so the buffer is a ring that never grows past the window.
+    """
+
+    k: np.ndarray  # [B, C, K, H]
+    v: np.ndarray  # [B, C, K, H]
+    pos: np.ndarray  # [B, C] position held in each slot, -1 = empty
+    end: int = 0  # one past the highest position written (any row)
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes + self.pos.nbytes
+
+
+def new_cache(config: GemmaConfig, batch: int, max_len: int, dtype=np.float32) -> list[LayerCache]:
+    """An empty KV cache for `batch` sequences of at most `max_len` positions."""
+    K, H = config.num_key_value_heads, config.head_dim
+    cache = []
+    for kind in config.layer_types:
+        C = min(config.sliding_window, max_len) if kind == SLIDING else max_len
+        cache.append(LayerCache(
+            k=np.zeros((batch, C, K, H), dtype), v=np.zeros((batch, C, K, H), dtype),
+            pos=np.full((batch, C), -1, np.int64),
+        ))
+    return cache
+
+
+def cache_write(c: LayerCache, k, v, pos):
+    """Store new keys/values at slot pos % C (padding, pos < 0, is skipped).
+
+    k, v [B, T, K, H]; pos [B, T]. Only the last C positions of each row are kept.
+    """
+    C = c.pos.shape[1]
+    keep = (pos >= 0) & (pos > pos.max(axis=1, keepdims=True) - C)  # [B, T]
+    b, t = np.nonzero(keep)
+    slot = pos[b, t] % C
+    c.k[b, slot], c.v[b, slot], c.pos[b, slot] = k[b, t], v[b, t], pos[b, t]
+    c.end = max(c.end, int(pos.max()) + 1)
+
+
+# --- the network --------------------------------------------------------------
+
+
+def attention_block(x, W, i, config, cos_sin, positions, cache, trace):
+    """Self-attention of layer i.                         [B, T, D] -> [B, T, D]"""
+    B, T, _ = x.shape
+    N, K, H = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    pre = f"model.layers.{i}.self_attn."
+    q = (x @ W[pre + "q_proj.weight"].T).reshape(B, T, N, H)  # [B, T, N, H]
+    k = (x @ W[pre + "k_proj.weight"].T).reshape(B, T, K, H)  # [B, T, K, H]
+    v = (x @ W[pre + "v_proj.weight"].T).reshape(B, T, K, H)  # [B, T, K, H]
+    record(trace, pre + "q_proj", q, pre + "k_proj", k, pre + "v_proj", v)
+    if config.qk_norm:  # Gemma 3: RMSNorm over each head, before RoPE
+        q = rms_norm(q, W[pre + "q_norm.weight"], config.rms_norm_eps)
+        k = rms_norm(k, W[pre + "k_norm.weight"], config.rms_norm_eps)
+        record(trace, pre + "q_norm", q, pre + "k_norm", k)
+    cos, sin = cos_sin
+    q, k = rope(q, cos, sin), rope(k, cos, sin)
+    record(trace, pre + "q_rope", q, pre + "k_rope", k)
+
+    sliding = config.layer_types[i] == SLIDING
+    k_all, v_all, k_pos = k, v, positions
+    if cache is not None:  # attend to what the cache holds, then to the new keys
+        c = cache[i]
+        used = min(c.end, c.pos.shape[1])
+        k_all = np.concatenate([c.k[:, :used], k], axis=1)  # [B, S, K, H]
+        v_all = np.concatenate([c.v[:, :used], v], axis=1)
+        k_pos = np.concatenate([c.pos[:, :used], positions], axis=1)  # [B, S]
+        cache_write(c, k, v, positions)
+    out = attention(q, k_all, v_all, positions, k_pos, config.query_scale,
+                    window=config.sliding_window if sliding else None,
+                    cap=config.attn_logit_softcapping)  # [B, T, N*H]
+    record(trace, pre + "attn", out)
+    out = out @ W[pre + "o_proj.weight"].T  # [B, T, N*H] -> [B, T, D]
+    record(trace, pre + "o_proj", out)
+    return out
+
+
+def decoder_layer(x, W, i, config, cos_sin, positions, cache, trace):
+    """One block.                                          [B, T, D] -> [B, T, D]
+
+    Gemma 1:   h = x + attn(norm(x));                out = h + mlp(norm(h))
+    Gemma 2/3: h = x + norm(attn(norm(x)));          out = h + norm(mlp(norm(h)))
+    """
+    pre, eps = f"model.layers.{i}.", config.rms_norm_eps
+    h = rms_norm(x, W[pre + "input_layernorm.weight"], eps)
+    record(trace, pre + "input_layernorm", h)
+    a = attention_block(h, W, i, config, cos_sin, positions, cache, trace)
+    if config.sandwich_norms:
+        a = rms_norm(a, W[pre + "post_attention_layernorm.weight"], eps)
+        record(trace, pre + "post_attention_layernorm", a)
+    x = x + a
+    # Gemma 1 calls its pre-MLP norm "post_attention_layernorm".
+    mlp_norm = "pre_feedforward_layernorm" if config.sandwich_norms else "post_attention_layernorm"
+    h = rms_norm(x, W[pre + mlp_norm + ".weight"], eps)
+    record(trace, pre + mlp_norm, h)
+    m = geglu(h, W[pre + "mlp.gate_proj.weight"], W[pre + "mlp.up_proj.weight"],
+              W[pre + "mlp.down_proj.weight"])
+    record(trace, pre + "mlp", m)
+    if config.sandwich_norms:
+        m = rms_norm(m, W[pre + "post_feedforward_layernorm.weight"], eps)
+        record(trace, pre + "post_feedforward_layernorm", m)
+    out = x + m
+    record(trace, f"model.layers.{i}", out)
+    return out
+
+
+def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *,
+            last_only=False, n_vocab=None, trace=None, dtype=np.float32):
+    """Logits for token ids.                     ids [B, T] -> logits [B, T, V] (or [B, 1, V])
+
+    weights:   HF key -> array (any float dtype; widened to `dtype` as used).
+    positions: [B, T] position of each token, -1 for padding; default 0..T-1, or
+               continuing after what `cache` holds.
+    cache:     list of LayerCache from `new_cache`, read and then updated in place;
+               None attends within `ids` only. Prefill (T > 1) and decode (T = 1)
+               are the same code.
+    last_only: compute logits for the last position only (generation).
+    n_vocab:   keep the first n_vocab logits (embedding tables may have padding rows).
+    trace:     a dict to receive named intermediates (HF module names), or None.
+    """
+    W = weights if isinstance(weights, Weights) else Weights(weights, dtype)
+    dtype = W.dtype
+    ids = np.asarray(ids)
+    B, T = ids.shape
+    if positions is None:
+        start = 0 if cache is None else cache[0].end
+        positions = np.broadcast_to(np.arange(start, start + T), (B, T))
+    positions = np.asarray(positions, dtype=np.int64)
+    V_table = W.arrays["model.embed_tokens.weight"].shape[0]
+    if ids.size and (ids.min() < 0 or ids.max() >= V_table):
+        raise GemmaRefError(f"token id out of range: ids must be in [0, {V_table})")
+    if cache is not None:
+        full = [c for c, kind in zip(cache, config.layer_types) if kind != SLIDING]
+        if full and positions.max() >= full[0].pos.shape[1]:
+            raise GemmaRefError(
+                f"context too long: position {int(positions.max())} does not fit a cache of "
+                f"{full[0].pos.shape[1]} positions")
+
+    # Embedding, scaled by sqrt(D); the scale is rounded to the activation dtype first.
+    E = W["model.embed_tokens.weight"]  # [V, D]
+    x = E[ids] * np.asarray(np.sqrt(config.hidden_size), dtype)  # [B, T, D]
+    record(trace, "model.embed_tokens", x)
+
+    # RoPE tables, one per layer kind (sliding layers: local base, no scaling).
+    rope_tables = {
+        SLIDING: rope_angles(positions, config.head_dim, config.rope_local_base_freq, 1.0, dtype),
+        "full_attention": rope_angles(positions, config.head_dim, config.rope_theta,
+                                      config.rope_scaling_factor, dtype),
+    }
+    for i, kind in enumerate(config.layer_types):
+        x = decoder_layer(x, W, i, config, rope_tables[kind], positions, cache, trace)
+
+    if last_only:
+        x = x[:, -1:]
+    x = rms_norm(x, W["model.norm.weight"], config.rms_norm_eps)  # [B, T, D]
+    record(trace, "model.norm", x)
+    head = E if n_vocab is None else E[:n_vocab]  # tied output head
+    logits = x @ head.T  # [B, T, D] -> [B, T, V]
+    if config.final_logit_softcapping is not None:
+        logits = softcap(logits, config.final_logit_softcapping)
+    record(trace, "lm_head", logits)
+    return logits
+
+
+def record(trace, *pairs):
+    """trace[name] = value for each (name, value) pair, when tracing."""
+    if trace is not None:
+        for name, value in zip(pairs[::2], pairs[1::2]):
+            trace[name] = value.copy()

@@ -1,0 +1,117 @@
+"""Gemma's SentencePiece tokenizer, its streaming detokenizer and the chat template."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .errors import GemmaRefError
+
+
+class Tokenizer:
+    """SentencePiece (byte fallback, split digits, no dummy prefix) with Gemma's specials.
+
+    encode() puts `<bos>` first (once) and turns special-token strings written in
+    the text (`<start_of_turn>`, `<bos>`, ...) into their ids, as transformers does.
+    """
+
+    def __init__(self, model_proto: bytes, source: str = "tokenizer.model"):
+        import sentencepiece as spm
+
+        self.sp = spm.SentencePieceProcessor()
+        try:
+            self.sp.LoadFromSerializedProto(model_proto)
+        except (RuntimeError, OSError) as e:
+            raise GemmaRefError(f"{source}: not a SentencePiece model ({e})") from None
+        self.source = source
+        self.vocab_size = self.sp.get_piece_size()
+        self.bos_id, self.eos_id, self.pad_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.pad_id()
+        # Control tokens (<bos>, <eos>, <pad>, ...) are not matched by SentencePiece in
+        # text; user-defined ones (<start_of_turn>, ...) are. Split on the former here.
+        controls = [self.sp.id_to_piece(i) for i in range(self.vocab_size) if self.sp.is_control(i)]
+        controls = [p for p in controls if p]
+        self._special = (re.compile("(" + "|".join(map(re.escape, sorted(controls, key=len, reverse=True))) + ")")
+                         if controls else None)
+        self.end_of_turn_id = self.piece_id("<end_of_turn>")
+        self.start_of_turn_id = self.piece_id("<start_of_turn>")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Tokenizer":
+        path = Path(path)
+        try:
+            return cls(path.read_bytes(), str(path))
+        except FileNotFoundError:
+            raise GemmaRefError(f"{path}: not found") from None
+
+    def piece_id(self, piece: str) -> int | None:
+        """The id of a piece, or None if the vocabulary lacks it."""
+        i = self.sp.piece_to_id(piece)
+        return None if i == self.sp.unk_id() and piece != self.sp.id_to_piece(i) else i
+
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        ids: list[int] = []
+        parts = self._special.split(text) if self._special else [text]
+        for k, part in enumerate(parts):
+            if k % 2:  # a special-token string
+                ids.append(self.sp.piece_to_id(part))
+            elif part:
+                ids.extend(self.sp.encode(part))
+        if add_bos and (not ids or ids[0] != self.bos_id):
+            ids.insert(0, self.bos_id)  # always <bos> first, never twice
+        return ids
+
+    def decode(self, ids) -> str:
+        """Text of ids; control tokens (<bos>, <eos>, ...) render as nothing."""
+        return self.sp.decode([int(i) for i in ids])
+
+    def stream_decoder(self) -> "StreamDecoder":
+        return StreamDecoder(self)
+
+
+class StreamDecoder:
+    """Turns ids, one at a time, into text pieces whose concatenation is decode(ids).
+
+    Holds back output while the text ends in an incomplete UTF-8 sequence (byte
+    fallback pieces of one character arrive as several tokens).
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer, self.ids, self.emitted = tokenizer, [], 0
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(int(token_id))
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):  # maybe half a character: wait for the rest
+            return ""
+        piece, self.emitted = text[self.emitted:], len(text)
+        return piece
+
+    def flush(self) -> str:
+        text = self.tokenizer.decode(self.ids)
+        piece, self.emitted = text[self.emitted:], len(text)
+        return piece
+
+
+def chat_prompt(messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """Gemma's chat template (1, 2 and 3).
+
+    <bos><start_of_turn>user\\n{text}<end_of_turn>\\n<start_of_turn>model\\n ...
+    There is no system role: a system message is folded into the first user turn
+    (as Gemma 3's template does; Gemma 1/2 templates would reject it).
+    """
+    messages = list(messages)
+    system = ""
+    if messages and messages[0].get("role") == "system":
+        system = messages.pop(0)["content"] + "\n\n"
+    out = "<bos>"
+    for k, m in enumerate(messages):
+        role = {"assistant": "model"}.get(m.get("role"), m.get("role"))
+        if role not in ("user", "model"):
+            raise GemmaRefError(f"chat: unknown role {m.get('role')!r} (use user, assistant/model, system)")
+        if (role == "user") != (k % 2 == 0):
+            raise GemmaRefError("chat: roles must alternate user/assistant/user/...")
+        text = (system + m["content"]) if k == 0 else m["content"]
+        out += f"<start_of_turn>{role}\n{text.strip() if role == 'model' else text}<end_of_turn>\n"
+    if add_generation_prompt:
+        out += "<start_of_turn>model\n"
+    return out
