@@ -240,6 +240,20 @@ class Model:
             kwargs["stop"] = sorted(self._default_stop | {self.tokenizer.end_of_turn_id})
         return self.stream(chat_prompt(messages), **kwargs)
 
+    # --- scoring (see scoring.py) ---------------------------------------------------
+
+    def logprobs(self, ids) -> np.ndarray:
+        """log p(ids[t] | ids[:t]) for t = 1..T-1: ids [T] -> [T-1] (float64)."""
+        from .scoring import logprobs
+
+        return logprobs(self, ids)
+
+    def score(self, context: str | Sequence[int], continuations: Sequence) -> list[dict]:
+        """Log-likelihood of each continuation after `context` (multiple-choice evaluation)."""
+        from .scoring import score
+
+        return score(self, context, continuations)
+
     def __repr__(self):
         c = self.config
         return (f"Model({self.source!r}, {c.model_type}, {c.num_parameters / 1e6:.0f}M params, "

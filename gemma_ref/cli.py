@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_info)
+
+    from . import cli_tools  # dump, compare, perplexity: the reference tooling
+
+    cli_tools.add_commands(sub, _add_model)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Scoring: per-token log-probabilities, perplexity, multiple-choice log-likelihoods."""
