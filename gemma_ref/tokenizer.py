@@ -26,9 +26,10 @@ class Tokenizer:
         self.source = source
         self.vocab_size = self.sp.get_piece_size()
         self.bos_id, self.eos_id, self.pad_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.pad_id()
-        # Control tokens (<bos>, <eos>, <pad>, ...) are not matched by SentencePiece in
+        # Control tokens (<bos>, <eos>, <pad>, ...) and <unk> are not matched by SentencePiece in
         # text; user-defined ones (<start_of_turn>, ...) are. Split on the former here.
-        controls = [self.sp.id_to_piece(i) for i in range(self.vocab_size) if self.sp.is_control(i)]
+        controls = [self.sp.id_to_piece(i) for i in range(self.vocab_size)
+                    if self.sp.is_control(i) or self.sp.is_unknown(i)]
         controls = [p for p in controls if p]
         self._special = (re.compile("(" + "|".join(map(re.escape, sorted(controls, key=len, reverse=True))) + ")")
                          if controls else None)

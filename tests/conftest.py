@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny seeded checkpoints written with NumPy (no torch needed)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from gemma_ref.config import GemmaConfig
+from gemma_ref.loader import expected_shapes
+
+DATA = Path(__file__).parent / "data"
+TINY_TOKENIZER = DATA / "tokenizer" / "tiny.model"
+
+BASE = dict(vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=1, head_dim=32, max_position_embeddings=256)
+
+# One tiny config per architecture variant the invariants are checked on.
+VARIANTS = {
+    "gemma1-mqa": dict(BASE, model_type="gemma"),  # head_dim 32 != 64 / 4
+    "gemma1-gqa": dict(BASE, model_type="gemma", num_key_value_heads=2),
+    "gemma1-mha": dict(BASE, model_type="gemma", num_key_value_heads=4, head_dim=16),
+    "gemma2-gqa": dict(BASE, model_type="gemma2", num_hidden_layers=4, num_key_value_heads=2,
+                       head_dim=16, sliding_window=8, query_pre_attn_scalar=24,
+                       attn_logit_softcapping=5.0, final_logit_softcapping=3.0),
+    "gemma3-mqa": dict(BASE, model_type="gemma3_text", num_hidden_layers=6, sliding_window=8,
+                       query_pre_attn_scalar=24, rope_theta=1e6, rope_local_base_freq=1e4,
+                       rope_scaling={"rope_type": "linear", "factor": 8.0},
+                       layer_types=["sliding_attention", "sliding_attention", "full_attention",
+                                    "sliding_attention", "full_attention", "sliding_attention"]),
+}
+
+
+def write_checkpoint(directory: Path, config: dict, seed: int = 0, dtype=np.float32,
+                     tokenizer: bool = True) -> Path:
+    """A random checkpoint in Hugging Face layout (config.json + model.safetensors)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shapes = expected_shapes(GemmaConfig.from_dict(config))
+    tensors = {}
+    for name, shape in shapes.items():
+        std = 0.3 if name.endswith("norm.weight") else (1.0 if "embed" in name else 0.15)
+        tensors[name] = (rng.standard_normal(shape) * std).astype(np.float32).astype(dtype)
+    save_file(tensors, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(config))
+    if tokenizer:
+        shutil.copy(TINY_TOKENIZER, directory / "tokenizer.model")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """name -> directory of a tiny seeded checkpoint, for every variant (+ a bf16 file)."""
+    root = tmp_path_factory.mktemp("tiny")
+    dirs = {name: write_checkpoint(root / name, cfg, seed=i) for i, (name, cfg) in enumerate(VARIANTS.items())}
+    dirs["gemma1-gqa-bf16"] = write_checkpoint(root / "gemma1-gqa-bf16", VARIANTS["gemma1-gqa"],
+                                               seed=1, dtype=ml_dtypes.bfloat16)
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_dirs):
+    from gemma_ref import Model
+
+    return {name: Model.from_pretrained(d) for name, d in tiny_dirs.items()}

@@ -1,0 +1,127 @@
+"""Layer 2: invariants on tiny seeded checkpoints, for every architecture variant.
+
+cached decode == full forward; chunked prefill == one-shot; batch of two == two
+singles; bf16 file == its float32 widening; bounded sliding-window cache.
+"""
+
+import numpy as np
+import pytest
+
+from conftest import VARIANTS
+from gemma_ref import Model, forward
+from gemma_ref.config import SLIDING
+
+NAMES = list(VARIANTS) + ["gemma1-gqa-bf16"]
+T = 30  # longer than the sliding windows (8)
+
+
+def ids_for(model, seed=0, B=2, T=T):
+    return np.random.default_rng(seed).integers(0, model.n_vocab, (B, T))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cached_decode_equals_full_forward(tiny_models, name):
+    m = tiny_models[name]
+    ids = ids_for(m)
+    full = m.forward(ids)
+    cache = m.new_cache(2, T)
+    steps = [forward(m.weights, m.config, ids[:, t:t + 1], cache=cache, n_vocab=m.n_vocab)
+             for t in range(T)]
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("chunk", [3, 7, 16])
+def test_chunked_prefill_equals_one_shot(tiny_models, name, chunk):
+    m = tiny_models[name]
+    ids = ids_for(m, seed=1)
+    full = m.forward(ids)
+    cache = m.new_cache(2, T)
+    parts = [forward(m.weights, m.config, ids[:, s:s + chunk], cache=cache, n_vocab=m.n_vocab)
+             for s in range(0, T, chunk)]
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), full, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_of_two_equals_two_singles(tiny_models, name):
+    m = tiny_models[name]
+    ids = ids_for(m, seed=2)
+    both = m.forward(ids)
+    for b in range(2):
+        np.testing.assert_allclose(both[b], m.forward(ids[b]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["gemma1-gqa", "gemma2-gqa", "gemma3-mqa"])
+def test_ragged_batch_generation_equals_singles(tiny_models, name):
+    """Left-padded batch generation gives each row exactly its single-prompt result."""
+    m = tiny_models[name]
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(4, m.n_vocab, n).tolist() for n in (5, 12, 9)]
+    batch = m.generate(prompts, max_new_tokens=20, stop=[])
+    for p, out in zip(prompts, batch):
+        assert out == m.generate(p, max_new_tokens=20, stop=[])
+
+
+def test_bf16_file_equals_its_float32_widening(tiny_dirs, tmp_path):
+    import ml_dtypes
+    from safetensors.numpy import load_file, save_file
+
+    d = tiny_dirs["gemma1-gqa-bf16"]
+    widened = {k: v.astype(np.float32) for k, v in load_file(str(d / "model.safetensors")).items()}
+    assert next(iter(load_file(str(d / "model.safetensors")).values())).dtype == ml_dtypes.bfloat16
+    f32 = tmp_path / "f32"
+    f32.mkdir()
+    save_file(widened, str(f32 / "model.safetensors"))
+    (f32 / "config.json").write_text((d / "config.json").read_text())
+    ids = np.arange(4, 20)
+    np.testing.assert_array_equal(Model.from_pretrained(d).forward(ids),
+                                  Model.from_pretrained(f32).forward(ids))
+
+
+def test_weights_over_budget_stay_mapped_and_give_same_logits(tiny_dirs):
+    d = tiny_dirs["gemma1-gqa-bf16"]
+    held = Model.from_pretrained(d)
+    mapped = Model.from_pretrained(d, max_memory=0)  # nothing widened up front
+    assert all(a.dtype == np.float32 for a in held.weights.arrays.values())
+    assert all(a.dtype != np.float32 for a in mapped.weights.arrays.values())
+    ids = np.arange(4, 20)
+    np.testing.assert_array_equal(held.forward(ids), mapped.forward(ids))
+
+
+@pytest.mark.parametrize("name", ["gemma2-gqa", "gemma3-mqa"])
+def test_sliding_cache_is_bounded_and_exact_past_the_window(tiny_models, name):
+    m = tiny_models[name]
+    W = m.config.sliding_window
+    cache = m.new_cache(1, 64)
+    for c, kind in zip(cache, m.config.layer_types):
+        assert c.k.shape[1] == (W if kind == SLIDING else 64)
+    ids = ids_for(m, seed=4, B=1, T=40)
+    full = m.forward(ids)
+    logits = [forward(m.weights, m.config, ids[:, t:t + 1], cache=cache, n_vocab=m.n_vocab)
+              for t in range(40)]
+    np.testing.assert_allclose(np.concatenate(logits, 1), full, atol=1e-4, rtol=0)
+    for c, kind in zip(cache, m.config.layer_types):
+        if kind == SLIDING:  # the ring holds exactly the last W positions
+            assert sorted(c.pos[0].tolist()) == list(range(40 - W, 40))
+
+
+def test_window_matters(tiny_models):
+    """The sliding window changes the logits beyond it (the test above has teeth)."""
+    import dataclasses
+
+    m = tiny_models["gemma3-mqa"]
+    ids = ids_for(m, seed=5, B=1, T=20)
+    wide = dataclasses.replace(m.config, sliding_window=9)
+    a = m.forward(ids)
+    b = forward(m.weights, wide, ids, n_vocab=m.n_vocab)
+    assert np.abs(a[0, :8] - b[0, :8]).max() < 1e-6  # inside both windows: identical
+    assert np.abs(a[0, 8:] - b[0, 8:]).max() > 1e-3  # beyond: different
+
+
+def test_float64_close_to_float32(tiny_dirs):
+    m32 = Model.from_pretrained(tiny_dirs["gemma3-mqa"])
+    m64 = Model.from_pretrained(tiny_dirs["gemma3-mqa"], dtype="float64")
+    ids = np.arange(4, 24)
+    out64 = m64.forward(ids)
+    assert out64.dtype == np.float64
+    assert np.abs(m32.forward(ids) - out64).max() < 1e-4
