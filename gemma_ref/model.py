@@ -22,6 +22,7 @@ import numpy as np
 
 from .config import SLIDING, GemmaConfig
 from .errors import GemmaRefError
+from .parallel import linear, single_threaded_blas
 
 
 # --- primitives -------------------------------------------------------------
@@ -42,8 +43,11 @@ def gelu_tanh(x):
 
 
 def geglu(x, w_gate, w_up, w_down):
-    """down(gelu_tanh(gate(x)) * up(x)).                 [B, T, D] -> [B, T, D]"""
-    return (gelu_tanh(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T  # [B,T,F] -> [B,T,D]
+    """down(gelu_tanh(gate(x)) * up(x)).                 [B, T, D] -> [B, T, D]
+
+    linear(x, w) is x @ w.T computed on all cores (parallel.py).
+    """
+    return linear(gelu_tanh(linear(x, w_gate)) * linear(x, w_up), w_down)  # [B,T,F] -> [B,T,D]
 
 
 def softcap(x, cap):
@@ -88,8 +92,11 @@ def attention(q, k, v, q_pos, k_pos, scale, window=None, cap=None):
     """
     B, T, N, H = q.shape
     K = k.shape[2]
-    q = q.reshape(B, T, K, N // K, H)  # [B, T, K, G, H]
-    scores = np.einsum("btkgh,bskh->bkgts", q, k, optimize=True) * scale  # [B, K, G, T, S]
+    # Query heads in K groups of G; each group reads one kv head (a view, no copy).
+    q = q.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H]
+    kT = k.transpose(0, 2, 3, 1)[:, :, None]  # [B, K, 1, H, S]
+    v = v.transpose(0, 2, 1, 3)[:, :, None]  # [B, K, 1, S, H]
+    scores = (q @ kT) * scale  # [B, K, G, T, S]   einsum("bkgth,bkhs->bkgts")
     if cap is not None:
         scores = softcap(scores, cap)
     dist = q_pos[:, :, None] - k_pos[:, None, :]  # [B, T, S]
@@ -100,8 +107,8 @@ def attention(q, k, v, q_pos, k_pos, scale, window=None, cap=None):
     # row with nothing visible (a padding query) is uniform rather than NaN.
     scores = np.where(visible[:, None, None], scores, np.finfo(scores.dtype).min)
     probs = softmax(scores)  # [B, K, G, T, S]
-    out = np.einsum("bkgts,bskh->btkgh", probs, v, optimize=True)  # [B, T, K, G, H]
-    return out.reshape(B, T, N * H)
+    out = probs @ v  # [B, K, G, T, H]   einsum("bkgts,bksh->bkgth")
+    return out.transpose(0, 3, 1, 2, 4).reshape(B, T, N * H)
 
 
 # --- weights and cache --------------------------------------------------------
@@ -173,9 +180,9 @@ def attention_block(x, W, i, config, cos_sin, positions, cache, trace):
     B, T, _ = x.shape
     N, K, H = config.num_attention_heads, config.num_key_value_heads, config.head_dim
     pre = f"model.layers.{i}.self_attn."
-    q = (x @ W[pre + "q_proj.weight"].T).reshape(B, T, N, H)  # [B, T, N, H]
-    k = (x @ W[pre + "k_proj.weight"].T).reshape(B, T, K, H)  # [B, T, K, H]
-    v = (x @ W[pre + "v_proj.weight"].T).reshape(B, T, K, H)  # [B, T, K, H]
+    q = linear(x, W[pre + "q_proj.weight"]).reshape(B, T, N, H)  # [B, T, N, H]
+    k = linear(x, W[pre + "k_proj.weight"]).reshape(B, T, K, H)  # [B, T, K, H]
+    v = linear(x, W[pre + "v_proj.weight"]).reshape(B, T, K, H)  # [B, T, K, H]
     record(trace, pre + "q_proj", q, pre + "k_proj", k, pre + "v_proj", v)
     if config.qk_norm:  # Gemma 3: RMSNorm over each head, before RoPE
         q = rms_norm(q, W[pre + "q_norm.weight"], config.rms_norm_eps)
@@ -198,7 +205,7 @@ def attention_block(x, W, i, config, cos_sin, positions, cache, trace):
                     window=config.sliding_window if sliding else None,
                     cap=config.attn_logit_softcapping)  # [B, T, N*H]
     record(trace, pre + "attn", out)
-    out = out @ W[pre + "o_proj.weight"].T  # [B, T, N*H] -> [B, T, D]
+    out = linear(out, W[pre + "o_proj.weight"])  # [B, T, N*H] -> [B, T, D]
     record(trace, pre + "o_proj", out)
     return out
 
@@ -275,15 +282,16 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *,
         "full_attention": rope_angles(positions, config.head_dim, config.rope_theta,
                                       config.rope_scaling_factor, dtype),
     }
-    for i, kind in enumerate(config.layer_types):
-        x = decoder_layer(x, W, i, config, rope_tables[kind], positions, cache, trace)
+    with single_threaded_blas():  # our threads split the products (parallel.py)
+        for i, kind in enumerate(config.layer_types):
+            x = decoder_layer(x, W, i, config, rope_tables[kind], positions, cache, trace)
 
-    if last_only:
-        x = x[:, -1:]
-    x = rms_norm(x, W["model.norm.weight"], config.rms_norm_eps)  # [B, T, D]
-    record(trace, "model.norm", x)
-    head = E if n_vocab is None else E[:n_vocab]  # tied output head
-    logits = x @ head.T  # [B, T, D] -> [B, T, V]
+        if last_only:
+            x = x[:, -1:]
+        x = rms_norm(x, W["model.norm.weight"], config.rms_norm_eps)  # [B, T, D]
+        record(trace, "model.norm", x)
+        head = E if n_vocab is None else E[:n_vocab]  # tied output head
+        logits = linear(x, head)  # [B, T, D] -> [B, T, V]
     if config.final_logit_softcapping is not None:
         logits = softcap(logits, config.final_logit_softcapping)
     record(trace, "lm_head", logits)
