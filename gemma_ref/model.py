@@ -292,9 +292,9 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *,
         record(trace, "model.norm", x)
         head = E if n_vocab is None else E[:n_vocab]  # tied output head
         logits = linear(x, head)  # [B, T, D] -> [B, T, V]
+    record(trace, "lm_head", logits)  # as transformers' lm_head hook: before the softcap
     if config.final_logit_softcapping is not None:
         logits = softcap(logits, config.final_logit_softcapping)
-    record(trace, "lm_head", logits)
     return logits
 
 
