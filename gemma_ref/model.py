@@ -22,7 +22,7 @@ import numpy as np
 
 from .config import SLIDING, GemmaConfig
 from .errors import GemmaRefError
-from .parallel import linear, single_threaded_blas
+from .parallel import linear, sharded_attention, sharded_geglu, single_threaded_blas
 
 
 # --- primitives -------------------------------------------------------------
@@ -38,16 +38,14 @@ def rms_norm(x, w, eps):
 
 def gelu_tanh(x):
     """GELU, tanh approximation (Gemma never uses the exact erf form).   [...] -> [...]"""
-    # Python floats, not NumPy float64 scalars, so float32 inputs stay float32.
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    # Python floats, not NumPy float64 scalars, so float32 inputs stay float32;
+    # x * x * x rather than x**3, which NumPy computes with a 5x slower pow().
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * (x * x * x))))
 
 
 def geglu(x, w_gate, w_up, w_down):
-    """down(gelu_tanh(gate(x)) * up(x)).                 [B, T, D] -> [B, T, D]
-
-    linear(x, w) is x @ w.T computed on all cores (parallel.py).
-    """
-    return linear(gelu_tanh(linear(x, w_gate)) * linear(x, w_up), w_down)  # [B,T,F] -> [B,T,D]
+    """down(gelu_tanh(gate(x)) * up(x)).                 [B, T, D] -> [B, T, D]"""
+    return (gelu_tanh(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T  # [B,T,F] -> [B,T,D]
 
 
 def softcap(x, cap):
@@ -176,7 +174,10 @@ def cache_write(c: LayerCache, k, v, pos):
 
 
 def attention_block(x, W, i, config, cos_sin, positions, cache, trace):
-    """Self-attention of layer i.                         [B, T, D] -> [B, T, D]"""
+    """Self-attention of layer i.                         [B, T, D] -> [B, T, D]
+
+    linear(x, w) is x @ w.T, computed on all cores when that pays (parallel.py).
+    """
     B, T, _ = x.shape
     N, K, H = config.num_attention_heads, config.num_key_value_heads, config.head_dim
     pre = f"model.layers.{i}.self_attn."
@@ -201,9 +202,9 @@ def attention_block(x, W, i, config, cos_sin, positions, cache, trace):
         v_all = np.concatenate([c.v[:, :used], v], axis=1)
         k_pos = np.concatenate([c.pos[:, :used], positions], axis=1)  # [B, S]
         cache_write(c, k, v, positions)
-    out = attention(q, k_all, v_all, positions, k_pos, config.query_scale,
-                    window=config.sliding_window if sliding else None,
-                    cap=config.attn_logit_softcapping)  # [B, T, N*H]
+    out = sharded_attention(attention, q, k_all, v_all, positions, k_pos, config.query_scale,
+                            window=config.sliding_window if sliding else None,
+                            cap=config.attn_logit_softcapping)  # [B, T, N*H], on all cores
     record(trace, pre + "attn", out)
     out = linear(out, W[pre + "o_proj.weight"])  # [B, T, N*H] -> [B, T, D]
     record(trace, pre + "o_proj", out)
@@ -228,8 +229,8 @@ def decoder_layer(x, W, i, config, cos_sin, positions, cache, trace):
     mlp_norm = "pre_feedforward_layernorm" if config.sandwich_norms else "post_attention_layernorm"
     h = rms_norm(x, W[pre + mlp_norm + ".weight"], eps)
     record(trace, pre + mlp_norm, h)
-    m = geglu(h, W[pre + "mlp.gate_proj.weight"], W[pre + "mlp.up_proj.weight"],
-              W[pre + "mlp.down_proj.weight"])
+    m = sharded_geglu(geglu, h, W[pre + "mlp.gate_proj.weight"], W[pre + "mlp.up_proj.weight"],
+                      W[pre + "mlp.down_proj.weight"])  # geglu(h, ...) on all cores
     record(trace, pre + "mlp", m)
     if config.sandwich_norms:
         m = rms_norm(m, W[pre + "post_feedforward_layernorm.weight"], eps)
