@@ -1,5 +1,156 @@
-"""CLI subcommands of the reference tooling (dump, compare, perplexity)."""
+"""CLI subcommands of the reference tooling: dump, compare, perplexity.
+
+Exit status of `compare`, like diff(1): 0 within tolerance, 1 beyond it, 2 when
+the comparison could not be made (a missing or malformed file, mismatched
+prompts, bad arguments). The other commands: 0, or 1 for a GemmaRefError.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import GemmaRefError
+
+COMPARE_EXAMPLES = """\
+exit status: 0 within tolerance, 1 beyond it, 2 could not compare (bad input)
+examples:
+  gemma-ref compare golden.npz --model ./ckpt            # gemma-ref vs a golden
+  gemma-ref compare golden.npz other.npz --json          # two dumps, for CI
+"""
 
 
 def add_commands(sub, add_model):
     """Register the tooling subcommands on the `gemma-ref` subparsers."""
+    p = sub.add_parser("dump", help="write a golden .npz: ids, logits, hidden states, greedy ids",
+                       description="Run the model on prompts and write a golden .npz "
+                                   "(format: docs/REFERENCE.md).")
+    add_model(p)
+    p.add_argument("--prompt", "-p", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument("--prompts", metavar="FILE.jsonl",
+                   help='prompts, one JSON per line: "text", {"prompt": ...} or {"input_ids": [...]}')
+    p.add_argument("--out", "-o", required=True, help="the .npz to write")
+    p.add_argument("--top-k", type=int, default=0,
+                   help="keep only the k largest logits per position (default 0: all)")
+    p.add_argument("--max-new-tokens", "-n", type=int, default=16,
+                   help="length of the greedy continuation (default 16)")
+    p.add_argument("--trace", action="store_true",
+                   help="also store every traced intermediate (q/k/v, norms, mlp, ...)")
+    p.set_defaults(func=cmd_dump)
+
+    p = sub.add_parser("compare", help="compare a golden with another dump or a model, per layer",
+                       epilog=COMPARE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("golden", help="the reference .npz")
+    p.add_argument("other", nargs="?", help="a second .npz (or give --model)")
+    add_model(p)
+    p.add_argument("--rtol", type=float, default=1e-3,
+                   help="a position fails if max|a-b| > atol + rtol * max|golden| (default 1e-3)")
+    p.add_argument("--atol", type=float, default=1e-5, help="default 1e-5")
+    p.add_argument("--top-k", type=int, default=10, help="k of the top-k overlap (default 10)")
+    p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("perplexity", help="perplexity of a text file, with strided windows")
+    p.add_argument("file", help='a UTF-8 text file, or "-" for stdin')
+    add_model(p)
+    p.add_argument("--max-length", type=int, default=1024,
+                   help="tokens per window, <bos> included (default 1024)")
+    p.add_argument("--stride", type=int, default=512,
+                   help="start of one window to the next (default 512); each token is scored once")
+    p.add_argument("--no-window-bos", action="store_true",
+                   help="do not put <bos> before windows after the first (as HF's guide does)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_perplexity)
+
+
+def _load(args):
+    from .cli import _load
+
+    return _load(args)
+
+
+def cmd_dump(args) -> int:
+    from . import reference
+
+    prompts = list(args.prompt) + (reference.read_prompts(args.prompts) if args.prompts else [])
+    if not prompts:
+        raise GemmaRefError("dump: no prompts: give --prompt TEXT (repeatable) or --prompts FILE.jsonl")
+    if args.top_k < 0 or args.max_new_tokens < 0:
+        raise GemmaRefError("dump: --top-k and --max-new-tokens must be >= 0")
+    model = _load(args)
+    golden = reference.dump(model, prompts, k=args.top_k, max_new_tokens=args.max_new_tokens,
+                            trace=args.trace)
+    reference.save(golden, args.out)
+    n_tokens = sum(len(d.input_ids) for d in golden.prompts)
+    print(f"gemma-ref: wrote {args.out}: {len(prompts)} prompts, {n_tokens} tokens, "
+          f"{'top-%d' % args.top_k if args.top_k else 'full'} logits, dtype {model.dtype}",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    """0 within tolerance, 1 beyond; 2 (not 1) for input errors, so CI can tell them apart."""
+    try:
+        report = _compare(args)
+    except GemmaRefError as e:
+        print(f"gemma-ref: error: {e}", file=sys.stderr)
+        return 2
+    from .reference import format_report
+
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(format_report(report))
+    return 0 if report["ok"] else 1
+
+
+def _compare(args) -> dict:
+    from . import reference
+
+    if (args.other is None) == (args.model is None):
+        raise GemmaRefError("compare: give either a second .npz or --model, not both or neither")
+    if args.rtol < 0 or args.atol < 0 or args.top_k < 1:
+        raise GemmaRefError("compare: --rtol and --atol must be >= 0, --top-k >= 1")
+    golden = reference.load(args.golden)
+    if args.other is not None:
+        other = reference.load(args.other)
+    else:
+        other = reference.candidate_from_model(_load(args), golden, trace=True)
+    return reference.compare(golden, other, reference.Tolerance(args.rtol, args.atol), args.top_k)
+
+
+def cmd_perplexity(args) -> int:
+    from .scoring import check_window, perplexity
+
+    check_window(args.max_length, args.stride)  # before the (slow) load
+    text = _read_text(args.file)
+    model = _load(args)
+    if model.tokenizer is None:
+        raise GemmaRefError(f"{model.source}: perplexity of a text needs a tokenizer.model")
+    ids = model.tokenizer.encode(text)
+    r = perplexity(model, ids, args.max_length, args.stride, bos=not args.no_window_bos,
+                   n_bytes=len(text.encode("utf-8")))
+    r = {"file": args.file, "model": model.source, "dtype": str(model.dtype), **r}
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"perplexity {r['perplexity']:.4f}  ({r['nll_per_token']:.4f} nats/token over "
+          f"{r['tokens_scored']} tokens, {r['bits_per_byte']:.4f} bits/byte; {r['windows']} "
+          f"windows of <= {r['max_length']} tokens, stride {r['stride']})")
+    return 0
+
+
+def _read_text(name: str) -> str:
+    if name == "-":
+        return sys.stdin.read()
+    try:
+        text = Path(name).read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError):
+        raise GemmaRefError(f"{name}: no such file") from None
+    except UnicodeDecodeError:
+        raise GemmaRefError(f"{name}: not UTF-8 text") from None
+    if not text:
+        raise GemmaRefError(f"{name}: empty file")
+    return text

@@ -1,0 +1,458 @@
+"""Reference tooling: golden dumps and their layer-by-layer comparison.
+
+A golden file is one .npz (format documented in docs/REFERENCE.md), written by
+`gemma-ref dump` or by any other engine (scripts/dump_transformers.py writes it
+from Hugging Face transformers). Per prompt i it holds the token ids, the logits
+(full, or the top k), the hidden states in transformers' `output_hidden_states`
+convention, a greedy continuation and, optionally, every traced intermediate.
+
+`compare` lines two such dumps up, per layer and position, and finds the first
+place where they part by more than the tolerance. Axis legend as in model.py:
+T positions, D hidden, V vocab, L layers, k top-k width.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import platform
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import GemmaRefError
+
+FORMAT = "gemma-ref-golden/1"
+
+
+# --- one prompt's dump -----------------------------------------------------------
+
+
+@dataclass
+class PromptDump:
+    """What one engine computed for one prompt (arrays without a batch axis)."""
+
+    input_ids: np.ndarray  # [T] int64
+    hidden_states: np.ndarray | None = None  # [L+1, T, D]; 0 = embeddings, L = after final norm
+    logits: np.ndarray | None = None  # [T, V], or None when only the top k are kept
+    topk_ids: np.ndarray | None = None  # [T, k] int64, most likely first
+    topk_logits: np.ndarray | None = None  # [T, k]
+    greedy_ids: np.ndarray | None = None  # [G] int64, the continuation only
+    trace: dict[str, np.ndarray] = field(default_factory=dict)  # HF name -> [T, ...]
+    text: str | None = None  # the prompt text, when it was given as text
+
+
+@dataclass
+class Golden:
+    prompts: list[PromptDump]
+    provenance: dict
+    source: str = ""  # the file it was read from, or a description
+
+
+def hidden_states(trace: dict, num_layers: int) -> np.ndarray:
+    """transformers' `output_hidden_states`, from a gemma-ref trace.   -> [L+1, B, T, D]
+
+    Entry 0 is the scaled embedding (the input of layer 0), entry j the output of
+    layer j-1, and entry L is *not* the raw output of the last layer but the final
+    RMSNorm's output: transformers replaces its last captured state by
+    `last_hidden_state` (utils/output_capturing.py, `tie_last_hidden_states`).
+    """
+    names = (["model.embed_tokens"] + [f"model.layers.{i}" for i in range(num_layers - 1)]
+             + ["model.norm"])
+    return np.stack([trace[n] for n in names])
+
+
+def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest logits per position, largest first.   [T, V] -> [T, k] ids, [T, k] values"""
+    ids = np.argsort(-logits, axis=-1, kind="stable")[:, :k]  # ties: lowest id first
+    return ids.astype(np.int64), np.take_along_axis(logits, ids, axis=-1)
+
+
+def dump_prompt(model, ids, *, k: int = 0, max_new_tokens: int = 16, trace: bool = False,
+                text: str | None = None) -> PromptDump:
+    """Run `model` on one prompt and keep what a golden file holds. k = 0: full logits."""
+    ids = np.asarray(ids, np.int64)
+    t: dict = {}
+    logits = model.forward(ids, trace=t)  # [T, V]
+    d = PromptDump(input_ids=ids, hidden_states=hidden_states(t, model.config.num_hidden_layers)[:, 0],
+                   text=text)
+    if k:
+        d.topk_ids, d.topk_logits = top_k(logits, k)
+    else:
+        d.logits = logits
+    if max_new_tokens:
+        d.greedy_ids = np.array(model.generate(ids.tolist(), max_new_tokens=max_new_tokens, stop=[]),
+                                np.int64)
+    if trace:
+        d.trace = {name: value[0] for name, value in t.items()}  # drop the batch axis
+    return d
+
+
+def dump(model, prompts: list, *, k: int = 0, max_new_tokens: int = 16,
+         trace: bool = False) -> Golden:
+    """A golden for a list of prompts (strings, or lists of token ids)."""
+    if not prompts:
+        raise GemmaRefError("dump: no prompts (give --prompt TEXT or --prompts FILE.jsonl)")
+    if k < 0 or max_new_tokens < 0:
+        raise GemmaRefError("dump: --top-k and --max-new-tokens must be >= 0")
+    out = []
+    for p in prompts:
+        ids = model._prompt_ids(p)
+        out.append(dump_prompt(model, ids, k=k, max_new_tokens=max_new_tokens, trace=trace,
+                               text=p if isinstance(p, str) else None))
+    return Golden(out, provenance(model), source=model.source)
+
+
+def read_prompts(path: str | Path) -> list:
+    """Prompts from a .jsonl file: one per line, a string, {"prompt": text} or {"input_ids": [...]}."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except (FileNotFoundError, IsADirectoryError):
+        raise GemmaRefError(f"{path}: no such prompts file") from None
+    prompts = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            raise GemmaRefError(f"{path}:{n}: not a JSON line") from None
+        if isinstance(item, dict):
+            item = item.get("prompt", item.get("text", item.get("input_ids")))
+        if not (isinstance(item, str) or (isinstance(item, list) and all(isinstance(i, int) for i in item))):
+            raise GemmaRefError(f'{path}:{n}: expected a string, {{"prompt": "..."}} or '
+                                f'{{"input_ids": [...]}}')
+        prompts.append(item)
+    return prompts
+
+
+# --- provenance ---------------------------------------------------------------------
+
+
+def provenance(model) -> dict:
+    """Who computed a dump, from what: versions, model source, file hashes, dtype."""
+    from . import __version__
+
+    return {
+        "engine": "gemma-ref", "engine_version": __version__, "numpy": np.__version__,
+        "python": platform.python_version(), "model": model.source,
+        "model_type": model.config.model_type, "files": file_hashes(model.source),
+        "dtype": str(model.dtype),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def file_hashes(source: str) -> dict[str, str]:
+    """sha256 of the files a checkpoint is read from (a .gguf, or a directory's files)."""
+    path = Path(source)
+    if not path.exists():
+        from . import hub
+
+        try:
+            path = hub.resolve(source)
+        except GemmaRefError:
+            return {}
+    files = [path] if path.is_file() else sorted(
+        f for pattern in ("*.json", "*.safetensors", "tokenizer.model") for f in path.glob(pattern))
+    return {f.name: _sha256(f) for f in files}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --- the file ------------------------------------------------------------------------
+
+
+def save(golden: Golden, path: str | Path):
+    """Write a golden .npz (uncompressed: float logits hardly compress)."""
+    arrays = {"format": np.array(FORMAT), "provenance": np.array(json.dumps(golden.provenance)),
+              "num_prompts": np.array(len(golden.prompts), np.int64)}
+    for i, d in enumerate(golden.prompts):
+        p = f"prompt_{i}/"
+        arrays[p + "input_ids"] = np.asarray(d.input_ids, np.int64)
+        if d.text is not None:
+            arrays[p + "text"] = np.array(d.text)
+        for name in ("hidden_states", "logits", "topk_ids", "topk_logits", "greedy_ids"):
+            if getattr(d, name) is not None:
+                arrays[p + name] = getattr(d, name)
+        for name, value in d.trace.items():
+            arrays[p + "trace/" + name] = value
+    try:
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+    except OSError as e:
+        raise GemmaRefError(f"{path}: cannot write ({e.strerror})") from None
+
+
+def load(path: str | Path) -> Golden:
+    """Read a golden .npz, checking it has the keys and shapes docs/REFERENCE.md states."""
+    path = Path(path)
+    try:
+        z = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise GemmaRefError(f"{path}: no such file") from None
+    except (ValueError, OSError, zipfile.BadZipFile):
+        raise GemmaRefError(f"{path}: not a .npz file") from None
+    with z:
+        keys = set(z.files)
+        if "prompt_0/input_ids" not in keys:
+            raise GemmaRefError(f"{path}: not a golden file: it has no 'prompt_0/input_ids' "
+                                f"(keys: {', '.join(sorted(keys)[:6])}...; see docs/REFERENCE.md)")
+        n = int(z["num_prompts"]) if "num_prompts" in keys else len(
+            {k.split("/")[0] for k in keys if k.startswith("prompt_")})
+        prompts = [_read_prompt(z, keys, i, path) for i in range(n)]
+        prov = json.loads(str(z["provenance"])) if "provenance" in keys else {}
+    return Golden(prompts, prov, source=str(path))
+
+
+def _read_prompt(z, keys: set, i: int, path) -> PromptDump:
+    p = f"prompt_{i}/"
+    if p + "input_ids" not in keys:
+        raise GemmaRefError(f"{path}: missing key '{p}input_ids'")
+
+    def get(name):
+        return z[p + name] if p + name in keys else None
+
+    d = PromptDump(input_ids=get("input_ids").astype(np.int64), hidden_states=get("hidden_states"),
+                   logits=get("logits"), topk_ids=get("topk_ids"), topk_logits=get("topk_logits"),
+                   greedy_ids=get("greedy_ids"), text=str(get("text")) if p + "text" in keys else None)
+    d.trace = {k[len(p) + 6:]: z[k] for k in z.files if k.startswith(p + "trace/")}
+    T = len(d.input_ids)
+    checks = [
+        (d.input_ids.ndim == 1, "input_ids must be [T]"),
+        (d.hidden_states is None or (d.hidden_states.ndim == 3 and d.hidden_states.shape[1] == T),
+         "hidden_states must be [L+1, T, D]"),
+        (d.logits is None or (d.logits.ndim == 2 and d.logits.shape[0] == T), "logits must be [T, V]"),
+        ((d.topk_ids is None) == (d.topk_logits is None), "topk_ids and topk_logits come together"),
+        (d.topk_ids is None or (d.topk_ids.ndim == 2 and d.topk_ids.shape[0] == T
+                                and d.topk_ids.shape == d.topk_logits.shape),
+         "topk_ids and topk_logits must both be [T, k]"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise GemmaRefError(f"{path}: prompt {i}: {message}")
+    return d
+
+
+# --- comparison ----------------------------------------------------------------------
+
+
+def row_errors(golden: np.ndarray, other: np.ndarray, lead: int = 1):
+    """Per row (the axes after the first `lead`): max |a - b|, and max |golden| to judge it by.
+
+    hidden_states [L+1, T, D] (lead 2), logits [T, V], a trace entry [T, ...] -> [L+1, T] or [T].
+    NaN entries (a logit one top-k file lacks) are skipped. Computed in float64.
+    """
+    g = golden.reshape(*golden.shape[:lead], -1).astype(np.float64)
+    o = other.reshape(g.shape).astype(np.float64)
+    diff = np.abs(g - o)
+    err = np.where(np.isnan(diff), 0.0, diff).max(axis=-1, initial=0.0)
+    scale = np.where(np.isnan(g), 0.0, np.abs(g)).max(axis=-1, initial=0.0)
+    return err, scale
+
+
+@dataclass
+class Tolerance:
+    """A position passes when max |a - b| <= atol + rtol * max |golden| over its row."""
+
+    rtol: float = 1e-3
+    atol: float = 1e-5
+
+    def exceeded(self, err, scale):
+        return err > self.atol + self.rtol * scale
+
+
+def _entry(name, err, scale, tol: Tolerance, layer=None) -> dict:
+    """Summary of one compared tensor: err, scale [T] -> dict."""
+    rel = err / np.maximum(scale, 1e-30)
+    bad = np.nonzero(tol.exceeded(err, scale))[0]
+    worst = int(np.argmax(err)) if err.size else 0
+    return {"name": name, "layer": layer, "max_abs": float(err.max(initial=0.0)),
+            "max_rel": float(rel.max(initial=0.0)), "worst_position": worst,
+            "first_bad_position": int(bad[0]) if bad.size else None, "ok": not bad.size,
+            "abs": err.tolist(), "rel": rel.tolist()}
+
+
+def hidden_state_names(num_layers: int) -> list[tuple[str, int | None]]:
+    """(name, layer) of each hidden_states entry; the last includes the final norm."""
+    return ([("model.embed_tokens", None)]
+            + [(f"model.layers.{i}", i) for i in range(num_layers - 1)]
+            + [(f"model.norm(model.layers.{num_layers - 1})", num_layers - 1)])
+
+
+def aligned_logits(g: PromptDump, o: PromptDump):
+    """The two engines' logits at the same (position, token) pairs.   -> 2 x [T, X]
+
+    Full vs full: every token (of the vocabulary both cover). Top-k on either side:
+    the tokens that side kept (NaN where the other top-k file lacks one).
+    """
+    if g.logits is not None and o.logits is not None:
+        V = min(g.logits.shape[1], o.logits.shape[1])  # HF heads may carry padding rows
+        return g.logits[:, :V], o.logits[:, :V]
+    if g.logits is None and g.topk_ids is None or o.logits is None and o.topk_ids is None:
+        return None, None
+    if o.logits is not None:
+        return g.topk_logits, np.take_along_axis(o.logits, g.topk_ids, axis=-1)
+    if g.logits is not None:
+        return np.take_along_axis(g.logits, o.topk_ids, axis=-1), o.topk_logits
+    match = g.topk_ids[:, :, None] == o.topk_ids[:, None, :]  # [T, k_g, k_o]
+    at_g = np.where(match.any(-1), (np.where(match, o.topk_logits[:, None, :], 0)).sum(-1), np.nan)
+    return g.topk_logits, at_g
+
+
+def _top_ids(d: PromptDump, k: int) -> np.ndarray | None:
+    if d.logits is not None:
+        return top_k(d.logits, k)[0]
+    return None if d.topk_ids is None else d.topk_ids[:, :k]
+
+
+def agreement(g: PromptDump, o: PromptDump, k: int) -> dict:
+    """Top-k overlap and argmax agreement per position; greedy continuation agreement."""
+    out = {}
+    g_top, o_top = _top_ids(g, k), _top_ids(o, k)
+    if g_top is not None and o_top is not None:
+        k = min(g_top.shape[1], o_top.shape[1])
+        g_top, o_top = g_top[:, :k], o_top[:, :k]
+        overlap = np.array([len(set(a) & set(b)) / k for a, b in zip(g_top.tolist(), o_top.tolist())])
+        same = g_top[:, 0] == o_top[:, 0]
+        out["topk_overlap"] = {"k": k, "mean": float(overlap.mean()), "min": float(overlap.min())}
+        out["argmax"] = {"agree": int(same.sum()), "total": len(same),
+                         "first_disagreement": _first_false(same)}
+    if g.greedy_ids is not None and o.greedy_ids is not None:
+        n = min(len(g.greedy_ids), len(o.greedy_ids))
+        same = g.greedy_ids[:n] == o.greedy_ids[:n]
+        first = _first_false(same)
+        out["greedy"] = {"agree": n if first is None else first, "total": n, "first_mismatch": first}
+    return out
+
+
+def _first_false(a) -> int | None:
+    bad = np.nonzero(~a)[0]
+    return int(bad[0]) if bad.size else None
+
+
+def compare_prompt(i: int, g: PromptDump, o: PromptDump, tol: Tolerance, k: int = 10) -> dict:
+    """Everything `gemma-ref compare` says about one prompt."""
+    if g.input_ids.shape != o.input_ids.shape or not np.array_equal(g.input_ids, o.input_ids):
+        raise GemmaRefError(
+            f"prompt {i}: the two dumps have different input_ids ({len(g.input_ids)} vs "
+            f"{len(o.input_ids)} tokens): made from different prompts or tokenizers?")
+    entries = []
+    if g.hidden_states is not None and o.hidden_states is not None:
+        if g.hidden_states.shape != o.hidden_states.shape:
+            raise GemmaRefError(f"prompt {i}: hidden_states shapes differ: {g.hidden_states.shape} "
+                                f"vs {o.hidden_states.shape} (a different model?)")
+        names = hidden_state_names(g.hidden_states.shape[0] - 1)
+        err, scale = row_errors(g.hidden_states, o.hidden_states, lead=2)  # [L+1, T] each
+        entries = [_entry(n, e, s, tol, layer) for (n, layer), e, s in zip(names, err, scale)]
+    gl, ol = aligned_logits(g, o)
+    if gl is not None:
+        kind = "full" if g.logits is not None and o.logits is not None else "top-k"
+        entries.append(_entry(f"logits ({kind})", *row_errors(gl, ol), tol))
+    traced = [_entry(n, *row_errors(g.trace[n], o.trace[n]), tol)
+              for n in g.trace if n in o.trace and g.trace[n].size == o.trace[n].size]
+    first = next((e for e in entries if not e["ok"]), None)
+    first_trace = next((e for e in traced if not e["ok"]), None)
+    return {
+        "prompt": i, "tokens": len(g.input_ids), "text": g.text, "ok": first is None and first_trace is None,
+        "hidden_states": entries, "trace": traced,
+        "first_divergence": None if first is None else _where(first),
+        "first_trace_divergence": None if first_trace is None else _where(first_trace),
+        **agreement(g, o, k),
+    }
+
+
+def _where(e: dict) -> dict:
+    p = e["first_bad_position"]
+    return {"name": e["name"], "layer": e["layer"], "position": p, "abs": e["abs"][p], "rel": e["rel"][p]}
+
+
+def compare(golden: Golden, other: Golden, tol: Tolerance = Tolerance(), k: int = 10) -> dict:
+    """Compare two dumps prompt by prompt. The result is JSON-ready; result["ok"] is the verdict."""
+    if len(golden.prompts) != len(other.prompts):
+        raise GemmaRefError(f"the dumps hold different numbers of prompts: {len(golden.prompts)} "
+                            f"({golden.source}) vs {len(other.prompts)} ({other.source})")
+    prompts = [compare_prompt(i, g, o, tol, k) for i, (g, o) in
+               enumerate(zip(golden.prompts, other.prompts))]
+    compared = sum(len(p["hidden_states"]) + len(p["trace"]) for p in prompts)
+    if not compared:
+        raise GemmaRefError("nothing to compare: the dumps share no hidden_states, logits or trace")
+    return {"ok": all(p["ok"] for p in prompts), "rtol": tol.rtol, "atol": tol.atol,
+            "golden": {"source": golden.source, "provenance": golden.provenance},
+            "other": {"source": other.source, "provenance": other.provenance}, "prompts": prompts}
+
+
+def candidate_from_model(model, golden: Golden, trace: bool = False) -> Golden:
+    """Run `model` on the golden's token ids, keeping what the golden keeps (full logits)."""
+    out = []
+    for d in golden.prompts:
+        n_greedy = 0 if d.greedy_ids is None else len(d.greedy_ids)
+        out.append(dump_prompt(model, d.input_ids, max_new_tokens=n_greedy,
+                               trace=trace and bool(d.trace), text=d.text))
+    return Golden(out, provenance(model), source=f"{model.source} ({model.dtype})")
+
+
+# --- the readable report ----------------------------------------------------------------
+
+
+def format_report(r: dict, *, all_rows: bool = True) -> str:
+    """The comparison as a table per prompt, then the verdict."""
+    lines = [f"golden: {_describe(r['golden'])}", f"other:  {_describe(r['other'])}",
+             f"a position passes when max|a - b| <= {r['atol']:g} + {r['rtol']:g} * max|golden| "
+             f"(over its hidden vector or logits row)", ""]
+    for p in r["prompts"]:
+        text = f": {p['text'][:50]!r}" if p.get("text") else ""
+        lines.append(f"prompt {p['prompt']} ({p['tokens']} tokens){text}")
+        lines.append(f"  {'':<34}{'max abs':>10}{'max rel':>10}{'worst pos':>11}  status")
+        for e in p["hidden_states"]:
+            status = "ok" if e["ok"] else f"FAIL from position {e['first_bad_position']}"
+            lines.append(f"  {e['name']:<34}{e['max_abs']:>10.2e}{e['max_rel']:>10.2e}"
+                         f"{e['worst_position']:>11}  {status}")
+        lines += ["  " + s for s in _agreement_lines(p)]
+        f = p["first_divergence"]
+        if f:
+            lines.append(f"  first divergence: {f['name']} at position {f['position']} "
+                         f"(abs {f['abs']:.2e}, rel {f['rel']:.2e})")
+        if p["trace"]:
+            t = p["first_trace_divergence"]
+            lines.append(f"  trace: {len(p['trace'])} intermediates compared; " + (
+                "all within tolerance" if t is None else
+                f"first beyond tolerance: {t['name']} at position {t['position']} "
+                f"(abs {t['abs']:.2e}, rel {t['rel']:.2e})"))
+        lines.append("")
+    bad = [p for p in r["prompts"] if not p["ok"]]
+    n = len(r["prompts"])
+    lines.append(f"PASS: {n} prompt{'s' * (n > 1)} within tolerance" if not bad else
+                 f"FAIL: {len(bad)} of {n} prompt{'s' * (n > 1)} beyond tolerance")
+    return "\n".join(lines)
+
+
+def _agreement_lines(p: dict) -> list[str]:
+    out = []
+    if "topk_overlap" in p:
+        t, a = p["topk_overlap"], p["argmax"]
+        first = "" if a["first_disagreement"] is None else f", first differs at {a['first_disagreement']}"
+        out.append(f"top-{t['k']} overlap: mean {t['mean']:.3f}, min {t['min']:.3f}; "
+                   f"argmax agrees at {a['agree']}/{a['total']} positions{first}")
+    if "greedy" in p:
+        g = p["greedy"]
+        out.append(f"greedy continuation: {g['agree']}/{g['total']} tokens agree" +
+                   ("" if g["first_mismatch"] is None else f" (first mismatch at step {g['first_mismatch']})"))
+    return out
+
+
+def _describe(side: dict) -> str:
+    pv = side["provenance"]
+    if not pv:
+        return side["source"]
+    engine = f"{pv.get('engine', '?')} {pv.get('engine_version', '')}".strip()
+    return f"{side['source']} [{engine}, {pv.get('dtype', '?')}, model {pv.get('model', '?')}]"

