@@ -22,7 +22,7 @@ import numpy as np
 
 from .config import SLIDING, GemmaConfig
 from .errors import GemmaRefError
-from .parallel import linear, sharded_attention, sharded_geglu, single_threaded_blas
+from .parallel import dense, linear, sharded_attention, sharded_geglu, single_threaded_blas
 
 
 # --- primitives -------------------------------------------------------------
@@ -44,8 +44,11 @@ def gelu_tanh(x):
 
 
 def geglu(x, w_gate, w_up, w_down):
-    """down(gelu_tanh(gate(x)) * up(x)).                 [B, T, D] -> [B, T, D]"""
-    return (gelu_tanh(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T  # [B,T,F] -> [B,T,D]
+    """down(gelu_tanh(gate(x)) * up(x)).                 [B, T, D] -> [B, T, D]
+
+    dense(x, w) is x @ w.T (parallel.py says why it is spelled so).
+    """
+    return dense(gelu_tanh(dense(x, w_gate)) * dense(x, w_up), w_down)  # [B,T,F] -> [B,T,D]
 
 
 def softcap(x, cap):

@@ -36,12 +36,22 @@ def set_threads(n: int) -> None:
     _threads, _pool = n, None
 
 
+def dense(x, w):
+    """x @ w.T on the calling thread.                      [..., in], [out, in] -> [..., out]
+
+    Computed on 2-D rows as (w @ rows.T).T: NumPy would otherwise loop over leading
+    axes and stream w once per batch row, and OpenBLAS runs this orientation up to
+    2x faster for the few rows of batched decoding (same products, same sums).
+    """
+    rows = x.reshape(-1, x.shape[-1])  # [B*T, in]
+    return (w @ rows.T).T.reshape(*x.shape[:-1], w.shape[0])
+
+
 def linear(x, w):
     """x @ w.T, the rows of w split between threads.        [..., in], [out, in] -> [..., out]"""
     if not _worth_splitting(x, w):
-        return x @ w.T
-    parts = _run_shards(lambda lo, hi: x @ w[lo:hi].T, w.shape[0])
-    return np.concatenate(parts, axis=-1)
+        return dense(x, w)
+    return np.concatenate(_run_shards(lambda lo, hi: dense(x, w[lo:hi]), w.shape[0]), axis=-1)
 
 
 def sharded_geglu(geglu, x, w_gate, w_up, w_down):
