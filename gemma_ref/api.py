@@ -15,7 +15,7 @@ import numpy as np
 from . import hub
 from .config import GemmaConfig
 from .errors import GemmaRefError
-from .loader import load_safetensors_checkpoint
+from .loader import gguf_as_checkpoint, load_safetensors_checkpoint
 from .model import Weights, forward, new_cache
 from .sampling import SamplingParams, sample
 from .tokenizer import Tokenizer, chat_prompt
@@ -67,8 +67,8 @@ class Model:
             source = default_model.path(progress=progress)
         path = hub.resolve(source, cache_dir)
         if path.is_file() and path.suffix == ".gguf":
-            return cls._from_gguf(path, str(source), dtype)
-        if path.is_file():
+            path = gguf_as_checkpoint(path, progress)
+        elif path.is_file():
             raise GemmaRefError(f"{path}: expected a checkpoint directory or a .gguf file")
         config = GemmaConfig.from_json(path / "config.json")
         weights = load_safetensors_checkpoint(path, config, max_memory, progress)
@@ -76,19 +76,6 @@ class Model:
         tokenizer = Tokenizer.from_file(tok_file) if tok_file.exists() else None
         return cls(config, weights, tokenizer, source=str(source), dtype=dtype,
                    stop_ids=_generation_config_eos(path))
-
-    @classmethod
-    def _from_gguf(cls, path: Path, source: str, dtype) -> "Model":
-        from .gguf import read_gguf
-
-        ckpt = read_gguf(path)
-        config = GemmaConfig.from_dict(ckpt.config, source=str(path))
-        from .loader import check_and_widen
-
-        weights = check_and_widen({k: (v, path) for k, v in ckpt.tensors.items()}, config,
-                                  str(path), None, progress=False)
-        return cls(config, weights, Tokenizer(ckpt.tokenizer_model, str(path)), source=source,
-                   dtype=dtype)
 
     # --- the network -------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import json
 import os
 import struct
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import ml_dtypes
@@ -61,8 +62,31 @@ def expected_shapes(config: GemmaConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """Memory-map one .safetensors file: name -> read-only array (no copy).
+@dataclass(frozen=True)
+class StoredTensor:
+    """Where one tensor lies in a .safetensors file."""
+
+    path: Path
+    offset: int  # byte offset of its data in the file
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def read(self) -> np.ndarray:
+        """A private float32 copy in RAM (plain reads: no mapping, so RSS holds it once)."""
+        a = np.fromfile(self.path, dtype=self.dtype, count=self.size, offset=self.offset)
+        return a.reshape(self.shape).astype(np.float32, copy=False)  # bf16/f16 -> f32 is exact
+
+    def map(self) -> np.ndarray:
+        """A read-only memory-mapped view in the stored dtype (no copy)."""
+        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape)
+
+
+def read_safetensors(path: Path) -> dict[str, StoredTensor]:
+    """The tensors of one .safetensors file, checked against the file's size.
 
     Format: 8-byte little-endian header length n, n bytes of JSON
     {name: {dtype, shape, data_offsets: [begin, end]}}, then the data.
@@ -86,8 +110,7 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
         raise GemmaRefError(
             f"{path}: truncated: the header describes {data_start + end} bytes, the file has "
             f"{size}; download it again")
-    buf = np.memmap(path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
-    arrays = {}
+    tensors = {}
     for name, t in header.items():
         if t["dtype"] not in _DTYPES:
             raise GemmaRefError(f"{path}: tensor {name} has unsupported dtype {t['dtype']}")
@@ -96,8 +119,24 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
         shape = tuple(t["shape"])
         if e - b != int(np.prod(shape)) * dtype.itemsize:
             raise GemmaRefError(f"{path}: tensor {name}: {e - b} bytes for shape {shape}, corrupt")
-        arrays[name] = buf[data_start + b:data_start + e].view(dtype).reshape(shape)
-    return arrays
+        tensors[name] = StoredTensor(path, data_start + b, dtype, shape)
+    return tensors
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """Write float32 tensors as .safetensors, one tensor at a time (no second full copy)."""
+    header, offset = {}, 0
+    for name, a in tensors.items():
+        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + a.size * 4]}
+        offset += a.size * 4
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)  # data 8-byte aligned, as the format recommends
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        for a in tensors.values():
+            np.ascontiguousarray(a, dtype=np.float32).tofile(f)
+    os.replace(tmp, path)
 
 
 def checkpoint_files(directory: Path) -> list[Path]:
@@ -128,10 +167,10 @@ def load_safetensors_checkpoint(directory: Path, config: GemmaConfig,
     stay memory-mapped and are widened layer by layer as the forward pass uses
     them (see model.Weights), so a checkpoint larger than RAM in float32 still runs.
     """
-    found: dict[str, tuple[np.ndarray, Path]] = {}
+    found: dict[str, StoredTensor] = {}
     skipped_vision = 0
     for path in checkpoint_files(directory):
-        for name, array in read_safetensors(path).items():
+        for name, tensor in read_safetensors(path).items():
             if name.startswith(_VISION_PREFIXES):
                 skipped_vision += 1
                 continue
@@ -139,7 +178,7 @@ def load_safetensors_checkpoint(directory: Path, config: GemmaConfig,
                 if name.startswith(old):
                     name = new + name[len(old):]
                     break
-            found[name] = (array, path)
+            found[name] = tensor
     if skipped_vision:
         print(f"gemma-ref: text model only; ignoring {skipped_vision} vision-tower tensors",
               file=sys.stderr)
@@ -148,9 +187,14 @@ def load_safetensors_checkpoint(directory: Path, config: GemmaConfig,
     return check_and_widen(found, config, str(directory), max_memory, progress)
 
 
-def check_and_widen(found: dict[str, tuple[np.ndarray, Path | str]], config: GemmaConfig,
+def check_and_widen(found: dict[str, StoredTensor | np.ndarray], config: GemmaConfig,
                     source: str, max_memory: int | None, progress: bool) -> dict[str, np.ndarray]:
-    """Strict check (missing / unexpected / mis-shaped), then widen within the budget."""
+    """Strict check (missing / unexpected / mis-shaped), then load within the budget.
+
+    Tensors are taken in checkpoint order while their float32 size fits in
+    `max_memory` bytes: those are read into RAM as float32; the rest stay
+    memory-mapped in their stored dtype (model.Weights widens them as used).
+    """
     expected = expected_shapes(config)
     missing = [n for n in expected if n not in found]
     if missing:
@@ -158,25 +202,61 @@ def check_and_widen(found: dict[str, tuple[np.ndarray, Path | str]], config: Gem
         raise GemmaRefError(f"{source}: missing tensor {missing[0]}{more}")
     unexpected = [n for n in found if n not in expected]
     if unexpected:
-        raise GemmaRefError(f"{source}: unexpected tensor {unexpected[0]} in {found[unexpected[0]][1]}")
+        raise GemmaRefError(f"{source}: unexpected tensor {unexpected[0]} in {_where(found[unexpected[0]], source)}")
     for name, shape in expected.items():
-        array, path = found[name]
-        if tuple(array.shape) != shape:
-            raise GemmaRefError(
-                f"{path}: tensor {name} has shape {tuple(array.shape)}, config.json implies {shape}")
+        if tuple(found[name].shape) != shape:
+            raise GemmaRefError(f"{_where(found[name], source)}: tensor {name} has shape "
+                                f"{tuple(found[name].shape)}, config.json implies {shape}")
 
     budget = default_max_memory() if max_memory is None else max_memory
     weights, used = {}, 0
-    names = list(expected)
-    bar = _progress(names, source, progress and any(found[n][0].dtype != np.float32 for n in names))
-    for name in bar:
-        array = found[name][0]
-        need = array.size * 4
-        if array.dtype != np.float32 and used + need <= budget:
-            array = array.astype(np.float32)  # bf16/f16 -> f32 is exact
-        used += need
-        weights[name] = array
+    for name in _progress(list(expected), source, progress):
+        t = found[name]
+        used += int(np.prod(t.shape)) * 4
+        if isinstance(t, np.ndarray):
+            weights[name] = t
+        else:
+            weights[name] = t.read() if used <= budget else t.map()
     return weights
+
+
+def _where(t, source: str) -> str:
+    return str(t.path) if isinstance(t, StoredTensor) else source
+
+
+def gguf_as_checkpoint(path: Path, progress: bool = True) -> Path:
+    """A Hugging Face-layout float32 checkpoint directory made from a GGUF file, once.
+
+    Reading a GGUF (the `gguf` package parses its 262k-token vocabulary into Python
+    objects, then dequantizes every block) takes tens of seconds; the result is
+    written to gemma-ref's cache ($XDG_CACHE_HOME/gemma_ref/gguf/), keyed by the
+    file's name, size and modification time, so later loads take well under a second.
+    """
+    from . import __version__
+    from .default_model import cache_dir
+    from .gguf import read_gguf
+
+    st = path.stat()
+    directory = cache_dir() / "gguf" / f"{path.stem}-{st.st_size}-{st.st_mtime_ns}"
+    if (directory / "source.json").exists():
+        return directory
+    if progress:
+        print(f"gemma-ref: converting {path.name} to float32 (once, into {directory})", file=sys.stderr)
+    ckpt = read_gguf(path)
+    tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "config.json").write_text(json.dumps(ckpt.config, indent=1))
+    (tmp / "tokenizer.model").write_bytes(ckpt.tokenizer_model)
+    write_safetensors(tmp / "model.safetensors", ckpt.tensors)
+    (tmp / "source.json").write_text(json.dumps(
+        {"gguf": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+         "gemma_ref": __version__, "metadata": ckpt.metadata}, indent=1, default=str))
+    if directory.exists():  # a half-written directory from an interrupted conversion
+        import shutil
+
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)
+    return directory
 
 
 def default_max_memory() -> int:
@@ -195,7 +275,7 @@ def _progress(items, source, enabled):
     from tqdm.auto import tqdm
 
     return tqdm(items, desc=f"loading {Path(source).name}", unit="tensor", file=sys.stderr,
-                disable=os.environ.get("CI") == "true" or None, leave=False)
+                disable=None, leave=False)  # None: shown only on a terminal
 
 
 def cache_nbytes(config: GemmaConfig, max_len: int, batch: int = 1, dtype=np.float32) -> int:
