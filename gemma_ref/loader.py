@@ -17,7 +17,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from .config import SLIDING, GemmaConfig
+from .config import GemmaConfig
 from .errors import GemmaRefError
 
 # safetensors dtype tag -> NumPy dtype (bfloat16 comes from ml_dtypes).
@@ -276,11 +276,3 @@ def _progress(items, source, enabled):
 
     return tqdm(items, desc=f"loading {Path(source).name}", unit="tensor", file=sys.stderr,
                 disable=None, leave=False)  # None: shown only on a terminal
-
-
-def cache_nbytes(config: GemmaConfig, max_len: int, batch: int = 1, dtype=np.float32) -> int:
-    """Bytes a KV cache for `max_len` positions takes (keys, values and positions)."""
-    per_slot = 2 * config.num_key_value_heads * config.head_dim * np.dtype(dtype).itemsize + 8
-    slots = sum(min(config.sliding_window, max_len) if kind == SLIDING else max_len
-                for kind in config.layer_types)
-    return batch * slots * per_slot

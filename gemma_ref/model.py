@@ -160,6 +160,14 @@ def new_cache(config: GemmaConfig, batch: int, max_len: int, dtype=np.float32) -
     return cache
 
 
+def cache_nbytes(config: GemmaConfig, max_len: int, batch: int = 1, dtype=np.float32) -> int:
+    """Bytes of `new_cache(config, batch, max_len, dtype)`: keys, values and positions."""
+    per_slot = 2 * config.num_key_value_heads * config.head_dim * np.dtype(dtype).itemsize + 8
+    slots = sum(min(config.sliding_window, max_len) if kind == SLIDING else max_len
+                for kind in config.layer_types)
+    return batch * slots * per_slot
+
+
 def cache_write(c: LayerCache, k, v, pos):
     """Store new keys/values at slot pos % C (padding, pos < 0, is skipped).
 

@@ -66,3 +66,13 @@ def tiny_models(tiny_dirs):
     from gemma_ref import Model
 
     return {name: Model.from_pretrained(d) for name, d in tiny_dirs.items()}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite must run without the dev tools: fail if anything imported them."""
+    import sys
+
+    heavy = [m for m in ("torch", "transformers") if m in sys.modules]
+    if heavy and exitstatus == 0:
+        print(f"\nERROR: the test suite imported {heavy}; CI has no PyTorch/transformers")
+        session.exitstatus = 1

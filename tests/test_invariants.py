@@ -125,3 +125,23 @@ def test_float64_close_to_float32(tiny_dirs):
     out64 = m64.forward(ids)
     assert out64.dtype == np.float64
     assert np.abs(m32.forward(ids) - out64).max() < 1e-4
+
+
+@pytest.mark.parametrize("preset", ["2b", "2-2b", "3-270m", "3-1b", "3-27b"])
+def test_cache_nbytes_matches_allocation(preset):
+    from gemma_ref import PRESETS
+    from gemma_ref.model import cache_nbytes, new_cache
+
+    config = PRESETS[preset]
+    cache = new_cache(config, 1, 2048)  # np.zeros: allocated lazily, cheap
+    assert cache_nbytes(config, 2048) == sum(c.nbytes for c in cache)
+
+
+def test_sliding_layers_do_not_grow_with_context():
+    from gemma_ref import PRESETS
+    from gemma_ref.model import cache_nbytes
+
+    c = PRESETS["3-270m"]  # 15 sliding layers (window 512), 3 global
+    grow = cache_nbytes(c, 65536) - cache_nbytes(c, 32768)
+    per_position = 2 * c.num_key_value_heads * c.head_dim * 4 + 8
+    assert grow == 3 * 32768 * per_position  # only the 3 global layers grew
