@@ -1,0 +1,621 @@
+"""Read a llama.cpp GGUF file of a Gemma 1 / 2 / 3 (text) model.
+
+`read_gguf(path)` gives back what a Hugging Face checkpoint directory would hold:
+
+* `config`: the `config.json` keys transformers' Gemma / Gemma2 / Gemma3-text config has,
+* `tensors`: every weight as a float32 NumPy array under its Hugging Face key and in its
+  Hugging Face shape, with llama.cpp's own changes to the values undone,
+* `tokenizer_model`: a serialized SentencePiece `ModelProto` rebuilt from the file's vocabulary,
+* `metadata`: a few facts about where the weights came from.
+
+Only NumPy, the `gguf` package (llama.cpp's own reader, which memory-maps the file) and
+SentencePiece's protobuf module are used. Every problem with the input file raises
+`GemmaRefError` naming the file and what is wrong with it.
+
+Everything this module knows about how llama.cpp's `convert_hf_to_gguf.py` writes Gemma is
+written down in the tables and named constants just below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections import Counter
+from typing import Any
+
+import gguf
+import numpy as np
+from sentencepiece import sentencepiece_model_pb2
+
+from .errors import GemmaRefError
+
+__all__ = ["GGUFCheckpoint", "read_gguf", "TENSOR_NAME_TABLE", "SUPPORTED_ARCHITECTURES"]
+
+# --------------------------------------------------------------------------------------------
+# The name table: llama.cpp tensor name -> Hugging Face checkpoint key.
+#
+# Each row is (GGUF name, architectures it applies to, HF key, value transformation).
+# `{i}` is the layer index. The rows agree with the `gguf` package's own
+# `gguf.get_tensor_name_map(MODEL_ARCH.GEMMA*, n)` (the tests check that), which is what
+# llama.cpp's converter uses to name tensors.
+#
+# Layout: a GGUF tensor's `ne` lists its dimensions fastest-varying first, so the NumPy shape
+# of the data is `reversed(ne)`. That reversed shape already IS the Hugging Face / PyTorch
+# layout: token_embd ne=[hidden, vocab] -> (vocab, hidden) = HF `embed_tokens.weight`, and a
+# linear layer ne=[in, out] -> (out, in) = HF `nn.Linear.weight`. So no tensor is transposed.
+#
+# Transformations of the values (the last column):
+#   NONE    -- the dequantized values are the HF values (up to quantization error).
+#   UNSHIFT -- RMSNorm weights. Gemma's RMSNorm computes `x_normed * (1 + w)` and HF stores `w`
+#              (centred on 0). llama.cpp's converter stores `w + 1` for every tensor whose HF
+#              name ends in "norm.weight" (GemmaModel / Gemma2Model / Gemma3Model
+#              .modify_tensors: `data_torch = data_torch + 1`, "ref code in Gemma3RMSNorm"),
+#              because llama.cpp's RMSNorm multiplies by the stored weight directly. This
+#              includes the Gemma 3 q_norm / k_norm. We subtract 1 back (in float32, exact for
+#              these values) so the engine applies its own (1 + w). transformers' GGUF loader
+#              does the same (`Gemma2TensorProcessor`: `weights - 1` for "norm.weight").
+#
+# What is NOT done, deliberately:
+#   * No Q/K row permutation. llama.cpp permutes attn_q / attn_k rows for Llama-family models
+#     (to turn HF's rotate-half RoPE into its interleaved one), but its Gemma converters do not
+#     (Gemma uses llama.cpp's NEOX-style RoPE, which is HF's rotate-half). transformers' loader
+#     does not un-permute Gemma either, and scripts/make_gguf_goldens.py checks empirically that
+#     the un-permuted weights give a far lower loss than llama-style un-permuted ones.
+#   * No embedding scaling: the sqrt(hidden_size) factor is applied by the model, not stored.
+#   * `output.weight` (lm_head) exists only for untied models. Gemma ties lm_head to the
+#     embedding, and llama.cpp's Gemma converters drop `lm_head.weight`, so normally there is no
+#     `lm_head.weight` key and `config["tie_word_embeddings"]` is True.
+# --------------------------------------------------------------------------------------------
+
+NONE = "none"
+UNSHIFT = "subtract 1 (llama.cpp stores RMSNorm weights as 1 + w)"
+
+_ALL = ("gemma", "gemma2", "gemma3")
+_G23 = ("gemma2", "gemma3")
+
+TENSOR_NAME_TABLE: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
+    # GGUF name                       archs      HF key                                                  values
+    ("token_embd.weight",              _ALL,      "model.embed_tokens.weight",                            NONE),
+    ("output.weight",                  _ALL,      "lm_head.weight",                                       NONE),  # only when untied
+    ("output_norm.weight",             _ALL,      "model.norm.weight",                                    UNSHIFT),
+    ("blk.{i}.attn_norm.weight",       _ALL,      "model.layers.{i}.input_layernorm.weight",              UNSHIFT),
+    ("blk.{i}.attn_q.weight",          _ALL,      "model.layers.{i}.self_attn.q_proj.weight",             NONE),  # not permuted
+    ("blk.{i}.attn_k.weight",          _ALL,      "model.layers.{i}.self_attn.k_proj.weight",             NONE),  # not permuted
+    ("blk.{i}.attn_v.weight",          _ALL,      "model.layers.{i}.self_attn.v_proj.weight",             NONE),
+    ("blk.{i}.attn_output.weight",     _ALL,      "model.layers.{i}.self_attn.o_proj.weight",             NONE),
+    ("blk.{i}.attn_q_norm.weight",     ("gemma3",), "model.layers.{i}.self_attn.q_norm.weight",           UNSHIFT),
+    ("blk.{i}.attn_k_norm.weight",     ("gemma3",), "model.layers.{i}.self_attn.k_norm.weight",           UNSHIFT),
+    # Gemma 1 has two norms per layer: HF's `post_attention_layernorm` is really the pre-MLP
+    # norm, and llama.cpp calls it `ffn_norm`.
+    ("blk.{i}.ffn_norm.weight",        ("gemma",), "model.layers.{i}.post_attention_layernorm.weight",    UNSHIFT),
+    # Gemma 2/3 have four: `post_attention_layernorm` is a real post-attention norm
+    # (llama.cpp `post_attention_norm`) and the pre-MLP norm is `pre_feedforward_layernorm`
+    # (llama.cpp `ffn_norm`).
+    ("blk.{i}.ffn_norm.weight",        _G23,      "model.layers.{i}.pre_feedforward_layernorm.weight",    UNSHIFT),
+    ("blk.{i}.post_attention_norm.weight", _G23,  "model.layers.{i}.post_attention_layernorm.weight",     UNSHIFT),
+    ("blk.{i}.post_ffw_norm.weight",   _G23,      "model.layers.{i}.post_feedforward_layernorm.weight",   UNSHIFT),
+    ("blk.{i}.ffn_gate.weight",        _ALL,      "model.layers.{i}.mlp.gate_proj.weight",                NONE),
+    ("blk.{i}.ffn_up.weight",          _ALL,      "model.layers.{i}.mlp.up_proj.weight",                  NONE),
+    ("blk.{i}.ffn_down.weight",        _ALL,      "model.layers.{i}.mlp.down_proj.weight",                NONE),
+)
+
+# Tensors a file may lack; every other row of the table that applies to the file's
+# architecture must be present.
+_OPTIONAL_TENSORS = frozenset({"output.weight"})
+
+SUPPORTED_ARCHITECTURES = _ALL
+
+# `general.architecture` -> (HF model_type, HF architectures entry)
+_MODEL_TYPES = {
+    "gemma": ("gemma", "GemmaForCausalLM"),
+    "gemma2": ("gemma2", "Gemma2ForCausalLM"),
+    # The GGUF holds the text model only (llama.cpp writes the vision tower to a separate
+    # mmproj file), so this is transformers' text-only Gemma 3, as its GGUF loader also says.
+    "gemma3": ("gemma3_text", "Gemma3ForCausalLM"),
+}
+
+# --------------------------------------------------------------------------------------------
+# Hyperparameters the file does not state. Each is what llama.cpp's loader (llama-model.cpp)
+# hard-codes for the architecture, which is also what transformers' config classes default to.
+# --------------------------------------------------------------------------------------------
+
+# Gemma 3: local (sliding-window) layers use RoPE base 10000; `rope.freq_base` in the file is the
+# global layers' base (1e6). llama.cpp: `rope_freq_base_train_swa = 10000.0f`. A newer file may
+# state it as `{arch}.rope.freq_base_swa`, which then wins.
+GEMMA3_ROPE_LOCAL_BASE_FREQ = 10000.0
+# Gemma 3: every 6th layer is global: layer i is full attention iff (i + 1) % 6 == 0.
+# llama.cpp: `set_swa_pattern(6)`; transformers: `sliding_window_pattern = 6`.
+GEMMA3_SLIDING_WINDOW_PATTERN = 6
+# Gemma 2: layers alternate, starting with a sliding-window one: layer i is full iff
+# (i + 1) % 2 == 0. llama.cpp: `set_swa_pattern(2)`.
+GEMMA2_SLIDING_WINDOW_PATTERN = 2
+# Gemma 2 window when the file does not state one (llama.cpp: `n_swa = 4096`).
+GEMMA2_DEFAULT_SLIDING_WINDOW = 4096
+# Gemma 2 soft-caps when the file does not state them (llama.cpp's hparams defaults, which are
+# also Gemma2Config's defaults). Gemma 3 has no attention soft-cap and no final soft-cap unless
+# the file says so; Gemma 1 has neither.
+GEMMA2_DEFAULT_ATTN_LOGIT_SOFTCAPPING = 50.0
+GEMMA2_DEFAULT_FINAL_LOGIT_SOFTCAPPING = 30.0
+# RoPE base when a file states none (llama.cpp's default; Gemma 1 and 2 use 10000).
+DEFAULT_ROPE_THETA = 10000.0
+# query_pre_attn_scalar (queries are scaled by its -1/2 power). llama.cpp picks it by model
+# size: `f_attention_scale = type == LLM_TYPE_27B ? 1/sqrt(n_embd / n_head) : 1/sqrt(head_dim)`,
+# after gemma_pytorch's config. The 27B models are recognised by their layer count, as llama.cpp
+# does: Gemma 2 27B has 46 layers (query_pre_attn_scalar = 4608 / 32 = 144), Gemma 3 27B has 62
+# (5376 / 32 = 168). Every other size uses head_dim (Gemma 3 270M: 256). transformers' GGUF
+# loader does not set it at all and so gets the config class default, 256, which agrees for
+# every size but the 27Bs. Gemma 1 has no such setting; it scales by head_dim ** -0.5, which is
+# what query_pre_attn_scalar = head_dim means.
+_QUERY_SCALE_BY_HIDDEN_OVER_HEADS_LAYER_COUNTS = {"gemma2": 46, "gemma3": 62}
+# Every Gemma uses the tanh approximation of GELU in its MLP.
+HIDDEN_ACTIVATION = "gelu_pytorch_tanh"
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer: llama.cpp token types (`tokenizer.ggml.token_type`, llama.cpp's
+# `SentencePieceTokenTypes`) -> SentencePiece piece types.
+# --------------------------------------------------------------------------------------------
+_SP_TYPE = sentencepiece_model_pb2.ModelProto.SentencePiece.Type
+_LLAMA_TOKEN_TYPE_TO_SP = {
+    1: _SP_TYPE.NORMAL,
+    2: _SP_TYPE.UNKNOWN,
+    3: _SP_TYPE.CONTROL,  # but see _sp_piece_type: only bos/eos/pad stay CONTROL
+    4: _SP_TYPE.USER_DEFINED,
+    5: _SP_TYPE.UNUSED,
+    6: _SP_TYPE.BYTE,
+}
+_LLAMA_CONTROL = 3
+_SP_SPACE = "\u2581"  # "▁", SentencePiece's escaped space
+
+_GGUF_MAGIC = b"GGUF"
+# Dequantize tensors bigger than this many output elements in row chunks, to keep the
+# temporary arrays of the block decoders small (the 270M's embedding is 168M elements).
+_CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclasses.dataclass(frozen=True)
+class GGUFCheckpoint:
+    """A Gemma checkpoint read from a GGUF file, in Hugging Face terms."""
+
+    config: dict[str, Any]
+    tensors: dict[str, np.ndarray]
+    tokenizer_model: bytes
+    metadata: dict[str, Any]
+
+
+def read_gguf(path: str | os.PathLike[str]) -> GGUFCheckpoint:
+    """Read a Gemma / Gemma 2 / Gemma 3 (text) GGUF file into HF-layout float32 tensors.
+
+    Raises `GemmaRefError` for a missing, truncated or corrupt file, an architecture other than
+    gemma / gemma2 / gemma3, a tensor type that cannot be dequantized, or a missing, unknown or
+    mis-shaped tensor.
+    """
+    path = os.fspath(path)
+    reader = _open_reader(path)
+    fields = reader.fields
+    arch = _get(reader, path, "general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise GemmaRefError(
+            f"{path}: GGUF architecture {arch!r} is not supported; this reader handles "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)} (text models only)"
+        )
+    _check_tensor_bounds(reader, path)
+
+    vocab = _read_vocab(reader, path)
+    tensor_names = [t.name for t in reader.tensors]
+    config = _build_config(reader, path, arch, len(vocab[0]), tensor_names)
+    tokenizer_model = _build_tokenizer(path, *vocab, config)
+    del vocab
+    # The reader keeps a NumPy view per vocabulary entry (~0.7 GB for Gemma 3's 262k tokens).
+    # They are no longer needed; dropping them before dequantizing lowers the peak memory.
+    for key in [k for k in reader.fields if k.startswith("tokenizer.ggml.") and k.endswith(("tokens", "scores", "token_type", "merges"))]:
+        del reader.fields[key]
+    tensors = _read_tensors(reader, path, arch, config)
+
+    file_type = _get(reader, path, "general.file_type", None)
+    try:
+        file_type_name = gguf.LlamaFileType(file_type).name if file_type is not None else None
+    except ValueError:
+        file_type_name = f"unknown ({file_type})"
+    metadata = {
+        "path": path,
+        "architecture": arch,
+        "name": _get(reader, path, "general.name", None),
+        "file_type": file_type_name,
+        "file_type_id": file_type,
+        "quant_types": dict(sorted(Counter(t.tensor_type.name for t in reader.tensors).items())),
+        "tensor_count": len(reader.tensors),
+        "gguf_version": int(fields["GGUF.version"].parts[0][0]),
+    }
+    return GGUFCheckpoint(config=config, tensors=tensors, tokenizer_model=tokenizer_model, metadata=metadata)
+
+
+# --------------------------------------------------------------------------------------------
+# File access
+# --------------------------------------------------------------------------------------------
+
+_REQUIRED = object()
+
+
+def _open_reader(path: str) -> gguf.GGUFReader:
+    if not os.path.isfile(path):
+        raise GemmaRefError(f"{path}: no such file (expected a .gguf model file)")
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != _GGUF_MAGIC:
+        raise GemmaRefError(
+            f"{path}: not a GGUF file: it starts with {magic!r}, a GGUF file starts with {_GGUF_MAGIC!r}"
+        )
+    try:
+        return gguf.GGUFReader(path)
+    except ValueError as e:
+        match = re.search(r"(\d+) is not a valid GGMLQuantizationType", str(e))
+        if match:
+            raise GemmaRefError(
+                f"{path}: a tensor has ggml type id {match.group(1)}, which this gguf package "
+                f"(version {_gguf_version()}) does not know: unsupported quant type"
+            ) from e
+        raise GemmaRefError(f"{path}: truncated or corrupt GGUF file ({size} bytes): {e}") from e
+    except (IndexError, KeyError, TypeError, OverflowError, UnicodeDecodeError) as e:
+        raise GemmaRefError(f"{path}: truncated or corrupt GGUF file ({size} bytes): {e!r}") from e
+
+
+def _check_tensor_bounds(reader: gguf.GGUFReader, path: str) -> None:
+    """Every tensor's data must lie inside the file (GGUFReader itself fails on most such
+    files; this names the tensor for the rest)."""
+    size = len(reader.data)
+    for t in reader.tensors:
+        end = int(t.data_offset) + int(t.n_bytes)
+        if int(t.data_offset) < reader.data_offset or end > size or t.data.nbytes != int(t.n_bytes):
+            raise GemmaRefError(
+                f"{path}: tensor {t.name!r} data runs from byte {int(t.data_offset)} to {end}, "
+                f"past the end of the {size}-byte file: the file is truncated or corrupt"
+            )
+
+
+def _get(reader: gguf.GGUFReader, path: str, key: str, default: Any = _REQUIRED) -> Any:
+    field = reader.fields.get(key)
+    if field is None:
+        if default is _REQUIRED:
+            raise GemmaRefError(f"{path}: GGUF metadata key {key!r} is missing")
+        return default
+    try:
+        return field.contents()
+    except (UnicodeDecodeError, IndexError, ValueError) as e:
+        raise GemmaRefError(f"{path}: GGUF metadata key {key!r} is unreadable: {e!r}") from e
+
+
+def _gguf_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("gguf")
+    except Exception:  # pragma: no cover - only for the message
+        return "unknown"
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------
+
+
+def _build_config(
+    reader: gguf.GGUFReader, path: str, arch: str, vocab_size: int, tensor_names: list[str]
+) -> dict[str, Any]:
+    def key(name: str, default: Any = _REQUIRED) -> Any:
+        return _get(reader, path, f"{arch}.{name}", default)
+
+    def positive_int(name: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise GemmaRefError(f"{path}: GGUF metadata {arch}.{name} = {value!r} is not a positive integer")
+        return value
+
+    hidden = positive_int("embedding_length", key("embedding_length"))
+    layers = positive_int("block_count", key("block_count"))
+    heads = positive_int("attention.head_count", key("attention.head_count"))
+    kv_heads = positive_int("attention.head_count_kv", key("attention.head_count_kv", heads))
+    ffn = positive_int("feed_forward_length", key("feed_forward_length"))
+    head_dim = positive_int("attention.key_length", key("attention.key_length", hidden // heads))
+    value_dim = positive_int("attention.value_length", key("attention.value_length", head_dim))
+    if value_dim != head_dim:
+        raise GemmaRefError(
+            f"{path}: key_length {head_dim} != value_length {value_dim}; Gemma has one head_dim"
+        )
+    if heads % kv_heads:
+        raise GemmaRefError(f"{path}: head_count {heads} is not a multiple of head_count_kv {kv_heads}")
+    context = positive_int("context_length", key("context_length"))
+    rms_eps = float(key("attention.layer_norm_rms_epsilon"))
+    rope_theta = float(key("rope.freq_base", DEFAULT_ROPE_THETA))
+
+    rope_scaling = None
+    scaling_type = key("rope.scaling.type", None)
+    if scaling_type not in (None, "none"):
+        rope_scaling = {"rope_type": scaling_type, "factor": float(key("rope.scaling.factor", 1.0))}
+
+    if arch == "gemma":
+        sliding_window = None
+        layer_types = ["full_attention"] * layers
+        rope_local = rope_theta  # one RoPE base for every layer
+        attn_softcap = final_softcap = None
+    elif arch == "gemma2":
+        sliding_window = key("attention.sliding_window", GEMMA2_DEFAULT_SLIDING_WINDOW)
+        layer_types = _pattern_layer_types(layers, GEMMA2_SLIDING_WINDOW_PATTERN)
+        rope_local = rope_theta  # Gemma 2 uses one RoPE base for every layer
+        attn_softcap = float(key("attn_logit_softcapping", GEMMA2_DEFAULT_ATTN_LOGIT_SOFTCAPPING))
+        final_softcap = float(key("final_logit_softcapping", GEMMA2_DEFAULT_FINAL_LOGIT_SOFTCAPPING))
+    else:  # gemma3
+        sliding_window = key("attention.sliding_window", None) or None
+        pattern = key("attention.sliding_window_pattern", GEMMA3_SLIDING_WINDOW_PATTERN)
+        if sliding_window is None:
+            # Newer llama.cpp: no window stated -> every layer is global.
+            layer_types = ["full_attention"] * layers
+        elif isinstance(pattern, list):  # per-layer flags, True = sliding
+            if len(pattern) != layers:
+                raise GemmaRefError(
+                    f"{path}: {arch}.attention.sliding_window_pattern has {len(pattern)} entries for {layers} layers"
+                )
+            layer_types = ["sliding_attention" if p else "full_attention" for p in pattern]
+        else:
+            layer_types = _pattern_layer_types(layers, positive_int("attention.sliding_window_pattern", pattern))
+        rope_local = float(key("rope.freq_base_swa", GEMMA3_ROPE_LOCAL_BASE_FREQ))
+        attn_softcap = key("attn_logit_softcapping", None)
+        final_softcap = key("final_logit_softcapping", None)
+        attn_softcap = float(attn_softcap) if attn_softcap else None
+        final_softcap = float(final_softcap) if final_softcap else None
+
+    if layers == _QUERY_SCALE_BY_HIDDEN_OVER_HEADS_LAYER_COUNTS.get(arch):
+        query_pre_attn_scalar = hidden // heads
+    else:
+        query_pre_attn_scalar = head_dim
+
+    def token_id(name: str) -> int | None:
+        value = _get(reader, path, f"tokenizer.ggml.{name}", None)
+        if value is not None and not 0 <= value < vocab_size:
+            raise GemmaRefError(f"{path}: tokenizer.ggml.{name} = {value} is outside the {vocab_size}-token vocabulary")
+        return value
+
+    model_type, architecture = _MODEL_TYPES[arch]
+    config: dict[str, Any] = {
+        "architectures": [architecture],
+        "model_type": model_type,
+        "vocab_size": vocab_size,
+        "hidden_size": hidden,
+        "intermediate_size": ffn,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "max_position_embeddings": context,
+        "rms_norm_eps": rms_eps,
+        "rope_theta": rope_theta,
+        "rope_local_base_freq": rope_local,
+        "rope_scaling": rope_scaling,
+        "sliding_window": sliding_window,
+        "layer_types": layer_types,
+        "query_pre_attn_scalar": query_pre_attn_scalar,
+        "attn_logit_softcapping": attn_softcap,
+        "final_logit_softcapping": final_softcap,
+        "hidden_activation": HIDDEN_ACTIVATION,
+        "hidden_act": HIDDEN_ACTIVATION,
+        "attention_bias": False,
+        "tie_word_embeddings": "output.weight" not in tensor_names,
+        "bos_token_id": token_id("bos_token_id"),
+        "eos_token_id": token_id("eos_token_id"),
+        "pad_token_id": token_id("padding_token_id"),
+        "unk_token_id": token_id("unknown_token_id"),
+    }
+    if arch == "gemma3" and sliding_window is not None and isinstance(pattern, int):
+        config["_sliding_window_pattern"] = pattern  # as transformers' Gemma3TextConfig has it
+    return config
+
+
+def _pattern_layer_types(layers: int, pattern: int) -> list[str]:
+    return ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(layers)]
+
+
+# --------------------------------------------------------------------------------------------
+# Tensors
+# --------------------------------------------------------------------------------------------
+
+
+def _expected_tensors(arch: str, layers: int) -> dict[str, tuple[str, str]]:
+    """GGUF name -> (HF key, transformation) for every tensor this architecture may have."""
+    table: dict[str, tuple[str, str]] = {}
+    for gguf_name, archs, hf_key, transform in TENSOR_NAME_TABLE:
+        if arch not in archs:
+            continue
+        if "{i}" in gguf_name:
+            for i in range(layers):
+                table[gguf_name.format(i=i)] = (hf_key.format(i=i), transform)
+        else:
+            table[gguf_name] = (hf_key, transform)
+    return table
+
+
+def _expected_shape(hf_key: str, config: dict[str, Any]) -> tuple[int, ...]:
+    d, f = config["hidden_size"], config["intermediate_size"]
+    q = config["num_attention_heads"] * config["head_dim"]
+    kv = config["num_key_value_heads"] * config["head_dim"]
+    leaf = hf_key.split(".")[-2]
+    return {
+        "embed_tokens": (config["vocab_size"], d),
+        "lm_head": (config["vocab_size"], d),
+        "q_proj": (q, d),
+        "k_proj": (kv, d),
+        "v_proj": (kv, d),
+        "o_proj": (d, q),
+        "gate_proj": (f, d),
+        "up_proj": (f, d),
+        "down_proj": (d, f),
+        "q_norm": (config["head_dim"],),
+        "k_norm": (config["head_dim"],),
+    }.get(leaf, (d,))  # every other tensor is a hidden-size RMSNorm weight
+
+
+def _read_tensors(reader: gguf.GGUFReader, path: str, arch: str, config: dict[str, Any]) -> dict[str, np.ndarray]:
+    expected = _expected_tensors(arch, config["num_hidden_layers"])
+    by_name = {t.name: t for t in reader.tensors}
+
+    unknown = sorted(set(by_name) - set(expected))
+    if unknown:
+        raise GemmaRefError(
+            f"{path}: unexpected tensor(s) for a {arch} model: {', '.join(unknown[:5])}"
+            f"{' ...' if len(unknown) > 5 else ''} (a different model type, or a multimodal file?)"
+        )
+    missing = [name for name in expected if name not in by_name and name not in _OPTIONAL_TENSORS]
+    if missing:
+        raise GemmaRefError(
+            f"{path}: missing tensor(s): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
+
+    # Find an unsupported tensor type before spending seconds on the others.
+    for t in reader.tensors:
+        _check_dequantizable(t, path)
+
+    tensors: dict[str, np.ndarray] = {}
+    for t in reader.tensors:
+        hf_key, transform = expected[t.name]
+        shape = tuple(int(n) for n in reversed(t.shape.tolist()))
+        want = _expected_shape(hf_key, config)
+        if shape != want:
+            raise GemmaRefError(
+                f"{path}: tensor {t.name!r} has shape {shape}, expected {want} for {hf_key} from the config"
+            )
+        array = _dequantize(t, path, shape)
+        if transform == UNSHIFT:
+            array -= np.float32(1.0)
+        tensors[hf_key] = array
+    return tensors
+
+
+def _check_dequantizable(t: Any, path: str) -> None:
+    try:
+        block_size, type_size = gguf.GGML_QUANT_SIZES[t.tensor_type]
+        first_block = np.ascontiguousarray(t.data.reshape(-1).view(np.uint8)[:type_size])
+        out = gguf.quants.dequantize(first_block, t.tensor_type)
+    except (NotImplementedError, KeyError) as e:
+        raise GemmaRefError(
+            f"{path}: tensor {t.name!r} has ggml type {t.tensor_type.name}, which cannot be "
+            f"dequantized to float32 (unsupported quant type)"
+        ) from e
+    if out.dtype != np.float32 or out.size != block_size:
+        raise GemmaRefError(
+            f"{path}: tensor {t.name!r} has ggml type {t.tensor_type.name}, which does not "
+            f"dequantize to float32 weights (unsupported quant type)"
+        )
+
+
+def _dequantize(t: Any, path: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Dequantize one tensor to a fresh, writable, C-contiguous float32 array of `shape`."""
+    data = t.data  # rows of raw blocks (or of values, for F32/F16), NumPy shape = reversed(ne)
+    out = np.empty(shape, dtype=np.float32)
+    rows = data.reshape(-1, data.shape[-1]) if data.ndim > 1 else data.reshape(1, -1)
+    flat_out = out.reshape(rows.shape[0], -1)
+    step = max(1, _CHUNK_ELEMENTS // max(1, flat_out.shape[1]))
+    for start in range(0, rows.shape[0], step):
+        chunk = gguf.quants.dequantize(np.ascontiguousarray(rows[start : start + step]), t.tensor_type)
+        flat_out[start : start + step] = chunk.reshape(-1, flat_out.shape[1])
+    if not np.isfinite(out).all():
+        raise GemmaRefError(f"{path}: tensor {t.name!r} contains NaN or infinite values: the file is corrupt")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizer
+# --------------------------------------------------------------------------------------------
+
+
+def _read_vocab(reader: gguf.GGUFReader, path: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    model = _get(reader, path, "tokenizer.ggml.model")
+    if model != "llama":
+        raise GemmaRefError(
+            f"{path}: tokenizer.ggml.model is {model!r}; Gemma's tokenizer is SentencePiece ('llama')"
+        )
+    field = reader.fields.get("tokenizer.ggml.tokens")
+    if field is None:
+        raise GemmaRefError(f"{path}: GGUF metadata key 'tokenizer.ggml.tokens' is missing")
+    try:
+        tokens = [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+    except UnicodeDecodeError as e:
+        raise GemmaRefError(f"{path}: tokenizer.ggml.tokens holds a token that is not UTF-8: {e}") from e
+    scores = np.asarray(_get(reader, path, "tokenizer.ggml.scores"), dtype=np.float32)
+    types = np.asarray(_get(reader, path, "tokenizer.ggml.token_type"), dtype=np.int64)
+    if not tokens or len(scores) != len(tokens) or len(types) != len(tokens):
+        raise GemmaRefError(
+            f"{path}: tokenizer arrays disagree: {len(tokens)} tokens, {len(scores)} scores, {len(types)} token types"
+        )
+    return tokens, scores, types
+
+
+def _sp_piece_type(token_id: int, llama_type: int, special_ids: set[int]) -> int:
+    """SentencePiece type of a token, from llama.cpp's type.
+
+    llama.cpp's converter marks as CONTROL every token that tokenizer_config.json lists as
+    special or that "looks special" (`<...>`), including `<unk>`, `<mask>`, `<start_of_turn>`,
+    `<end_of_turn>` and the `<unusedN>` tokens. In SentencePiece only the bos/eos/pad pieces
+    are CONTROL (never produced from text), `<unk>` is UNKNOWN, and the others are
+    USER_DEFINED: matched whole wherever they appear in the text, which is also how llama.cpp
+    and transformers treat them (so chat markup tokenizes to single ids).
+    """
+    if llama_type == _LLAMA_CONTROL and token_id not in special_ids:
+        return _SP_TYPE.USER_DEFINED
+    return _LLAMA_TOKEN_TYPE_TO_SP[llama_type]
+
+
+def _build_tokenizer(
+    path: str, tokens: list[str], scores: np.ndarray, types: np.ndarray, config: dict[str, Any]
+) -> bytes:
+    unk = config["unk_token_id"]
+    ids = {"bos_id": config["bos_token_id"], "eos_id": config["eos_token_id"], "pad_id": config["pad_token_id"]}
+    if unk is None:
+        unk = next((i for i, t in enumerate(tokens) if t == "<unk>"), None)
+        if unk is None:
+            raise GemmaRefError(f"{path}: the vocabulary has no unknown token (tokenizer.ggml.unknown_token_id)")
+    bad = sorted(set(types.tolist()) - set(_LLAMA_TOKEN_TYPE_TO_SP))
+    if bad:
+        raise GemmaRefError(f"{path}: tokenizer.ggml.token_type holds unknown token type(s) {bad}")
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    trainer = proto.trainer_spec
+    # What Gemma's own tokenizer.model says: a byte-fallback BPE model, digits split, pieces of
+    # whitespace allowed.
+    trainer.model_type = sentencepiece_model_pb2.TrainerSpec.BPE
+    trainer.vocab_size = len(tokens)
+    trainer.byte_fallback = True
+    trainer.split_digits = True
+    trainer.allow_whitespace_only_pieces = True
+    trainer.unk_id = unk
+    trainer.unk_piece = tokens[unk]
+    for name, token_id in ids.items():
+        setattr(trainer, name, -1 if token_id is None else token_id)
+        if token_id is not None:
+            setattr(trainer, name.replace("_id", "_piece"), tokens[token_id])
+    normalizer = proto.normalizer_spec
+    # No NFKC or other rewriting, no dummy "▁" prefix (llama.cpp: add_space_prefix False), spaces
+    # kept as they are, and escaped to "▁".
+    normalizer.name = "identity"
+    normalizer.add_dummy_prefix = False
+    normalizer.remove_extra_whitespaces = False
+    normalizer.escape_whitespaces = True
+
+    special_ids = {i for i in ids.values() if i is not None}
+    seen: dict[str, int] = {}
+    for i, (text, score, llama_type) in enumerate(zip(tokens, scores.tolist(), types.tolist())):
+        # llama.cpp's converter "pre-normalizes" user-defined pieces by turning "▁" back into a
+        # space (e.g. Gemma's whitespace-run tokens 138..167 are stored as "  ", "   ", ...).
+        # SentencePiece never holds a raw space in a piece, so spell every space as "▁" again.
+        piece = text.replace(" ", _SP_SPACE)
+        if i == unk:
+            piece_type = _SP_TYPE.UNKNOWN  # llama.cpp marks <unk> CONTROL; SentencePiece needs UNKNOWN
+        elif llama_type == 2:
+            raise GemmaRefError(f"{path}: token {i} {text!r} is typed unknown but unknown_token_id is {unk}")
+        else:
+            piece_type = _sp_piece_type(i, llama_type, special_ids)
+        if not piece:
+            raise GemmaRefError(f"{path}: token {i} is empty")
+        if piece in seen:
+            raise GemmaRefError(f"{path}: tokens {seen[piece]} and {i} are both {piece!r}")
+        seen[piece] = i
+        proto.pieces.add(piece=piece, score=score, type=piece_type)
+    return proto.SerializeToString()
