@@ -237,6 +237,38 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFCheckpoint:
 _REQUIRED = object()
 
 
+class _TensorPastEnd(Exception):
+    """Raised by _Reader when a tensor's data runs past the end of the file."""
+
+
+class _Reader(gguf.GGUFReader):
+    """`gguf.GGUFReader`, but a tensor whose data runs past the end of the file is named.
+
+    GGUFReader builds a view of every tensor's data while it parses the header; for a truncated
+    file that fails with a bare NumPy reshape/view error. This checks each tensor's extent first.
+    If the tensor-info layout ever changes in the gguf package, the check steps aside and the
+    reader's own error is reported instead.
+    """
+
+    def _build_tensors(self, start_offs, fields):  # noqa: ANN001 - gguf's signature
+        size = len(self.data)
+        for field in fields:
+            try:
+                _, name_data, _, dims, raw_dtype, offset = field.parts
+                name = bytes(name_data).decode("utf-8", "replace")
+                block_size, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(int(raw_dtype[0]))]
+                start = int(start_offs) + int(offset[0])
+                end = start + int(np.prod(dims, dtype=np.uint64)) * type_size // block_size
+            except Exception:  # unknown type id, or another layout: GGUFReader reports it
+                continue
+            if end > size:
+                raise _TensorPastEnd(
+                    f"tensor {name!r} data runs from byte {start} to {end}, past the end of the "
+                    f"{size}-byte file: the file is truncated or corrupt"
+                )
+        super()._build_tensors(start_offs, fields)
+
+
 def _open_reader(path: str) -> gguf.GGUFReader:
     if not os.path.isfile(path):
         raise GemmaRefError(f"{path}: no such file (expected a .gguf model file)")
@@ -248,17 +280,25 @@ def _open_reader(path: str) -> gguf.GGUFReader:
             f"{path}: not a GGUF file: it starts with {magic!r}, a GGUF file starts with {_GGUF_MAGIC!r}"
         )
     try:
-        return gguf.GGUFReader(path)
+        return _Reader(path)
+    except _TensorPastEnd as e:
+        raise GemmaRefError(f"{path}: {e}") from None
     except ValueError as e:
-        match = re.search(r"(\d+) is not a valid GGMLQuantizationType", str(e))
+        match = re.search(r"(\d+)\)? is not a valid GGMLQuantizationType", str(e))
         if match:
             raise GemmaRefError(
                 f"{path}: a tensor has ggml type id {match.group(1)}, which this gguf package "
                 f"(version {_gguf_version()}) does not know: unsupported quant type"
             ) from e
-        raise GemmaRefError(f"{path}: truncated or corrupt GGUF file ({size} bytes): {e}") from e
+        raise GemmaRefError(
+            f"{path}: truncated or corrupt GGUF file ({size} bytes): its header (metadata and tensor "
+            f"list) could not be parsed: {e}"
+        ) from e
     except (IndexError, KeyError, TypeError, OverflowError, UnicodeDecodeError) as e:
-        raise GemmaRefError(f"{path}: truncated or corrupt GGUF file ({size} bytes): {e!r}") from e
+        raise GemmaRefError(
+            f"{path}: truncated or corrupt GGUF file ({size} bytes): its header (metadata and tensor "
+            f"list) could not be parsed: {e!r}"
+        ) from e
 
 
 def _check_tensor_bounds(reader: gguf.GGUFReader, path: str) -> None:
