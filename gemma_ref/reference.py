@@ -26,6 +26,9 @@ import numpy as np
 from .errors import GemmaRefError
 
 FORMAT = "gemma-ref-golden/1"
+# Default tolerance of `compare`. Gemma 3 270M, 636-token prompt: float32 gemma-ref and
+# transformers are within 1e-4 of float64; the bugs in docs/REFERENCE.md give 2e-3 to 1.
+RTOL = 1e-3
 
 
 # --- one prompt's dump -----------------------------------------------------------
@@ -247,37 +250,30 @@ def _read_prompt(z, keys: set, i: int, path) -> PromptDump:
 
 
 def row_errors(golden: np.ndarray, other: np.ndarray, lead: int = 1):
-    """Per row (the axes after the first `lead`): max |a - b|, and max |golden| to judge it by.
+    """Per row (the axes after the first `lead`): max |a - b| and the max relative error.
 
-    hidden_states [L+1, T, D] (lead 2), logits [T, V], a trace entry [T, ...] -> [L+1, T] or [T].
-    NaN entries (a logit one top-k file lacks) are skipped. Computed in float64.
+    hidden_states [L+1, T, D] (lead 2), logits [T, V], a trace entry [T, ...] -> 2 x [L+1, T] or [T].
+    An element's relative error is |a - b| / (|golden| + rms(golden row)): relative to
+    itself where it is large, to its row where it is near zero. Not relative to the
+    row's max: Gemma's residual stream has a few huge dimensions (1e5 in Gemma 3 270M)
+    that would hide an error in all the others. NaN entries (a logit one top-k file
+    lacks) are skipped. Computed in float64.
     """
     g = golden.reshape(*golden.shape[:lead], -1).astype(np.float64)
     o = other.reshape(g.shape).astype(np.float64)
-    diff = np.abs(g - o)
-    err = np.where(np.isnan(diff), 0.0, diff).max(axis=-1, initial=0.0)
-    scale = np.where(np.isnan(g), 0.0, np.abs(g)).max(axis=-1, initial=0.0)
-    return err, scale
+    present = ~np.isnan(g) & ~np.isnan(o)
+    g, diff = np.where(present, g, 0.0), np.where(present, np.abs(g - o), 0.0)
+    rms = np.sqrt((g * g).sum(axis=-1, keepdims=True) / np.maximum(present.sum(-1, keepdims=True), 1))
+    rel = diff / np.maximum(np.abs(g) + rms, 1e-30)
+    return diff.max(axis=-1, initial=0.0), rel.max(axis=-1, initial=0.0)
 
 
-@dataclass
-class Tolerance:
-    """A position passes when max |a - b| <= atol + rtol * max |golden| over its row."""
-
-    rtol: float = 1e-3
-    atol: float = 1e-5
-
-    def exceeded(self, err, scale):
-        return err > self.atol + self.rtol * scale
-
-
-def _entry(name, err, scale, tol: Tolerance, layer=None) -> dict:
-    """Summary of one compared tensor: err, scale [T] -> dict."""
-    rel = err / np.maximum(scale, 1e-30)
-    bad = np.nonzero(tol.exceeded(err, scale))[0]
-    worst = int(np.argmax(err)) if err.size else 0
+def _entry(name, err, rel, rtol: float, layer=None) -> dict:
+    """Summary of one compared tensor, from its per-position errors: err, rel [T] -> dict."""
+    bad = np.nonzero(rel > rtol)[0]
     return {"name": name, "layer": layer, "max_abs": float(err.max(initial=0.0)),
-            "max_rel": float(rel.max(initial=0.0)), "worst_position": worst,
+            "max_rel": float(rel.max(initial=0.0)),
+            "worst_position": int(np.argmax(rel)) if rel.size else 0,
             "first_bad_position": int(bad[0]) if bad.size else None, "ok": not bad.size,
             "abs": err.tolist(), "rel": rel.tolist()}
 
@@ -340,7 +336,7 @@ def _first_false(a) -> int | None:
     return int(bad[0]) if bad.size else None
 
 
-def compare_prompt(i: int, g: PromptDump, o: PromptDump, tol: Tolerance, k: int = 10) -> dict:
+def compare_prompt(i: int, g: PromptDump, o: PromptDump, rtol: float, k: int = 10) -> dict:
     """Everything `gemma-ref compare` says about one prompt."""
     if g.input_ids.shape != o.input_ids.shape or not np.array_equal(g.input_ids, o.input_ids):
         raise GemmaRefError(
@@ -352,13 +348,13 @@ def compare_prompt(i: int, g: PromptDump, o: PromptDump, tol: Tolerance, k: int 
             raise GemmaRefError(f"prompt {i}: hidden_states shapes differ: {g.hidden_states.shape} "
                                 f"vs {o.hidden_states.shape} (a different model?)")
         names = hidden_state_names(g.hidden_states.shape[0] - 1)
-        err, scale = row_errors(g.hidden_states, o.hidden_states, lead=2)  # [L+1, T] each
-        entries = [_entry(n, e, s, tol, layer) for (n, layer), e, s in zip(names, err, scale)]
+        err, rel = row_errors(g.hidden_states, o.hidden_states, lead=2)  # [L+1, T] each
+        entries = [_entry(n, e, r, rtol, layer) for (n, layer), e, r in zip(names, err, rel)]
     gl, ol = aligned_logits(g, o)
     if gl is not None:
         kind = "full" if g.logits is not None and o.logits is not None else "top-k"
-        entries.append(_entry(f"logits ({kind})", *row_errors(gl, ol), tol))
-    traced = [_entry(n, *row_errors(g.trace[n], o.trace[n]), tol)
+        entries.append(_entry(f"logits ({kind})", *row_errors(gl, ol), rtol))
+    traced = [_entry(n, *row_errors(g.trace[n], o.trace[n]), rtol)
               for n in g.trace if n in o.trace and g.trace[n].size == o.trace[n].size]
     first = next((e for e in entries if not e["ok"]), None)
     first_trace = next((e for e in traced if not e["ok"]), None)
@@ -376,17 +372,21 @@ def _where(e: dict) -> dict:
     return {"name": e["name"], "layer": e["layer"], "position": p, "abs": e["abs"][p], "rel": e["rel"][p]}
 
 
-def compare(golden: Golden, other: Golden, tol: Tolerance = Tolerance(), k: int = 10) -> dict:
-    """Compare two dumps prompt by prompt. The result is JSON-ready; result["ok"] is the verdict."""
+def compare(golden: Golden, other: Golden, rtol: float = RTOL, k: int = 10) -> dict:
+    """Compare two dumps prompt by prompt. The result is JSON-ready; result["ok"] is the verdict.
+
+    A position fails when one of its elements differs by more than
+    rtol * (|golden element| + rms(golden row)) (see row_errors).
+    """
     if len(golden.prompts) != len(other.prompts):
         raise GemmaRefError(f"the dumps hold different numbers of prompts: {len(golden.prompts)} "
                             f"({golden.source}) vs {len(other.prompts)} ({other.source})")
-    prompts = [compare_prompt(i, g, o, tol, k) for i, (g, o) in
+    prompts = [compare_prompt(i, g, o, rtol, k) for i, (g, o) in
                enumerate(zip(golden.prompts, other.prompts))]
     compared = sum(len(p["hidden_states"]) + len(p["trace"]) for p in prompts)
     if not compared:
         raise GemmaRefError("nothing to compare: the dumps share no hidden_states, logits or trace")
-    return {"ok": all(p["ok"] for p in prompts), "rtol": tol.rtol, "atol": tol.atol,
+    return {"ok": all(p["ok"] for p in prompts), "rtol": rtol,
             "golden": {"source": golden.source, "provenance": golden.provenance},
             "other": {"source": other.source, "provenance": other.provenance}, "prompts": prompts}
 
@@ -407,8 +407,8 @@ def candidate_from_model(model, golden: Golden, trace: bool = False) -> Golden:
 def format_report(r: dict, *, all_rows: bool = True) -> str:
     """The comparison as a table per prompt, then the verdict."""
     lines = [f"golden: {_describe(r['golden'])}", f"other:  {_describe(r['other'])}",
-             f"a position passes when max|a - b| <= {r['atol']:g} + {r['rtol']:g} * max|golden| "
-             f"(over its hidden vector or logits row)", ""]
+             f"rel = |a - b| / (|golden| + rms(golden row)), max over a hidden vector or logits "
+             f"row; a position fails when rel > {r['rtol']:g}", ""]
     for p in r["prompts"]:
         text = f": {p['text'][:50]!r}" if p.get("text") else ""
         lines.append(f"prompt {p['prompt']} ({p['tokens']} tokens){text}")
