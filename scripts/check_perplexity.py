@@ -48,17 +48,22 @@ def load_transformers(model_dir: str | None):
 
 @torch.no_grad()
 def transformers_perplexity(model, ids: list[int], max_length: int, stride: int, bos: bool,
-                            bos_id: int) -> dict:
-    nll, n = 0.0, 0
+                            bos_id: int) -> tuple[dict, dict]:
+    """The guide's way (float32 cross-entropy loss), and the same logits' log-softmax in float64."""
+    nll, nll64, n = 0.0, 0.0, 0
     for begin, end, first in windows(len(ids), max_length, stride, bos):
         prefix = [bos_id] if bos and begin > 0 else []
         window = torch.tensor([prefix + ids[begin:end]])
         labels = window.clone()
-        labels[:, :first - begin + len(prefix)] = -100  # score only tokens first..end-1
-        loss = model(window, labels=labels).loss  # mean over the scored tokens
-        nll += float(loss) * (end - first)
+        start = first - begin + len(prefix)  # window position of the first scored token
+        labels[:, :start] = -100  # score only tokens first..end-1
+        out = model(window, labels=labels)
+        nll += float(out.loss) * (end - first)  # loss: mean over the scored tokens
+        logp = torch.log_softmax(out.logits[0, start - 1:-1].double(), dim=-1)  # [end - first, V]
+        nll64 -= float(logp.gather(-1, window[0, start:, None]).sum())
         n += end - first
-    return {"perplexity": math.exp(nll / n), "nll_per_token": nll / n, "tokens_scored": n}
+    result = lambda s: {"perplexity": math.exp(s / n), "nll_per_token": s / n, "tokens_scored": n}
+    return result(nll), result(nll64)
 
 
 def main(argv=None):
@@ -85,19 +90,26 @@ def main(argv=None):
         results["same_token_ids"] = same
         print(f"transformers' tokenizer gives the same ids: {same}")
 
+    print("hf logits f64: transformers' logits, log-softmax in float64 as gemma-ref does "
+          "(transformers' loss is float32)")
     print(f"{'windows':<8}{'engine':<14}{'perplexity':>12}{'nats/token':>12}{'seconds':>9}")
     for bos in (True, False):
         t0 = time.perf_counter()
         a = perplexity(ours, ids, args.max_length, args.stride, bos=bos)
         t1 = time.perf_counter()
-        b = transformers_perplexity(hf, ids, args.max_length, args.stride, bos, ours.config.bos_token_id)
+        b, b64 = transformers_perplexity(hf, ids, args.max_length, args.stride, bos,
+                                         ours.config.bos_token_id)
         t2 = time.perf_counter()
         label = "bos" if bos else "no-bos"
-        for name, r, dt in (("gemma-ref", a, t1 - t0), ("transformers", b, t2 - t1)):
-            print(f"{label:<8}{name:<14}{r['perplexity']:>12.5f}{r['nll_per_token']:>12.6f}{dt:>9.1f}")
+        for name, r, dt in (("gemma-ref", a, t1 - t0), ("transformers", b, t2 - t1),
+                            ("hf logits f64", b64, None)):
+            took = f"{dt:>9.1f}" if dt else ""
+            print(f"{label:<8}{name:<14}{r['perplexity']:>12.5f}{r['nll_per_token']:>12.6f}{took}")
         rel = abs(a["perplexity"] - b["perplexity"]) / b["perplexity"]
-        print(f"{label:<8}relative difference {rel:.2e}")
-        results[label] = {"gemma_ref": a, "transformers": b, "relative_difference": rel}
+        rel64 = abs(a["perplexity"] - b64["perplexity"]) / b64["perplexity"]
+        print(f"{label:<8}relative difference {rel:.2e} (loss), {rel64:.2e} (float64 log-softmax)")
+        results[label] = {"gemma_ref": a, "transformers": b, "transformers_logits_float64": b64,
+                          "relative_difference": rel, "relative_difference_float64": rel64}
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
