@@ -18,6 +18,7 @@ COMPARE_EXAMPLES = """\
 exit status: 0 within tolerance, 1 beyond it, 2 could not compare (bad input)
 examples:
   gemma-ref compare golden.npz --model ./ckpt            # gemma-ref vs a golden
+  gemma-ref compare golden.npz --model 3-270m-gguf --dtype float64
   gemma-ref compare golden.npz other.npz --json          # two dumps, for CI
 """
 
