@@ -44,8 +44,7 @@ def load(args):
     else:
         gguf = Path(args.gguf) if args.gguf else default_gguf()
         where, kw, files = str(gguf.parent), {"gguf_file": gguf.name}, [gguf]
-    # Load in float32 and then widen: from_pretrained would dequantize a GGUF into bf16-safe
-    # float32 anyway; .to(float64) widens every weight exactly.
+    # Load in float32 (a GGUF is dequantized to float32), then widen: exact for float64.
     model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32,
                                                  attn_implementation="eager", **kw)
     model = model.to(dtype).eval()
@@ -85,8 +84,7 @@ def install_trace(model, trace: dict):
     gemma-ref. q/k after RoPE have no module in transformers: the rotary function
     of the modeling file is wrapped. The attention output before o_proj is o_proj's input.
     """
-    cfg = model.config
-    H = cfg.head_dim
+    H = model.config.head_dim
     handles, layer = [], [None]
 
     def store(name, fn=lambda t: t[0]):
