@@ -22,7 +22,7 @@ import numpy as np
 
 from .config import SLIDING, GemmaConfig
 from .errors import GemmaRefError
-from .parallel import dense, linear, sharded_attention, sharded_geglu, single_threaded_blas
+from .parallel import dense, linear, sharded_attention, sharded_geglu, single_threaded_blas, split_tokens
 
 
 # --- primitives -------------------------------------------------------------
@@ -184,25 +184,37 @@ def cache_write(c: LayerCache, k, v, pos):
 # --- the network --------------------------------------------------------------
 
 
-def attention_block(x, W, i, config, cos_sin, positions, cache, trace):
-    """Self-attention of layer i.                         [B, T, D] -> [B, T, D]
+def qkv(x, cos, sin, W, pre, config, trace=None):
+    """Queries, keys and values of each token, normed (Gemma 3) and rotated.
 
-    linear(x, w) is x @ w.T, computed on all cores when that pays (parallel.py).
+    x [B, T, D], cos/sin [B, T, H/2] -> q [B, T, N, H], k and v [B, T, K, H]
     """
     B, T, _ = x.shape
     N, K, H = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-    pre = f"model.layers.{i}.self_attn."
-    q = linear(x, W[pre + "q_proj.weight"]).reshape(B, T, N, H)  # [B, T, N, H]
-    k = linear(x, W[pre + "k_proj.weight"]).reshape(B, T, K, H)  # [B, T, K, H]
-    v = linear(x, W[pre + "v_proj.weight"]).reshape(B, T, K, H)  # [B, T, K, H]
+    q = dense(x, W[pre + "q_proj.weight"]).reshape(B, T, N, H)  # [B, T, N, H]
+    k = dense(x, W[pre + "k_proj.weight"]).reshape(B, T, K, H)  # [B, T, K, H]
+    v = dense(x, W[pre + "v_proj.weight"]).reshape(B, T, K, H)  # [B, T, K, H]
     record(trace, pre + "q_proj", q, pre + "k_proj", k, pre + "v_proj", v)
     if config.qk_norm:  # Gemma 3: RMSNorm over each head, before RoPE
         q = rms_norm(q, W[pre + "q_norm.weight"], config.rms_norm_eps)
         k = rms_norm(k, W[pre + "k_norm.weight"], config.rms_norm_eps)
         record(trace, pre + "q_norm", q, pre + "k_norm", k)
-    cos, sin = cos_sin
     q, k = rope(q, cos, sin), rope(k, cos, sin)
     record(trace, pre + "q_rope", q, pre + "k_rope", k)
+    return q, k, v
+
+
+def attention_block(x, W, i, config, cos_sin, positions, cache, trace):
+    """Self-attention of layer i.                         [B, T, D] -> [B, T, D]
+
+    split_tokens / sharded_attention / linear compute the same values on all
+    cores when that pays (parallel.py).
+    """
+    pre = f"model.layers.{i}.self_attn."
+    if trace is None:  # token by token, so the prompt's tokens are split between cores
+        q, k, v = split_tokens(lambda x, cos, sin: qkv(x, cos, sin, W, pre, config), x, *cos_sin)
+    else:
+        q, k, v = qkv(x, *cos_sin, W, pre, config, trace)
 
     sliding = config.layer_types[i] == SLIDING
     k_all, v_all, k_pos = k, v, positions

@@ -81,6 +81,19 @@ def sharded_attention(attention, q, k, v, q_pos, k_pos, *args, **kwargs):
     return np.concatenate(parts, axis=1)
 
 
+def split_tokens(fn, *arrays):
+    """fn(*arrays), computed on slices of the T axis (axis 1) in parallel and rejoined.
+
+    For functions that treat every token on its own (projections, norms, RoPE):
+    one hand-off covers the whole chain. Prefill only; a few tokens run as they are.
+    """
+    T = arrays[0].shape[1]
+    if _threads == 1 or T < 32 * _threads:
+        return fn(*arrays)
+    parts = _run_shards(lambda lo, hi: fn(*(a[:, lo:hi] for a in arrays)), T)
+    return tuple(np.concatenate(outs, axis=1) for outs in zip(*parts))
+
+
 def _worth_splitting(x, w) -> bool:
     return _threads > 1 and (x.size // x.shape[-1]) * w.size >= MIN_SPLIT
 
