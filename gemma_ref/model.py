@@ -218,13 +218,23 @@ def attention_block(x, W, i, config, cos_sin, positions, cache, trace):
 
     sliding = config.layer_types[i] == SLIDING
     k_all, v_all, k_pos = k, v, positions
-    if cache is not None:  # attend to what the cache holds, then to the new keys
+    if cache is not None:
         c = cache[i]
-        used = min(c.end, c.pos.shape[1])
-        k_all = np.concatenate([c.k[:, :used], k], axis=1)  # [B, S, K, H]
-        v_all = np.concatenate([c.v[:, :used], v], axis=1)
-        k_pos = np.concatenate([c.pos[:, :used], positions], axis=1)  # [B, S]
-        cache_write(c, k, v, positions)
+        if not sliding or x.shape[1] == 1:
+            # Storing first evicts nothing still visible (a full layer never evicts; a
+            # ring evicts position p - window, just out of the new query's reach), so
+            # attend over the cache in place.
+            cache_write(c, k, v, positions)
+            used = min(c.end, c.pos.shape[1])
+            k_all, v_all, k_pos = c.k[:, :used], c.v[:, :used], c.pos[:, :used]  # [B, S, ...]
+        else:
+            # A chunk on a ring: its last keys may evict ones its first queries need, so
+            # attend over what the ring held plus the chunk, then store.
+            used = min(c.end, c.pos.shape[1])
+            k_all = np.concatenate([c.k[:, :used], k], axis=1)  # [B, S, K, H]
+            v_all = np.concatenate([c.v[:, :used], v], axis=1)
+            k_pos = np.concatenate([c.pos[:, :used], positions], axis=1)  # [B, S]
+            cache_write(c, k, v, positions)
     out = sharded_attention(attention, q, k_all, v_all, positions, k_pos, config.query_scale,
                             window=config.sliding_window if sliding else None,
                             cap=config.attn_logit_softcapping)  # [B, T, N*H], on all cores
