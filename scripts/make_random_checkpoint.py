@@ -1,0 +1,148 @@
+"""Write a randomly initialized checkpoint of exactly one preset's shapes, in HF layout.
+
+    python scripts/make_random_checkpoint.py --preset 7b --dtype bfloat16 --out /tmp/gemma-7b-random
+    python scripts/make_random_checkpoint.py --preset 3-270m --dtype float32 --out /tmp/g3-270m
+
+Output: config.json (Hugging Face keys, loadable by gemma-ref and by transformers),
+model-0000i-of-0000n.safetensors shards of about --shard-gb each, and
+model.safetensors.index.json. No tokenizer: benchmarks feed token ids.
+
+It streams: one shard (~2 GB) is held in memory at a time, and large tensors are
+filled in row blocks, so a 17 GB bf16 Gemma 7B is written with ~2-3 GB of RAM.
+Values: normal(0, --std) for matrices, normal(0, --norm-std) for norm weights (Gemma
+scales by 1 + w, so w near 0 is a near-identity norm). The numbers mean nothing; the
+shapes, dtype and file layout are exact, which is all a speed or memory test needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+from safetensors.numpy import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from gemma_ref.config import FULL, PRESETS, SLIDING, GemmaConfig  # noqa: E402
+from gemma_ref.loader import expected_shapes  # noqa: E402
+
+DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+# The real models' context lengths (the presets default to 8192 for every family).
+CONTEXT = {"3-270m": 32768, "3-1b": 32768, "3-4b": 131072, "3-12b": 131072, "3-27b": 131072}
+ARCH = {"gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
+        "gemma3_text": "Gemma3ForCausalLM"}
+BLOCK_ELEMS = 1 << 26  # fill big tensors 64 Mi elements (256 MB of float32) at a time
+
+
+def hf_config(cfg: GemmaConfig, dtype: str, max_pos: int) -> dict:
+    """config.json in Hugging Face spelling, for gemma-ref and transformers alike."""
+    d = {
+        "architectures": [ARCH[cfg.model_type]], "model_type": cfg.model_type,
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim,
+        "rms_norm_eps": cfg.rms_norm_eps, "max_position_embeddings": max_pos,
+        "hidden_activation": cfg.hidden_activation, "hidden_act": cfg.hidden_activation,
+        "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
+        "pad_token_id": cfg.pad_token_id, "tie_word_embeddings": True,
+        "attention_bias": False, "torch_dtype": dtype, "dtype": dtype,
+    }
+    if cfg.query_pre_attn_scalar is not None:
+        d["query_pre_attn_scalar"] = cfg.query_pre_attn_scalar
+    if cfg.attn_logit_softcapping is not None:
+        d["attn_logit_softcapping"] = cfg.attn_logit_softcapping
+    if cfg.final_logit_softcapping is not None:
+        d["final_logit_softcapping"] = cfg.final_logit_softcapping
+    if cfg.sliding_window:
+        d["sliding_window"] = cfg.sliding_window
+    if cfg.model_type == "gemma":
+        d["rope_theta"] = cfg.rope_theta
+    else:
+        d["layer_types"] = list(cfg.layer_types)
+        full = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+        if cfg.rope_scaling_factor != 1.0:
+            full = {"rope_type": "linear", "rope_theta": cfg.rope_theta,
+                    "factor": cfg.rope_scaling_factor}
+        if cfg.model_type == "gemma3_text":
+            d["rope_parameters"] = {FULL: full, SLIDING: {"rope_type": "default",
+                                                          "rope_theta": cfg.rope_local_base_freq}}
+        else:
+            d["rope_theta"] = cfg.rope_theta
+    return d
+
+
+def random_tensor(shape, dtype, std, rng) -> np.ndarray:
+    """normal(0, std) in `dtype`, filled in row blocks (no full-size float32 temporary)."""
+    out = np.empty(shape, dtype)
+    flat = out.reshape(shape[0], -1) if len(shape) > 1 else out.reshape(1, -1)
+    rows = max(1, BLOCK_ELEMS // flat.shape[1])
+    for r in range(0, flat.shape[0], rows):
+        block = rng.standard_normal((min(rows, flat.shape[0] - r), flat.shape[1]), np.float32)
+        block *= std
+        flat[r:r + rows] = block.astype(dtype)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    ap.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--shard-gb", type=float, default=2.0, help="target shard size (default 2)")
+    ap.add_argument("--std", type=float, default=0.02)
+    ap.add_argument("--norm-std", type=float, default=0.01)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-position-embeddings", type=int, default=None,
+                    help="context length in config.json (default: the real model's)")
+    args = ap.parse_args(argv)
+
+    cfg = PRESETS[args.preset]
+    dtype = np.dtype(DTYPES[args.dtype])
+    shapes = expected_shapes(cfg)
+    max_pos = args.max_position_embeddings or CONTEXT.get(args.preset,
+                                                          cfg.max_position_embeddings)
+    # Plan the shards by size, in checkpoint order, before writing anything.
+    limit = int(args.shard_gb * 1e9)
+    shards, cur, cur_bytes = [], [], 0
+    for name, shape in shapes.items():
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if cur and cur_bytes + nbytes > limit:
+            shards.append(cur)
+            cur, cur_bytes = [], 0
+        cur.append(name)
+        cur_bytes += nbytes
+    shards.append(cur)
+    total = sum(int(np.prod(s)) for s in shapes.values())
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for old in args.out.glob("model*.safetensors"):
+        old.unlink()
+    (args.out / "config.json").write_text(json.dumps(hf_config(cfg, args.dtype, max_pos), indent=2))
+    print(f"{args.preset}: {total / 1e9:.2f} B parameters, {total * dtype.itemsize / 1e9:.1f} GB "
+          f"in {args.dtype}, {len(shards)} shard(s) -> {args.out}", file=sys.stderr)
+    rng = np.random.default_rng(args.seed)
+    weight_map, t0 = {}, time.perf_counter()
+    n = len(shards)
+    for i, names in enumerate(shards, 1):
+        fname = f"model-{i:05d}-of-{n:05d}.safetensors"
+        tensors = {}
+        for name in names:
+            std = args.norm_std if name.endswith("norm.weight") else args.std
+            tensors[name] = random_tensor(shapes[name], dtype, std, rng)
+            weight_map[name] = fname
+        save_file(tensors, str(args.out / fname), metadata={"format": "pt"})
+        del tensors
+        print(f"  {fname} ({i}/{n}) {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    index = {"metadata": {"total_size": total * dtype.itemsize}, "weight_map": weight_map}
+    (args.out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    print(f"done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
