@@ -33,6 +33,7 @@ class Model:
         if str(np.dtype(dtype)) not in _DTYPES:
             raise GemmaRefError(f"dtype must be one of {', '.join(_DTYPES)}, not {dtype!r}")
         self.config, self.tokenizer, self.source = config, tokenizer, source
+        self.checkpoint = None  # the directory from_pretrained read, if any
         self.dtype = np.dtype(dtype)
         self.weights = Weights(weights, self.dtype)
         self.instruction_tuned = (hub.is_instruction_tuned(source) if instruction_tuned is None
@@ -58,8 +59,11 @@ class Model:
         """Load from a directory, a .gguf file, a Hugging Face repo id or an alias.
 
         With no source, the default model (Gemma 3 270M, from the `demo` extra).
-        max_memory: bytes of float32 weights to hold in RAM; the rest stay
-        memory-mapped and are widened as used. Default: 75% of available memory.
+        max_memory: bytes of float32 weights to hold in RAM; the rest stay on disk
+        and are read (from the page cache) and widened as each layer uses them.
+        Default: from the machine (loader.default_max_memory).
+        A .gguf is converted once to a float32 checkpoint in ~/.cache/gemma_ref/gguf/;
+        `model.checkpoint` is the directory actually read.
         """
         from . import default_model
 
@@ -74,8 +78,10 @@ class Model:
         weights = load_safetensors_checkpoint(path, config, max_memory, progress)
         tok_file = path / "tokenizer.model"
         tokenizer = Tokenizer.from_file(tok_file) if tok_file.exists() else None
-        return cls(config, weights, tokenizer, source=str(source), dtype=dtype,
-                   stop_ids=_generation_config_eos(path))
+        model = cls(config, weights, tokenizer, source=str(source), dtype=dtype,
+                    stop_ids=_generation_config_eos(path))
+        model.checkpoint = path
+        return model
 
     # --- the network -------------------------------------------------------------
 

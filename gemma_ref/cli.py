@@ -144,11 +144,15 @@ def cmd_info(args) -> int:
     info = {"source": model.source, "files": str(_where(model)), "parameters": c.num_parameters,
             "tokenizer_vocab": model.tokenizer.vocab_size if model.tokenizer else None,
             "instruction_tuned": model.instruction_tuned, "config": c.to_dict()}
+    if model.checkpoint is not None and str(model.checkpoint) != info["files"]:
+        info["checkpoint"] = str(model.checkpoint)  # e.g. a GGUF's float32 conversion
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     print(f"model       {model.source}")
     print(f"files       {info['files']}")
+    if "checkpoint" in info:
+        print(f"converted   {info['checkpoint']}")
     print(f"parameters  {c.num_parameters:,} ({c.num_parameters / 1e9:.2f} B)")
     print(f"tokenizer   {info['tokenizer_vocab'] or 'none'} tokens")
     for key, value in c.to_dict().items():

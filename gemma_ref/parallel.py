@@ -22,6 +22,8 @@ import numpy as np
 # thread costs ~0.1 ms here, worth it for the output head, the MLP (1.3M-element
 # matrices in Gemma 3 270M) and any prefill GEMM, not for one token through q_proj.
 MIN_SPLIT = 1 << 20
+# Up to this many rows, `linear` computes in dense's orientation (w @ rows.T).
+FEW_ROWS = 64
 
 _pool: ThreadPoolExecutor | None = None
 _threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -51,7 +53,24 @@ def linear(x, w):
     """x @ w.T, the rows of w split between threads.        [..., in], [out, in] -> [..., out]"""
     if not _worth_splitting(x, w):
         return dense(x, w)
-    return np.concatenate(_run_shards(lambda lo, hi: dense(x, w[lo:hi]), w.shape[0]), axis=-1)
+    rows = x.reshape(-1, x.shape[-1])  # [B*T, in]
+    # Each thread writes its share of one output buffer (no concatenation). For a few
+    # rows (decoding) as w @ rows.T, the faster orientation (see dense), into [out, B*T],
+    # transposed back at the end (a small copy); for many rows (prefill, full logits)
+    # straight into the columns of [B*T, out], as transposing that back would cost more.
+    few = rows.shape[0] <= FEW_ROWS
+    out = np.empty((w.shape[0], rows.shape[0]) if few else (rows.shape[0], w.shape[0]),
+                   np.result_type(x, w))
+
+    def shard(lo, hi):
+        if few:
+            np.matmul(w[lo:hi], rows.T, out=out[lo:hi])
+        else:
+            np.matmul(rows, w[lo:hi].T, out=out[:, lo:hi])
+
+    _run_shards(shard, w.shape[0])
+    out = np.ascontiguousarray(out.T) if few else out  # [B*T, out]
+    return out.reshape(*x.shape[:-1], w.shape[0])
 
 
 def sharded_geglu(geglu, x, w_gate, w_up, w_down):

@@ -131,6 +131,12 @@ class GemmaRef:
             ids.append(step[0])
         return t0, stamps, ids
 
+    def forward_all(self, prompt):
+        """Seconds for one stateless forward returning logits at every position."""
+        t0 = time.perf_counter()
+        self.model.forward(prompt)
+        return time.perf_counter() - t0
+
 
 class Transformers:
     name = "transformers"
@@ -167,7 +173,7 @@ class Transformers:
     def generate(self, prompts, n_new):
         torch = self.torch
         ids = torch.tensor(prompts, dtype=torch.long)
-        streamer = self.Stamps() if len(prompts) == 1 else None
+        streamer = self.Stamps()  # put() gets [B] new ids per step, whatever B
         with torch.inference_mode():
             t0 = time.perf_counter()
             out = self.model.generate(
@@ -176,8 +182,16 @@ class Transformers:
                 pad_token_id=0, streamer=streamer, use_cache=True)
             t_end = time.perf_counter()
         new = out[0, ids.shape[1]:].tolist()
-        stamps = streamer.times[1:] if streamer else [t_end] * n_new
+        stamps = streamer.times[1:] or [t_end] * n_new
         return t0, stamps, new
+
+    def forward_all(self, prompt):
+        torch = self.torch
+        ids = torch.tensor([prompt], dtype=torch.long)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            self.model(input_ids=ids, logits_to_keep=0)  # 0: logits at every position
+            return time.perf_counter() - t0
 
 
 class LlamaCpp:
@@ -244,6 +258,14 @@ def child(spec: dict) -> dict:
             except NotImplementedError:
                 continue
             r[f"batch{b}_tps"] = b * spec["batch_new"] / (stamps[-1] - s)
+            # Decode only: the steps after the first new tokens (prefill excluded).
+            r[f"batch{b}_decode_tps"] = b * (len(stamps) - 1) / (stamps[-1] - stamps[0])
+        # Last, as it holds [512, 262144] logits (0.5 GB) that the generation path never
+        # does: the prefill prompt through a plain forward with logits at every position
+        # (what a scoring pass computes, and what generation without logits_to_keep pays).
+        r["peak_rss_before_all"] = proc_status()["VmHWM"] / 1e9
+        if hasattr(eng, "forward_all"):
+            r["prefill_all_tps"] = spec["prefill_len"] / eng.forward_all(p)
     elif task == "long":
         (p,) = prompts_for(eng.n_vocab, 4, spec["long_len"])
         s, stamps, _ = eng.generate([p], spec["long_new"])
@@ -257,7 +279,7 @@ def child(spec: dict) -> dict:
         r["decode_s_per_token"] = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
     peaks = sampler.stop()
     st = proc_status()
-    r["peak_rss_gb"] = st["VmHWM"] / 1e9
+    r["peak_rss_gb"] = r.pop("peak_rss_before_all", st["VmHWM"] / 1e9)  # generation's peak
     r["peak_anon_gb"] = peaks["RssAnon"] / 1e9
     r["peak_file_gb"] = peaks["RssFile"] / 1e9
     if engine == "transformers":
@@ -468,10 +490,14 @@ ROWS = [  # key, label, format, unit
     ("load_s", "load (s)", "{:.2f}"),
     ("ttft_s", "load-to-first-token (s)", "{:.2f}"),
     ("prefill_tps", "prefill {prefill_len} tok (tok/s)", "{:.1f}"),
+    ("prefill_all_tps", "forward {prefill_len} tok, logits at every position (tok/s)", "{:.1f}"),
     ("decode_tps", "decode {decode_new} tok (tok/s)", "{:.2f}"),
     ("batch1_tps", "batch 1 generate (new tok/s)", "{:.2f}"),
     ("batchB_tps", "batch {batch} generate (new tok/s)", "{:.2f}"),
     ("batch_speedup", "batch {batch} / batch 1", "{:.2f}"),
+    ("batch1_decode_tps", "batch 1 decode only (new tok/s)", "{:.2f}"),
+    ("batchB_decode_tps", "batch {batch} decode only (new tok/s)", "{:.2f}"),
+    ("batch_decode_speedup", "batch {batch} / batch 1, decode only", "{:.2f}"),
     ("peak_rss_gb", "peak RSS (GB)", "{:.2f}"),
     ("long_prefill_tps", "{long_len}-tok prompt: prefill (tok/s)", "{:.1f}"),
     ("long_decode_tps", "{long_len}-tok prompt: decode (tok/s)", "{:.2f}"),
@@ -479,7 +505,7 @@ ROWS = [  # key, label, format, unit
     ("foreign_cores", "other processes' CPU during runs (cores, median)", "{:.2f}"),
     ("foreign_cores_max", "other processes' CPU during runs (cores, max)", "{:.2f}"),
 ]
-NO_RATIO = {"batch_speedup", "foreign_cores", "foreign_cores_max"}
+NO_RATIO = {"batch_speedup", "batch_decode_speedup", "foreign_cores", "foreign_cores_max"}
 
 
 def summarize(results: dict, sizes: dict) -> dict:
@@ -489,11 +515,16 @@ def summarize(results: dict, sizes: dict) -> dict:
         m = {}
         mains = [r for r in runs["main"] if "error" not in r]
         longs = [r for r in runs["long"] if "error" not in r]
-        for k in ("load_s", "ttft_s", "prefill_tps", "decode_tps", "batch1_tps", "peak_rss_gb"):
+        for k in ("load_s", "ttft_s", "prefill_tps", "prefill_all_tps", "decode_tps", "batch1_tps", "peak_rss_gb"):
             m[k] = median([r.get(k) for r in mains])
         m["batchB_tps"] = median([r.get(f"batch{sizes['batch']}_tps") for r in mains])
         m["batch_speedup"] = median([r[f"batch{sizes['batch']}_tps"] / r["batch1_tps"]
                                      for r in mains if f"batch{sizes['batch']}_tps" in r])
+        B = sizes["batch"]
+        m["batch1_decode_tps"] = median([r.get("batch1_decode_tps") for r in mains])
+        m["batchB_decode_tps"] = median([r.get(f"batch{B}_decode_tps") for r in mains])
+        m["batch_decode_speedup"] = median([r[f"batch{B}_decode_tps"] / r["batch1_decode_tps"]
+                                            for r in mains if f"batch{B}_decode_tps" in r])
         m["long_prefill_tps"] = median([r.get("long_prefill_tps") for r in longs])
         m["long_decode_tps"] = median([r.get("long_decode_tps") for r in longs])
         m["long_peak_rss_gb"] = median([r.get("peak_rss_gb") for r in longs])

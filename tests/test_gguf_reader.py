@@ -450,3 +450,18 @@ def test_missing_metadata_and_wrong_tokenizer(tmp_path):
     path.write_bytes(data.replace(key, b"gemma3.attention.layer_norm_rms_epsiloX"))
     with pytest.raises(GemmaRefError, match=r"nonorm\.gguf: GGUF metadata key 'gemma3\.attention\.layer_norm_rms_epsilon' is missing"):
         read_gguf(path)
+
+
+def test_model_from_tiny_gguf_converts_once_and_info_names_the_conversion(tmp_path, monkeypatch, capsys):
+    from gemma_ref import Model
+    from gemma_ref.cli import main
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = write_tiny(tmp_path / "g3.gguf", "gemma3", tiny_tensors("gemma3"))
+    model = Model.from_pretrained(path, progress=False)
+    assert model.checkpoint.parent == tmp_path / "cache" / "gemma_ref" / "gguf"
+    assert (model.checkpoint / "source.json").exists()
+    assert main(["info", "--model", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["files"] == str(path.resolve()) and info["checkpoint"] == str(model.checkpoint)
+    assert len(list((tmp_path / "cache" / "gemma_ref" / "gguf").iterdir())) == 1  # converted once
