@@ -46,6 +46,12 @@ def _add_sampling(p):
 
 
 def _sampling(args) -> dict:
+    """The sampling keywords from the command line, checked (before the slow load)."""
+    from .sampling import SamplingParams
+
+    SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty)
+    if args.max_new_tokens < 0:
+        raise GemmaRefError("--max-new-tokens must be >= 0")
     return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                 top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                 repetition_penalty=args.repetition_penalty, seed=args.seed)
@@ -97,10 +103,7 @@ def _load(args):
 
 def cmd_generate(args) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    sampling = _sampling(args)  # validate arguments before the (slow) load
-    from .sampling import SamplingParams
-
-    SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty)
+    sampling = _sampling(args)
     model = _load(args)
     if args.chat:
         pieces = model.stream_chat([{"role": "user", "content": prompt}], stop=args.stop, **sampling)
@@ -115,6 +118,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_chat(args) -> int:
+    sampling = _sampling(args)
     model = _load(args)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
@@ -130,7 +134,7 @@ def cmd_chat(args) -> int:
         if interactive:
             print("gemma> ", end="", flush=True)
         reply = ""
-        for piece in model.stream_chat(messages, stop=args.stop, **_sampling(args)):
+        for piece in model.stream_chat(messages, stop=args.stop, **sampling):
             reply += piece
             sys.stdout.write(piece)
             sys.stdout.flush()

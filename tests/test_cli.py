@@ -144,6 +144,16 @@ def test_bad_arguments(tiny_dirs, capsys, argv, message):
     assert err.count("gemma-ref: error:") == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--model", "{tiny}", "-n", "-3", "Hi"], "--max-new-tokens must be >= 0"),
+    (["chat", "--model", "{tiny}", "--top-k", "-1"], "bad sampling argument: top_k must be an integer >= 0"),
+])
+def test_bad_generation_arguments_fail_before_loading(tiny_dirs, capsys, argv, message):
+    argv = [a.replace("{tiny}", str(tiny_dirs["gemma1-mqa"])) for a in argv]
+    code, out, err = run(argv, capsys)
+    assert code == 1 and out == "" and err == f"gemma-ref: error: {message}\n"
+
+
 def test_offline_without_cache_through_cli(tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
     r = subprocess.run([sys.executable, "-m", "gemma_ref", "generate", "--model", "7b", "Hi"],
