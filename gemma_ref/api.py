@@ -62,7 +62,8 @@ class Model:
         max_memory: bytes of float32 weights to hold in RAM; the rest stay on disk
         and are read (from the page cache) and widened as each layer uses them.
         Default: from the machine (loader.default_max_memory).
-        A .gguf is converted once to a float32 checkpoint in ~/.cache/gemma_ref/gguf/;
+        A .gguf is converted once to a float32 checkpoint in gemma-ref's cache
+        ($XDG_CACHE_HOME/gemma_ref/gguf/, default ~/.cache/gemma_ref/gguf/);
         `model.checkpoint` is the directory actually read.
         """
         from . import default_model

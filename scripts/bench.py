@@ -515,16 +515,14 @@ def summarize(results: dict, sizes: dict) -> dict:
         m = {}
         mains = [r for r in runs["main"] if "error" not in r]
         longs = [r for r in runs["long"] if "error" not in r]
-        for k in ("load_s", "ttft_s", "prefill_tps", "prefill_all_tps", "decode_tps", "batch1_tps", "peak_rss_gb"):
+        for k in ("load_s", "ttft_s", "prefill_tps", "prefill_all_tps", "decode_tps", "batch1_tps",
+                  "batch1_decode_tps", "peak_rss_gb"):
             m[k] = median([r.get(k) for r in mains])
-        m["batchB_tps"] = median([r.get(f"batch{sizes['batch']}_tps") for r in mains])
-        m["batch_speedup"] = median([r[f"batch{sizes['batch']}_tps"] / r["batch1_tps"]
-                                     for r in mains if f"batch{sizes['batch']}_tps" in r])
         B = sizes["batch"]
-        m["batch1_decode_tps"] = median([r.get("batch1_decode_tps") for r in mains])
-        m["batchB_decode_tps"] = median([r.get(f"batch{B}_decode_tps") for r in mains])
-        m["batch_decode_speedup"] = median([r[f"batch{B}_decode_tps"] / r["batch1_decode_tps"]
-                                            for r in mains if f"batch{B}_decode_tps" in r])
+        for kind in ("", "_decode"):  # whole generation, decode steps only
+            m[f"batchB{kind}_tps"] = median([r.get(f"batch{B}{kind}_tps") for r in mains])
+            m[f"batch{kind}_speedup"] = median([r[f"batch{B}{kind}_tps"] / r[f"batch1{kind}_tps"]
+                                                for r in mains if f"batch{B}{kind}_tps" in r])
         m["long_prefill_tps"] = median([r.get("long_prefill_tps") for r in longs])
         m["long_decode_tps"] = median([r.get("long_decode_tps") for r in longs])
         m["long_peak_rss_gb"] = median([r.get("peak_rss_gb") for r in longs])
