@@ -22,7 +22,8 @@ import numpy as np
 
 from .config import SLIDING, GemmaConfig
 from .errors import GemmaRefError
-from .parallel import dense, linear, sharded_attention, sharded_geglu, single_threaded_blas, split_tokens
+from .parallel import (dense, linear, reuse_freed_memory, sharded_attention, sharded_geglu,
+                       single_threaded_blas, split_tokens)
 
 
 # --- primitives -------------------------------------------------------------
@@ -84,12 +85,24 @@ def rope(x, cos, sin):
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
+def visible(q_pos, k_pos, window=None):
+    """Which keys each query sees.                     [B, T], [B, S] -> [B, T, S] bool
+
+    A key is visible iff it exists (k_pos >= 0), is not in the future, and for a
+    sliding layer lies within the window: 0 <= q_pos - k_pos < window.
+    """
+    dist = q_pos[:, :, None] - k_pos[:, None, :]  # [B, T, S]
+    seen = (k_pos[:, None, :] >= 0) & (dist >= 0)
+    if window is not None:
+        seen &= dist < window
+    return seen
+
+
 def attention(q, k, v, q_pos, k_pos, scale, window=None, cap=None):
     """Causal (optionally sliding-window) grouped-query attention, K/V not copied per group.
 
     q [B, T, N, H], k and v [B, S, K, H], q_pos [B, T], k_pos [B, S] -> [B, T, N*H]
-    A key is visible iff it exists (k_pos >= 0), is not in the future, and for a
-    sliding layer lies within the window: 0 <= q_pos - k_pos < window.
+    Query t attends to the keys visible(q_pos, k_pos, window)[:, t] marks.
     """
     B, T, N, H = q.shape
     K = k.shape[2]
@@ -100,13 +113,10 @@ def attention(q, k, v, q_pos, k_pos, scale, window=None, cap=None):
     scores = (q @ kT) * scale  # [B, K, G, T, S]   einsum("bkgth,bkhs->bkgts")
     if cap is not None:
         scores = softcap(scores, cap)
-    dist = q_pos[:, :, None] - k_pos[:, None, :]  # [B, T, S]
-    visible = (k_pos[:, None, :] >= 0) & (dist >= 0)
-    if window is not None:
-        visible &= dist < window
     # Masked scores get the dtype's most negative value (as transformers does), so a
     # row with nothing visible (a padding query) is uniform rather than NaN.
-    scores = np.where(visible[:, None, None], scores, np.finfo(scores.dtype).min)
+    mask = visible(q_pos, k_pos, window)  # [B, T, S]
+    scores = np.where(mask[:, None, None], scores, np.finfo(scores.dtype).min)
     probs = softmax(scores)  # [B, K, G, T, S]
     out = probs @ v  # [B, K, G, T, H]   einsum("bkgts,bksh->bkgth")
     return out.transpose(0, 3, 1, 2, 4).reshape(B, T, N * H)
@@ -235,7 +245,7 @@ def attention_block(x, W, i, config, cos_sin, positions, cache, trace):
             v_all = np.concatenate([c.v[:, :used], v], axis=1)
             k_pos = np.concatenate([c.pos[:, :used], positions], axis=1)  # [B, S]
             cache_write(c, k, v, positions)
-    out = sharded_attention(attention, q, k_all, v_all, positions, k_pos, config.query_scale,
+    out = sharded_attention(attention, visible, q, k_all, v_all, positions, k_pos, config.query_scale,
                             window=config.sliding_window if sliding else None,
                             cap=config.attn_logit_softcapping)  # [B, T, N*H], on all cores
     record(trace, pre + "attn", out)
@@ -316,6 +326,7 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *,
         "full_attention": rope_angles(positions, config.head_dim, config.rope_theta,
                                       config.rope_scaling_factor, dtype),
     }
+    reuse_freed_memory()  # once per process: fewer page faults (parallel.py)
     with single_threaded_blas():  # our threads split the products (parallel.py)
         for i, kind in enumerate(config.layer_types):
             x = decoder_layer(x, W, i, config, rope_tables[kind], positions, cache, trace)
