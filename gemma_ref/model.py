@@ -23,7 +23,7 @@ import numpy as np
 from .config import SLIDING, GemmaConfig
 from .errors import GemmaRefError
 from .parallel import (dense, linear, reuse_freed_memory, sharded_attention, sharded_geglu,
-                       single_threaded_blas, split_tokens)
+                       split_tokens, threads_for)
 
 
 # --- primitives -------------------------------------------------------------
@@ -327,7 +327,7 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *,
                                       config.rope_scaling_factor, dtype),
     }
     reuse_freed_memory()  # once per process: fewer page faults (parallel.py)
-    with single_threaded_blas():  # our threads split the products (parallel.py)
+    with threads_for(B * T):  # prefill: our threads split the products; decoding: BLAS's (parallel.py)
         for i, kind in enumerate(config.layer_types):
             x = decoder_layer(x, W, i, config, rope_tables[kind], positions, cache, trace)
 

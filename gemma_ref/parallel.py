@@ -1,15 +1,17 @@
 """Both cores for the big matrix products: `linear(x, w) == x @ w.T`, faster.
 
-Decoding streams every weight once per token, so it is bound by memory bandwidth,
-and one core cannot saturate it. OpenBLAS's own threads did not help on this
-project's 2-core machines (measured by scripts/bench.py: 2 BLAS threads were
-*slower* than 1 for both the 262144 x 640 output head and 512-token GEMMs), while
-two Python threads each multiplying half of the weight rows with single-threaded
-BLAS ran 2.0x (head) and 1.6x (prefill GEMM) faster. NumPy releases the GIL inside
-BLAS, so the threads really run at once. Each output element is the same dot
-product either way. Prefill attention is computed in blocks of queries, each
-against only the keys it can see (sharded_attention), and malloc is asked to keep
-freed temporaries (reuse_freed_memory).
+Two ways to use 2 cores, each best for one half of the work (threads_for picks):
+
+- Prefill (many tokens) is compute-bound. Two Python threads each multiply half of
+  the weight rows with single-threaded BLAS (NumPy releases the GIL inside BLAS):
+  2 BLAS threads were slower than this for 512-token GEMMs. Attention runs in
+  blocks of queries, each against only the keys it can see (sharded_attention).
+- Decoding (one token per sequence) streams every weight once per step and is
+  bound by memory bandwidth, in ~0.1-0.5 ms products. Waking a Python thread costs
+  ~0.15 ms here, so decoding uses OpenBLAS's own threads, which spin while idle.
+
+Each output element is the same dot product either way. Also: malloc is asked to
+keep freed temporaries (reuse_freed_memory).
 """
 
 from __future__ import annotations
@@ -23,24 +25,24 @@ from contextlib import contextmanager
 
 import numpy as np
 
-# A product is split when rows(x) * size(w) reaches this, and, for a few rows, size(w)
-# too: handing work to another thread costs ~0.15 ms on this project's VM (thread
-# wake-up), worth it for the output head, the MLP (1.3M-element matrices in Gemma 3
-# 270M) and any prefill GEMM, not for decoding through q_proj or o_proj (0.66M),
-# which streams 2.6 MB in ~0.2-0.4 ms (measured slower split, at batch 1 and 8).
+# In a prefill (see threads_for), a product is split when rows(x) * size(w) reaches
+# this: handing work to another thread costs ~0.15 ms on this project's VM (thread
+# wake-up), worth it for every prefill GEMM and the output head of the last position.
 MIN_SPLIT = 1 << 20
 # Up to this many rows, `linear` computes in dense's orientation (w @ rows.T).
 FEW_ROWS = 64
-# For a few rows but more than one, `linear` multiplies w in blocks of this many rows:
-# OpenBLAS's GEMM with 8 columns runs the 262144 x 640 head ~15% faster in 512-row
-# blocks (1.3 MB, cache-sized) than in one call.
-ROW_BLOCK = 512
+# For a few rows but more than one, a big w (the output head) is multiplied in blocks
+# of this many rows: OpenBLAS's GEMM with 8 columns ran the 262144 x 640 head 15-25%
+# faster in 512- to 2048-row blocks (1.3-5 MB, cache-sized) than in one call, on one
+# thread per half as on its own 2 threads.
+ROW_BLOCK = 1024
 # Queries per block in prefill attention (sharded_attention).
 QUERY_BLOCK = 128
 
 _pool: ThreadPoolExecutor | None = None
 _threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 _blas = None
+_split = True  # products may be split between our threads (see threads_for)
 
 
 def set_threads(n: int) -> None:
@@ -59,7 +61,17 @@ def dense(x, w):
     2x faster for the few rows of batched decoding (same products, same sums).
     """
     rows = x.reshape(-1, x.shape[-1])  # [B*T, in]
+    if 1 < rows.shape[0] <= FEW_ROWS and w.shape[0] >= 4 * ROW_BLOCK:
+        out = np.empty((w.shape[0], rows.shape[0]), np.result_type(x, w))
+        _w_times_columns(w, rows.T, out)
+        return out.T.reshape(*x.shape[:-1], w.shape[0])
     return (w @ rows.T).T.reshape(*x.shape[:-1], w.shape[0])
+
+
+def _w_times_columns(w, cols, out):
+    """out = w @ cols for a few columns, in blocks of ROW_BLOCK rows of w (see ROW_BLOCK)."""
+    for a in range(0, w.shape[0], ROW_BLOCK):
+        np.matmul(w[a:a + ROW_BLOCK], cols, out=out[a:a + ROW_BLOCK])
 
 
 def linear(x, w):
@@ -76,10 +88,10 @@ def linear(x, w):
                    np.result_type(x, w))
 
     def shard(lo, hi):
-        if few:
-            step = ROW_BLOCK if rows.shape[0] > 1 else hi - lo
-            for a in range(lo, hi, step):
-                np.matmul(w[a:min(a + step, hi)], rows.T, out=out[a:min(a + step, hi)])
+        if few and rows.shape[0] > 1:
+            _w_times_columns(w[lo:hi], rows.T, out[lo:hi])
+        elif few:
+            np.matmul(w[lo:hi], rows.T, out=out[lo:hi])
         else:
             np.matmul(rows, w[lo:hi].T, out=out[:, lo:hi])
 
@@ -144,7 +156,7 @@ def split_tokens(fn, *arrays):
     one hand-off covers the whole chain. Prefill only; a few tokens run as they are.
     """
     T = arrays[0].shape[1]
-    if _threads == 1 or T < 32 * _threads:
+    if not _split or _threads == 1 or T < 32 * _threads:
         return fn(*arrays)
     parts = _run_shards(lambda lo, hi: fn(*(a[:, lo:hi] for a in arrays)), T)
     return tuple(np.concatenate(outs, axis=1) for outs in zip(*parts))
@@ -152,7 +164,7 @@ def split_tokens(fn, *arrays):
 
 def _worth_splitting(x, w) -> bool:
     rows = x.size // x.shape[-1]
-    return _threads > 1 and rows * w.size >= MIN_SPLIT and (rows > FEW_ROWS or w.size >= MIN_SPLIT)
+    return _split and _threads > 1 and rows * w.size >= MIN_SPLIT
 
 
 def _run_shards(fn, n):
@@ -163,7 +175,9 @@ def _run_shards(fn, n):
 
 
 def _run_tasks(fn, tasks):
-    """fn(*task) for every task, in order, each taken by the next free thread (this one too)."""
+    """fn(*task) for every task, in order, each taken by the next free thread (this one too).
+
+    Only this thread when products are not being split (threads_for)."""
     todo = iter(tasks)
     lock = threading.Lock()
 
@@ -175,7 +189,7 @@ def _run_tasks(fn, tasks):
                 return
             fn(*task)
 
-    others = [_get_pool().submit(worker) for _ in range(_threads - 1)]
+    others = [_get_pool().submit(worker) for _ in range(_threads - 1)] if _split else []
     worker()
     for f in others:
         f.result()
@@ -190,7 +204,7 @@ def _get_pool() -> ThreadPoolExecutor:
 
 # glibc malloc parameters (malloc.h): M_TRIM_THRESHOLD and M_MMAP_THRESHOLD.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_malloc_tuned = False
+_malloc_tuned: bool | None = None  # None: not tried yet
 
 
 def reuse_freed_memory() -> bool:
@@ -199,33 +213,46 @@ def reuse_freed_memory() -> bool:
     A forward pass makes and drops many temporaries of a few MB. glibc serves blocks
     above 128 KB (a limit it raises adaptively, up to 32 MB) with mmap and unmaps them
     when freed, and trims its heaps, so the next temporary is page-faulted and zeroed
-    afresh: 56 000 page faults (220 MB) per 512-token prefill of Gemma 3 270M, ~20% of
-    its time on this project's VM. With blocks up to 64 MB taken from the heap, and up
+    afresh: 48 000-56 000 page faults (~200 MB) per 512-token prefill of Gemma 3 270M;
+    avoiding them made it ~10% faster on this project's VM (540 vs 485 tok/s). With blocks up to 64 MB taken from the heap, and up
     to 256 MB of free heap kept, the same forward pass faults ~0 times. Process-wide;
     called once by the first forward pass. Set GEMMA_REF_MALLOC=default to leave malloc
     alone. Returns whether the settings were applied (False off glibc).
     """
     global _malloc_tuned
-    if _malloc_tuned or os.environ.get("GEMMA_REF_MALLOC") == "default" or not sys.platform.startswith("linux"):
-        return _malloc_tuned
-    _malloc_tuned = True  # tried once, whatever the outcome
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 64 << 20) and libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20))
-    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
-        return False
+    if _malloc_tuned is None:
+        _malloc_tuned = False  # tried once, whatever the outcome
+        if os.environ.get("GEMMA_REF_MALLOC") != "default" and sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+                _malloc_tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, 64 << 20)
+                                     and libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20))
+            except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+                pass
+    return _malloc_tuned
 
 
 @contextmanager
-def single_threaded_blas():
-    """Run the block with BLAS limited to one thread (our threads do the splitting)."""
-    global _blas
-    if _threads == 1:
-        yield
-        return
+def threads_for(rows: int):
+    """Share the cores out for a forward pass over `rows` tokens (batch x length).
+
+    Prefill (more than FEW_ROWS rows): our threads split the products (linear,
+    sharded_geglu, ...), each calling single-threaded BLAS. Decoding: BLAS's own
+    threads, unsplit. Handing work to a Python thread costs ~0.15 ms of thread
+    wake-up on this project's VM, more than one decoding step's 2048 x 640 product
+    takes; OpenBLAS's threads spin while they wait. Measured (2026-11-23, one boot):
+    60 such products 28.6 ms split by us vs 14.8 ms on BLAS's 2 threads; whole
+    decoding steps 16-18.6 vs 11-14 tok/s; the 262144 x 640 head, the same either way.
+    """
+    global _blas, _split
     if _blas is None:
         from threadpoolctl import ThreadpoolController
 
         _blas = ThreadpoolController()
-    with _blas.limit(limits=1, user_api="blas"):
-        yield
+    split = _threads > 1 and rows > FEW_ROWS
+    saved, _split = _split, split
+    try:
+        with _blas.limit(limits=1 if split else _threads, user_api="blas"):
+            yield
+    finally:
+        _split = saved

@@ -15,6 +15,7 @@ from gemma_ref import parallel as P
 def threads(request, monkeypatch):
     monkeypatch.setattr(P, "MIN_SPLIT", 1)
     monkeypatch.setattr(P, "QUERY_BLOCK", 4)
+    monkeypatch.setattr(P, "ROW_BLOCK", 4)  # w of 37 rows: 9 blocks and a part
     P.set_threads(request.param)
     yield request.param
     P.set_threads(len(__import__("os").sched_getaffinity(0)))
@@ -33,6 +34,8 @@ def test_linear_and_geglu_match_plain_products(threads, rows):
     w = rng.standard_normal((37, 16), dtype=np.float32)
     close(P.linear(x, w), x @ w.T)
     close(P.dense(x, w), x @ w.T)
+    with P.threads_for(rows):  # as in a forward pass: decoding (BLAS's threads) or prefill
+        close(P.linear(x, w), x @ w.T)
     wg, wu = rng.standard_normal((2, 24, 16), dtype=np.float32)
     wd = rng.standard_normal((16, 24), dtype=np.float32)
     close(P.sharded_geglu(M.geglu, x, wg, wu, wd), (M.gelu_tanh(x @ wg.T) * (x @ wu.T)) @ wd.T)
@@ -96,3 +99,17 @@ def test_blocks_see_only_keys_they_can_see(monkeypatch):
     spans.clear()
     P.sharded_attention(spy, M.visible, q, k, v, pos, pos, 0.3, 3, None)
     assert sorted(spans) == [(4, 4), (4, 6), (4, 6), (4, 6)]
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc only")
+def test_malloc_tuning_applies_once_and_can_be_turned_off():
+    import subprocess
+    import sys
+
+    code = "from gemma_ref.parallel import reuse_freed_memory as r; print(r(), r())"
+    run = lambda env: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,  # noqa: E731
+                                     env={**__import__("os").environ, **env}, check=True).stdout.split()
+    libc = __import__("ctypes.util").util.find_library("c") or ""
+    assert run({"GEMMA_REF_MALLOC": "default"}) == ["False", "False"]
+    if "libc.so.6" in libc:
+        assert run({}) == ["True", "True"]
