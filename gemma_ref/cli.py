@@ -29,6 +29,8 @@ def _add_model(p):
                         "2-9b, 3-1b-it, 3-270m-gguf, ...). Default: Gemma 3 270M GGUF (demo extra)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                    help="activation precision (float64: slow ground truth)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="threads for the matrix products (default: the cores this process may use)")
 
 
 def _add_sampling(p):
@@ -94,7 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(args):
     from .api import Model
+    from .parallel import set_threads
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise GemmaRefError(f"--threads must be >= 1, got {args.threads}")
+        set_threads(args.threads)
     t0 = time.perf_counter()
     model = Model.from_pretrained(args.model, dtype=args.dtype)
     print(f"gemma-ref: loaded {model.source} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)

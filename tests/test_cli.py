@@ -136,6 +136,7 @@ def test_bad_checkpoint(tiny_dirs, tmp_path, capsys, case):
     (["generate", "--model", "{tiny}", "--top-p", "0", "Hi"], "bad sampling argument: top_p"),
     (["generate", "--model", "{tiny}", "--temperature", "-1", "Hi"], "bad sampling argument: temperature"),
     (["generate", "--model", "{tiny}", "-n", "300", "Hi"], "exceeds the model's context of 256"),
+    (["generate", "--model", "{tiny}", "--threads", "0", "Hi"], "--threads must be >= 1"),
 ])
 def test_bad_arguments(tiny_dirs, capsys, argv, message):
     argv = [a.replace("{tiny}", str(tiny_dirs["gemma1-mqa"])) for a in argv]
@@ -160,3 +161,14 @@ def test_offline_without_cache_through_cli(tmp_path):
                        capture_output=True, text=True, env=env)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "not in the local Hugging Face cache" in r.stderr
+
+
+def test_threads_option_sets_the_thread_count(tiny_dirs, capsys):
+    from gemma_ref import parallel
+
+    before = parallel._threads
+    try:
+        code, out, _ = run(["generate", "--model", str(tiny_dirs["gemma1-mqa"]), "--threads", "1", "-n", "3", "Hi"], capsys)
+        assert code == 0 and out.startswith("Hi") and parallel._threads == 1
+    finally:
+        parallel.set_threads(before)
