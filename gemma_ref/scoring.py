@@ -1,8 +1,8 @@
 """Scoring: per-token log-probabilities, perplexity, multiple-choice log-likelihoods.
 
-Everything here is a log-probability of given tokens under the model, computed
-in float64 from the forward pass's logits (the log-softmax is where precision
-matters: a float32 logsumexp over 262 144 logits loses ~1e-5 per token).
+Everything here is a log-probability of given tokens under the model, a float64
+log-softmax of the forward pass's logits (where precision matters: a float32
+logsumexp over 262 144 logits loses ~1e-5 per token; see log_softmax_at).
 """
 
 from __future__ import annotations
