@@ -61,15 +61,20 @@ def dense(x, w):
     2x faster for the few rows of batched decoding (same products, same sums).
     """
     rows = x.reshape(-1, x.shape[-1])  # [B*T, in]
-    if 1 < rows.shape[0] <= FEW_ROWS and w.shape[0] >= 4 * ROW_BLOCK:
-        out = np.empty((w.shape[0], rows.shape[0]), np.result_type(x, w))
-        _w_times_columns(w, rows.T, out)
-        return out.T.reshape(*x.shape[:-1], w.shape[0])
-    return (w @ rows.T).T.reshape(*x.shape[:-1], w.shape[0])
+    if rows.shape[0] > FEW_ROWS:
+        return (w @ rows.T).T.reshape(*x.shape[:-1], w.shape[0])
+    out = np.empty((w.shape[0], rows.shape[0]), np.result_type(x, w))
+    _w_times_columns(w, rows.T, out)
+    return out.T.reshape(*x.shape[:-1], w.shape[0])
 
 
 def _w_times_columns(w, cols, out):
-    """out = w @ cols for a few columns, in blocks of ROW_BLOCK rows of w (see ROW_BLOCK)."""
+    """out = w @ cols; for several columns and a big w, in blocks of ROW_BLOCK rows of w.
+
+    [out, in], [in, few] -> [out, few] (see ROW_BLOCK for why the blocks)."""
+    if cols.shape[1] == 1 or w.shape[0] < 4 * ROW_BLOCK:
+        np.matmul(w, cols, out=out)
+        return
     for a in range(0, w.shape[0], ROW_BLOCK):
         np.matmul(w[a:a + ROW_BLOCK], cols, out=out[a:a + ROW_BLOCK])
 
@@ -88,10 +93,8 @@ def linear(x, w):
                    np.result_type(x, w))
 
     def shard(lo, hi):
-        if few and rows.shape[0] > 1:
+        if few:
             _w_times_columns(w[lo:hi], rows.T, out[lo:hi])
-        elif few:
-            np.matmul(w[lo:hi], rows.T, out=out[lo:hi])
         else:
             np.matmul(rows, w[lo:hi].T, out=out[:, lo:hi])
 
@@ -120,9 +123,10 @@ def sharded_attention(attention, visible, q, k, v, q_pos, k_pos, scale, window=N
     visible(q_pos, k_pos, window) is attention's mask, [B, T, S] booleans.
 
     Each query attends on its own, so the queries are cut into blocks (of QUERY_BLOCK,
-    or fewer so that every thread gets two), and each block is given only the span of keys it can see: causality masks most
-    of a prompt's [T, S] score matrix (block i of a fresh 512-token prompt sees keys
-    of blocks <= i only; a sliding layer's block, at most window + block keys).
+    or fewer so that every thread gets two), and each block is given only the span
+    of keys it can see: causality masks most of a prompt's [T, S] score matrix
+    (block i of a fresh 512-token prompt sees keys of blocks <= i only; a sliding
+    layer's block, at most window + block keys).
     Masked keys get weight exp(min - max) = 0 in the full computation, so trimming
     them changes only the rounding of the sums. For 512 tokens this skips 37% of the
     scores. Blocks are handed out largest first, to whichever thread is free.
@@ -213,10 +217,10 @@ def reuse_freed_memory() -> bool:
     A forward pass makes and drops many temporaries of a few MB. glibc serves blocks
     above 128 KB (a limit it raises adaptively, up to 32 MB) with mmap and unmaps them
     when freed, and trims its heaps, so the next temporary is page-faulted and zeroed
-    afresh: 48 000-56 000 page faults (~200 MB) per 512-token prefill of Gemma 3 270M;
-    avoiding them made it ~10% faster on this project's VM (540 vs 485 tok/s). With blocks up to 64 MB taken from the heap, and up
-    to 256 MB of free heap kept, the same forward pass faults ~0 times. Process-wide;
-    called once by the first forward pass. Set GEMMA_REF_MALLOC=default to leave malloc
+    afresh: 48 000-56 000 page faults (~200 MB) per 512-token prefill of Gemma 3 270M.
+    With blocks up to 64 MB taken from the heap, and up to 256 MB of free heap kept,
+    the same forward pass faults ~0 times and ran ~10% faster on this project's VM
+    (540 vs 485 tok/s). Process-wide; called once by the first forward pass. Set GEMMA_REF_MALLOC=default to leave malloc
     alone. Returns whether the settings were applied (False off glibc).
     """
     global _malloc_tuned

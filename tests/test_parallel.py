@@ -4,6 +4,11 @@ The split paths only run above size thresholds that tiny test models never reach
 the thresholds are lowered here; the real model's goldens cover the default sizes.
 """
 
+import ctypes.util
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -18,7 +23,7 @@ def threads(request, monkeypatch):
     monkeypatch.setattr(P, "ROW_BLOCK", 4)  # w of 37 rows: 9 blocks and a part
     P.set_threads(request.param)
     yield request.param
-    P.set_threads(len(__import__("os").sched_getaffinity(0)))
+    P.set_threads(len(os.sched_getaffinity(0)))
 
 
 rng = np.random.default_rng(0)
@@ -101,15 +106,12 @@ def test_blocks_see_only_keys_they_can_see(monkeypatch):
     assert sorted(spans) == [(4, 4), (4, 6), (4, 6), (4, 6)]
 
 
-@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc only")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
 def test_malloc_tuning_applies_once_and_can_be_turned_off():
-    import subprocess
-    import sys
-
     code = "from gemma_ref.parallel import reuse_freed_memory as r; print(r(), r())"
     run = lambda env: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,  # noqa: E731
-                                     env={**__import__("os").environ, **env}, check=True).stdout.split()
-    libc = __import__("ctypes.util").util.find_library("c") or ""
+                                     env={**os.environ, **env}, check=True).stdout.split()
+    libc = ctypes.util.find_library("c") or ""
     assert run({"GEMMA_REF_MALLOC": "default"}) == ["False", "False"]
     if "libc.so.6" in libc:
         assert run({}) == ["True", "True"]
