@@ -214,8 +214,11 @@ def qkv(x, cos, sin, W, pre, config, trace=None):
     return q, k, v
 
 
-def attention_block(x, W, i, config, cos_sin, positions, cache, trace):
-    """Self-attention of layer i.                         [B, T, D] -> [B, T, D]
+def attention_block(x, W, i, config, cos_sin, positions, cache, trace, keep=slice(None)):
+    """Self-attention of layer i.                     [B, T, D] -> [B, T', D]
+
+    Every token's keys and values are computed (and cached); outputs only for the
+    queries x[:, keep] (T' of them).
 
     split_tokens / sharded_attention / linear compute the same values on all
     cores when that pays (parallel.py).
@@ -245,29 +248,32 @@ def attention_block(x, W, i, config, cos_sin, positions, cache, trace):
             v_all = np.concatenate([c.v[:, :used], v], axis=1)
             k_pos = np.concatenate([c.pos[:, :used], positions], axis=1)  # [B, S]
             cache_write(c, k, v, positions)
-    out = sharded_attention(attention, visible, q, k_all, v_all, positions, k_pos, config.query_scale,
+    q, q_pos = q[:, keep], positions[:, keep]
+    out = sharded_attention(attention, visible, q, k_all, v_all, q_pos, k_pos, config.query_scale,
                             window=config.sliding_window if sliding else None,
-                            cap=config.attn_logit_softcapping)  # [B, T, N*H], on all cores
+                            cap=config.attn_logit_softcapping)  # [B, T', N*H], on all cores
     record(trace, pre + "attn", out)
-    out = linear(out, W[pre + "o_proj.weight"])  # [B, T, N*H] -> [B, T, D]
+    out = linear(out, W[pre + "o_proj.weight"])  # [B, T', N*H] -> [B, T', D]
     record(trace, pre + "o_proj", out)
     return out
 
 
-def decoder_layer(x, W, i, config, cos_sin, positions, cache, trace):
-    """One block.                                          [B, T, D] -> [B, T, D]
+def decoder_layer(x, W, i, config, cos_sin, positions, cache, trace, keep=slice(None)):
+    """One block.                                     [B, T, D] -> [B, T', D]
 
     Gemma 1:   h = x + attn(norm(x));                out = h + mlp(norm(h))
     Gemma 2/3: h = x + norm(attn(norm(x)));          out = h + norm(mlp(norm(h)))
+
+    Outputs for the tokens x[:, keep] only (all of them by default).
     """
     pre, eps = f"model.layers.{i}.", config.rms_norm_eps
     h = rms_norm(x, W[pre + "input_layernorm.weight"], eps)
     record(trace, pre + "input_layernorm", h)
-    a = attention_block(h, W, i, config, cos_sin, positions, cache, trace)
+    a = attention_block(h, W, i, config, cos_sin, positions, cache, trace, keep)
     if config.sandwich_norms:
         a = rms_norm(a, W[pre + "post_attention_layernorm.weight"], eps)
         record(trace, pre + "post_attention_layernorm", a)
-    x = x + a
+    x = x[:, keep] + a  # from here on, the tokens x[:, keep] only
     # Gemma 1 calls its pre-MLP norm "post_attention_layernorm".
     mlp_norm = "pre_feedforward_layernorm" if config.sandwich_norms else "post_attention_layernorm"
     h = rms_norm(x, W[pre + mlp_norm + ".weight"], eps)
@@ -328,8 +334,12 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *,
     }
     reuse_freed_memory()  # once per process: fewer page faults (parallel.py)
     with threads_for(B * T):  # prefill: our threads split the products; decoding: BLAS's (parallel.py)
+        last = len(config.layer_types) - 1
         for i, kind in enumerate(config.layer_types):
-            x = decoder_layer(x, W, i, config, rope_tables[kind], positions, cache, trace)
+            # For last_only, the last layer needs every token's keys and values (for its
+            # attention and the cache) but the rest of its work for the last token only.
+            keep = slice(-1, None) if last_only and i == last and trace is None else slice(None)
+            x = decoder_layer(x, W, i, config, rope_tables[kind], positions, cache, trace, keep)
 
         if last_only:
             x = x[:, -1:]

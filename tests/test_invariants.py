@@ -1,6 +1,7 @@
 """Layer 2: invariants on tiny seeded checkpoints, for every architecture variant.
 
-cached decode == full forward; chunked prefill == one-shot; batch of two == two
+cached decode == full forward; chunked prefill == one-shot; last_only prefill ==
+the last position of a full forward (and caches every token); batch of two == two
 singles; bf16 file == its float32 widening; bounded sliding-window cache.
 """
 
@@ -40,6 +41,23 @@ def test_chunked_prefill_equals_one_shot(tiny_models, name, chunk):
     parts = [forward(m.weights, m.config, ids[:, s:s + chunk], cache=cache, n_vocab=m.n_vocab)
              for s in range(0, T, chunk)]
     np.testing.assert_allclose(np.concatenate(parts, axis=1), full, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("chunk", [1, 7, 20])
+def test_last_only_prefill_gives_last_logits_and_a_full_cache(tiny_models, name, chunk):
+    """last_only: the last position's logits, and every prefilled token cached for decoding."""
+    m = tiny_models[name]
+    ids = ids_for(m, seed=4)
+    full = m.forward(ids)
+    cache = m.new_cache(2, T)
+    for s in range(0, 20, chunk):
+        e = min(s + chunk, 20)
+        last = forward(m.weights, m.config, ids[:, s:e], cache=cache, n_vocab=m.n_vocab, last_only=True)
+        np.testing.assert_allclose(last, full[:, e - 1:e], atol=1e-4, rtol=0)
+    steps = [forward(m.weights, m.config, ids[:, t:t + 1], cache=cache, n_vocab=m.n_vocab)
+             for t in range(20, T)]
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full[:, 20:], atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("name", NAMES)
