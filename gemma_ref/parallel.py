@@ -56,13 +56,15 @@ def set_threads(n: int) -> None:
 def dense(x, w):
     """x @ w.T on the calling thread.                      [..., in], [out, in] -> [..., out]
 
-    Computed on 2-D rows as (w @ rows.T).T: NumPy would otherwise loop over leading
-    axes and stream w once per batch row, and OpenBLAS runs this orientation up to
-    2x faster for the few rows of batched decoding (same products, same sums).
+    Computed on 2-D rows (NumPy would otherwise loop over leading axes and stream w
+    once per batch row). For the few rows of batched decoding as (w @ rows.T).T,
+    which OpenBLAS runs up to 2x faster; for many rows (prefill) as rows @ w.T, so
+    the result is row-major: the per-head norms and RoPE that follow ran 2x slower
+    on the transposed layout.
     """
     rows = x.reshape(-1, x.shape[-1])  # [B*T, in]
     if rows.shape[0] > FEW_ROWS:
-        return (w @ rows.T).T.reshape(*x.shape[:-1], w.shape[0])
+        return (rows @ w.T).reshape(*x.shape[:-1], w.shape[0])
     out = np.empty((w.shape[0], rows.shape[0]), np.result_type(x, w))
     _w_times_columns(w, rows.T, out)
     return out.T.reshape(*x.shape[:-1], w.shape[0])
