@@ -22,7 +22,7 @@ import dataclasses
 import os
 import re
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 import gguf
 import numpy as np
@@ -183,12 +183,13 @@ class GGUFCheckpoint:
     metadata: dict[str, Any]
 
 
-def read_gguf(path: str | os.PathLike[str]) -> GGUFCheckpoint:
+def read_gguf(path: str | os.PathLike[str], on_valid_header: Callable[[], None] | None = None) -> GGUFCheckpoint:
     """Read a Gemma / Gemma 2 / Gemma 3 (text) GGUF file into HF-layout float32 tensors.
 
     Raises `GemmaRefError` for a missing, truncated or corrupt file, an architecture other than
     gemma / gemma2 / gemma3, a tensor type that cannot be dequantized, or a missing, unknown or
-    mis-shaped tensor.
+    mis-shaped tensor. `on_valid_header()` is called once the header has been parsed and every
+    tensor found inside the file, before the slow part (vocabulary, dequantization).
     """
     path = os.fspath(path)
     reader = _open_reader(path)
@@ -200,6 +201,8 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFCheckpoint:
             f"{', '.join(SUPPORTED_ARCHITECTURES)} (text models only)"
         )
     _check_tensor_bounds(reader, path)
+    if on_valid_header is not None:
+        on_valid_header()
 
     vocab = _read_vocab(reader, path)
     tensor_names = [t.name for t in reader.tensors]

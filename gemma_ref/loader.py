@@ -242,9 +242,11 @@ def gguf_as_checkpoint(path: Path, progress: bool = True) -> Path:
     directory = cache_dir() / "gguf" / f"{path.stem}-{st.st_size}-{st.st_mtime_ns}"
     if (directory / "source.json").exists():
         return directory
-    if progress:
-        print(f"gemma-ref: converting {path.name} to float32 (once, into {directory})", file=sys.stderr)
-    ckpt = read_gguf(path)
+    def announce():
+        if progress:
+            print(f"gemma-ref: converting {path.name} to float32 (once, into {directory})", file=sys.stderr)
+
+    ckpt = read_gguf(path, on_valid_header=announce)  # a broken file: only the error is printed
     tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "config.json").write_text(json.dumps(ckpt.config, indent=1))

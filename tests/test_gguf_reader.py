@@ -384,6 +384,22 @@ def test_missing_file_and_wrong_magic(tmp_path, tiny_path):
         read_gguf(empty)
 
 
+def test_conversion_is_announced_only_for_a_readable_file(tmp_path, tiny_path, monkeypatch, capsys):
+    """A broken GGUF gets its error alone, not a "converting ..." line first."""
+    from gemma_ref.loader import gguf_as_checkpoint
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    short = tmp_path / "short.gguf"
+    short.write_bytes(tiny_path.read_bytes()[:-100])
+    with pytest.raises(GemmaRefError, match="past the end"):
+        gguf_as_checkpoint(short)
+    assert capsys.readouterr().err == ""
+    gguf_as_checkpoint(tiny_path)
+    assert capsys.readouterr().err.startswith("gemma-ref: converting ok.gguf to float32 (once")
+    gguf_as_checkpoint(tiny_path)  # converted already: silent
+    assert capsys.readouterr().err == ""
+
+
 def test_truncated_files(tmp_path, tiny_path):
     data = tiny_path.read_bytes()
     last = gguf.GGUFReader(tiny_path).tensors[-1]
