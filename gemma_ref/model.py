@@ -34,7 +34,10 @@ def rms_norm(x, w, eps):
 
     Computed in x's dtype, which is float32 or wider (never float16).
     """
-    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * (1.0 + w)
+    # mean(x^2) as np.mean computes it (a float32 sum, then / D), minus np.mean's Python
+    # overhead (~20 us a call; a decoding step of Gemma 3 270M makes 109 calls).
+    mean_sq = np.add.reduce(x * x, axis=-1, keepdims=True) / x.shape[-1]  # [..., 1]
+    return x / np.sqrt(mean_sq + eps) * (1.0 + w)
 
 
 def gelu_tanh(x):
