@@ -222,8 +222,9 @@ def reuse_freed_memory() -> bool:
     afresh: 48 000-56 000 page faults (~200 MB) per 512-token prefill of Gemma 3 270M.
     With blocks up to 64 MB taken from the heap, and up to 256 MB of free heap kept,
     the same forward pass faults ~0 times and ran ~10% faster on this project's VM
-    (540 vs 485 tok/s). Process-wide; called once by the first forward pass. Set GEMMA_REF_MALLOC=default to leave malloc
-    alone. Returns whether the settings were applied (False off glibc).
+    (540 vs 485 tok/s). Process-wide; called once by the first forward pass. Set
+    GEMMA_REF_MALLOC=default to leave malloc alone. Returns whether the settings were
+    applied (False off glibc).
     """
     global _malloc_tuned
     if _malloc_tuned is None:

@@ -20,14 +20,19 @@ def ids_for(model, seed=0, B=2, T=T):
     return np.random.default_rng(seed).integers(0, model.n_vocab, (B, T))
 
 
+def through_cache(m, ids, cache, chunk, **kw):
+    """forward() over ids in chunks of `chunk` tokens through `cache`: each call's logits."""
+    return [forward(m.weights, m.config, ids[:, s:s + chunk], cache=cache, n_vocab=m.n_vocab, **kw)
+            for s in range(0, ids.shape[1], chunk)]
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_cached_decode_equals_full_forward(tiny_models, name):
     m = tiny_models[name]
     ids = ids_for(m)
     full = m.forward(ids)
     cache = m.new_cache(2, T)
-    steps = [forward(m.weights, m.config, ids[:, t:t + 1], cache=cache, n_vocab=m.n_vocab)
-             for t in range(T)]
+    steps = through_cache(m, ids, cache, 1)
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-4, rtol=0)
 
 
@@ -38,8 +43,7 @@ def test_chunked_prefill_equals_one_shot(tiny_models, name, chunk):
     ids = ids_for(m, seed=1)
     full = m.forward(ids)
     cache = m.new_cache(2, T)
-    parts = [forward(m.weights, m.config, ids[:, s:s + chunk], cache=cache, n_vocab=m.n_vocab)
-             for s in range(0, T, chunk)]
+    parts = through_cache(m, ids, cache, chunk)
     np.testing.assert_allclose(np.concatenate(parts, axis=1), full, atol=1e-4, rtol=0)
 
 
@@ -51,12 +55,11 @@ def test_last_only_prefill_gives_last_logits_and_a_full_cache(tiny_models, name,
     ids = ids_for(m, seed=4)
     full = m.forward(ids)
     cache = m.new_cache(2, T)
-    for s in range(0, 20, chunk):
-        e = min(s + chunk, 20)
-        last = forward(m.weights, m.config, ids[:, s:e], cache=cache, n_vocab=m.n_vocab, last_only=True)
-        np.testing.assert_allclose(last, full[:, e - 1:e], atol=1e-4, rtol=0)
-    steps = [forward(m.weights, m.config, ids[:, t:t + 1], cache=cache, n_vocab=m.n_vocab)
-             for t in range(20, T)]
+    lasts = through_cache(m, ids[:, :20], cache, chunk, last_only=True)
+    ends = [min(s + chunk, 20) for s in range(0, 20, chunk)]
+    np.testing.assert_allclose(np.concatenate(lasts, axis=1), full[:, [e - 1 for e in ends]],
+                               atol=1e-4, rtol=0)
+    steps = through_cache(m, ids[:, 20:], cache, 1)
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full[:, 20:], atol=1e-4, rtol=0)
 
 
@@ -115,8 +118,7 @@ def test_sliding_cache_is_bounded_and_exact_past_the_window(tiny_models, name):
         assert c.k.shape[1] == (W if kind == SLIDING else 64)
     ids = ids_for(m, seed=4, B=1, T=40)
     full = m.forward(ids)
-    logits = [forward(m.weights, m.config, ids[:, t:t + 1], cache=cache, n_vocab=m.n_vocab)
-              for t in range(40)]
+    logits = through_cache(m, ids, cache, 1)
     np.testing.assert_allclose(np.concatenate(logits, 1), full, atol=1e-4, rtol=0)
     for c, kind in zip(cache, m.config.layer_types):
         if kind == SLIDING:  # the ring holds exactly the last W positions
