@@ -225,20 +225,21 @@ class GemmaConfig:
         """What is special about this model, one line each (for `gemma-ref info`)."""
         lines = []
         shapes = sorted({(s.kind, s.head_dim, s.num_key_value_heads) for s in self.layers})
-        if len(shapes) > 1:
+        if len({shape[1:] for shape in shapes}) > 1:
             lines.append("per-layer shapes  " + "; ".join(
                 f"{kind.split('_')[0]}: head_dim {H}, {K} kv heads" for kind, H, K in shapes))
         if self.num_kv_shared_layers:
             first = self.num_hidden_layers - self.num_kv_shared_layers
             wide = ", MLP 2x wide" if self.use_double_wide_mlp else ""
-            lines.append(f"shared K/V        layers {first}-{self.num_hidden_layers - 1} attend with the "
-                         f"K/V of layers {sorted({s.kv_source for s in self.layers[first:]})} "
+            span = f"layers {first}-{self.num_hidden_layers - 1}" if first < self.num_hidden_layers - 1 else f"layer {first}"
+            lines.append(f"shared K/V        {span} attend with the K/V of layer(s) "
+                         f"{', '.join(map(str, sorted({s.kv_source for s in self.layers[first:]})))} "
                          f"(no cache of their own{wide})")
         if self.attention_k_eq_v:
             lines.append("K = V             full-attention layers take V from the K projection")
         if self.hidden_size_per_layer_input:
             V, L, P = self.vocab_size_per_layer_input, self.num_hidden_layers, self.hidden_size_per_layer_input
-            lines.append(f"per-layer embed.  {V} x {L} x {P} = {V * L * P / 1e9:.2f} G values "
+            lines.append(f"per-layer embed.  {V} x {L} x {P} = {V * L * P:,} values "
                          f"(memory-mapped, rows read per token)")
         if self.enable_moe_block:
             lines.append(f"experts           {self.num_experts} per layer, top {self.top_k_experts}, "
