@@ -443,12 +443,6 @@ def _build_config(
     else:
         query_pre_attn_scalar = head_dim
 
-    def token_id(name: str) -> int | None:
-        value = _get(reader, path, f"tokenizer.ggml.{name}", None)
-        if value is not None and not 0 <= value < vocab_size:
-            raise GemmaRefError(f"{path}: tokenizer.ggml.{name} = {value} is outside the {vocab_size}-token vocabulary")
-        return value
-
     model_type, architecture = _MODEL_TYPES[arch]
     config: dict[str, Any] = {
         "architectures": [architecture],
@@ -473,11 +467,7 @@ def _build_config(
         "hidden_activation": HIDDEN_ACTIVATION,
         "hidden_act": HIDDEN_ACTIVATION,
         "attention_bias": False,
-        "tie_word_embeddings": "output.weight" not in tensor_names,
-        "bos_token_id": token_id("bos_token_id"),
-        "eos_token_id": token_id("eos_token_id"),
-        "pad_token_id": token_id("padding_token_id"),
-        "unk_token_id": token_id("unknown_token_id"),
+        **_token_fields(reader, path, vocab_size, tensor_names),
     }
     if arch == "gemma3" and sliding_window is not None and isinstance(pattern, int):
         config["_sliding_window_pattern"] = pattern  # as transformers' Gemma3TextConfig has it
@@ -528,12 +518,6 @@ def _gemma4_config(reader, path, vocab_size, tensor_names, key, positive_int) ->
     experts = key("expert_count", 0) or 0
     softcap = key("final_logit_softcapping", None)
 
-    def token_id(name: str) -> int | None:
-        value = _get(reader, path, f"tokenizer.ggml.{name}", None)
-        if value is not None and not 0 <= value < vocab_size:
-            raise GemmaRefError(f"{path}: tokenizer.ggml.{name} = {value} is outside the {vocab_size}-token vocabulary")
-        return value
-
     return {
         "architectures": ["Gemma4ForCausalLM"],
         "model_type": "gemma4_text",
@@ -568,6 +552,19 @@ def _gemma4_config(reader, path, vocab_size, tensor_names, key, positive_int) ->
         "moe_intermediate_size": key("expert_feed_forward_length", None) if experts else None,
         "hidden_activation": HIDDEN_ACTIVATION,
         "attention_bias": False,
+        **_token_fields(reader, path, vocab_size, tensor_names),
+    }
+
+
+def _token_fields(reader, path: str, vocab_size: int, tensor_names: list[str]) -> dict[str, Any]:
+    """The special token ids (each checked to lie in the vocabulary) and whether the head is tied."""
+    def token_id(name: str) -> int | None:
+        value = _get(reader, path, f"tokenizer.ggml.{name}", None)
+        if value is not None and not 0 <= value < vocab_size:
+            raise GemmaRefError(f"{path}: tokenizer.ggml.{name} = {value} is outside the {vocab_size}-token vocabulary")
+        return value
+
+    return {
         "tie_word_embeddings": "output.weight" not in tensor_names,
         "bos_token_id": token_id("bos_token_id"),
         "eos_token_id": token_id("eos_token_id"),
