@@ -88,24 +88,27 @@ def rope(x, cos, sin):
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def visible(q_pos, k_pos, window=None):
+def visible(q_pos, k_pos, window=None, reach=None):
     """Which keys each query sees.                     [B, T], [B, S] -> [B, T, S] bool
 
     A key is visible iff it exists (k_pos >= 0), is not in the future, and for a
     sliding layer lies within the window: 0 <= q_pos - k_pos < window.
+    reach [B, T]: the last position each query sees, if not its own: the tokens of
+    one image see each other both ways (ImageTokens.reach; still only back to
+    q_pos - window + 1 on sliding layers).
     """
-    dist = q_pos[:, :, None] - k_pos[:, None, :]  # [B, T, S]
-    seen = (k_pos[:, None, :] >= 0) & (dist >= 0)
+    reach = q_pos if reach is None else reach
+    seen = (k_pos[:, None, :] >= 0) & (k_pos[:, None, :] <= reach[:, :, None])  # [B, T, S]
     if window is not None:
-        seen &= dist < window
+        seen &= q_pos[:, :, None] - k_pos[:, None, :] < window
     return seen
 
 
-def attention(q, k, v, q_pos, k_pos, scale, window=None, cap=None):
+def attention(q, k, v, q_pos, k_pos, scale, window=None, cap=None, reach=None):
     """Causal (optionally sliding-window) grouped-query attention, K/V not copied per group.
 
     q [B, T, N, H], k and v [B, S, K, H], q_pos [B, T], k_pos [B, S] -> [B, T, N*H]
-    Query t attends to the keys visible(q_pos, k_pos, window)[:, t] marks.
+    Query t attends to the keys visible(q_pos, k_pos, window, reach)[:, t] marks.
     """
     B, T, N, H = q.shape
     K = k.shape[2]
@@ -118,14 +121,14 @@ def attention(q, k, v, q_pos, k_pos, scale, window=None, cap=None):
         scores = softcap(scores, cap)
     # Masked scores get the dtype's most negative value (as transformers does), so a
     # row with nothing visible (a padding query) is uniform rather than NaN.
-    mask = visible(q_pos, k_pos, window)  # [B, T, S]
+    mask = visible(q_pos, k_pos, window, reach)  # [B, T, S]
     scores = np.where(mask[:, None, None], scores, np.finfo(scores.dtype).min)
     probs = softmax(scores)  # [B, K, G, T, S]
     out = probs @ v  # [B, K, G, T, H]   einsum("bkgts,bksh->bkgth")
     return out.transpose(0, 3, 1, 2, 4).reshape(B, T, N * H)
 
 
-# --- weights and cache --------------------------------------------------------
+# --- weights, images and cache -------------------------------------------------
 
 
 class Weights:
@@ -140,6 +143,19 @@ class Weights:
 
     def __getitem__(self, name: str) -> np.ndarray:
         return np.asarray(self.arrays[name]).astype(self.dtype, copy=False)
+
+
+@dataclass(frozen=True)
+class ImageTokens:
+    """The images of a chunk of tokens, as the language model sees them (vision.py makes it).
+
+    Their soft tokens' embeddings are replaced by `embeds` (image features, not
+    scaled by sqrt(D)), and each of their tokens sees keys up to `reach`.
+    """
+
+    at: np.ndarray  # [B, T] bool: the image soft tokens
+    embeds: np.ndarray  # [n, D] their embeddings, row by row in order (n = at.sum())
+    reach: np.ndarray  # [B, T] last position each token sees: its own, or its image's last
 
 
 @dataclass
@@ -217,11 +233,11 @@ def qkv(x, cos, sin, W, pre, config, trace=None):
     return q, k, v
 
 
-def attention_block(x, W, i, config, cos_sin, positions, cache, trace, keep=slice(None)):
+def attention_block(x, W, i, config, cos_sin, positions, cache, trace, keep=slice(None), reach=None):
     """Self-attention of layer i.                     [B, T, D] -> [B, T', D]
 
     Every token's keys and values are computed (and cached); outputs only for the
-    queries x[:, keep] (T' of them).
+    queries x[:, keep] (T' of them). reach: see visible (images); None = causal.
 
     split_tokens / sharded_attention / linear compute the same values on all
     cores when that pays (parallel.py).
@@ -252,16 +268,17 @@ def attention_block(x, W, i, config, cos_sin, positions, cache, trace, keep=slic
             k_pos = np.concatenate([c.pos[:, :used], positions], axis=1)  # [B, S]
             cache_write(c, k, v, positions)
     q, q_pos = q[:, keep], positions[:, keep]
+    reach = None if reach is None else reach[:, keep]
     out = sharded_attention(attention, visible, q, k_all, v_all, q_pos, k_pos, config.query_scale,
                             window=config.sliding_window if sliding else None,
-                            cap=config.attn_logit_softcapping)  # [B, T', N*H], on all cores
+                            cap=config.attn_logit_softcapping, reach=reach)  # [B, T', N*H], on all cores
     record(trace, pre + "attn", out)
     out = linear(out, W[pre + "o_proj.weight"])  # [B, T', N*H] -> [B, T', D]
     record(trace, pre + "o_proj", out)
     return out
 
 
-def decoder_layer(x, W, i, config, cos_sin, positions, cache, trace, keep=slice(None)):
+def decoder_layer(x, W, i, config, cos_sin, positions, cache, trace, keep=slice(None), reach=None):
     """One block.                                     [B, T, D] -> [B, T', D]
 
     Gemma 1:   h = x + attn(norm(x));                out = h + mlp(norm(h))
@@ -272,7 +289,7 @@ def decoder_layer(x, W, i, config, cos_sin, positions, cache, trace, keep=slice(
     pre, eps = f"model.layers.{i}.", config.rms_norm_eps
     h = rms_norm(x, W[pre + "input_layernorm.weight"], eps)
     record(trace, pre + "input_layernorm", h)
-    a = attention_block(h, W, i, config, cos_sin, positions, cache, trace, keep)
+    a = attention_block(h, W, i, config, cos_sin, positions, cache, trace, keep, reach)
     if config.sandwich_norms:
         a = rms_norm(a, W[pre + "post_attention_layernorm.weight"], eps)
         record(trace, pre + "post_attention_layernorm", a)
@@ -292,7 +309,7 @@ def decoder_layer(x, W, i, config, cos_sin, positions, cache, trace, keep=slice(
     return out
 
 
-def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *,
+def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *, images=None,
             last_only=False, n_vocab=None, trace=None, dtype=np.float32):
     """Logits for token ids.                     ids [B, T] -> logits [B, T, V] (or [B, 1, V])
 
@@ -302,6 +319,8 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *,
     cache:     list of LayerCache from `new_cache`, read and then updated in place;
                None attends within `ids` only. Prefill (T > 1) and decode (T = 1)
                are the same code.
+    images:    ImageTokens for the images among `ids` (each image wholly inside this
+               call), or None.
     last_only: compute logits for the last position only (generation).
     n_vocab:   keep the first n_vocab logits (embedding tables may have padding rows).
     trace:     a dict to receive named intermediates (HF module names), or None.
@@ -328,6 +347,9 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *,
     E = W["model.embed_tokens.weight"]  # [V, D]
     x = E[ids] * np.asarray(np.sqrt(config.hidden_size), dtype)  # [B, T, D]
     record(trace, "model.embed_tokens", x)
+    if images is not None:  # image soft tokens: the image features, unscaled
+        x[images.at] = images.embeds
+    reach = None if images is None else images.reach
 
     # RoPE tables, one per layer kind (sliding layers: local base, no scaling).
     rope_tables = {
@@ -342,7 +364,8 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *,
             # For last_only, the last layer needs every token's keys and values (for its
             # attention and the cache) but the rest of its work for the last token only.
             keep = slice(-1, None) if last_only and i == last and trace is None else slice(None)
-            x = decoder_layer(x, W, i, config, rope_tables[kind], positions, cache, trace, keep)
+            x = decoder_layer(x, W, i, config, rope_tables[kind], positions, cache, trace, keep,
+                              reach)
 
         if last_only:
             x = x[:, -1:]

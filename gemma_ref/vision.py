@@ -420,22 +420,28 @@ def expand_prompt(text: str, n_crops: list[int], c: VisionConfig, encode) -> lis
 
 def image_reach(ids, positions, c: VisionConfig):
     """The last key position each token may see: its own position for text, the last
-    position of its image for image soft tokens (so one image's tokens see each other
-    both ways, as transformers' blockwise mask; text stays causal).
+    position of its image for image soft tokens. So one image's tokens see each other
+    both ways (transformers' blockwise mask, OR-ed with the causal one); text stays
+    causal (everything before an image is visible to it causally anyway).
 
-    ids, positions [B, T] -> [B, T] int64. An image must lie wholly within `ids`.
+    ids, positions [B, T] -> [B, T] int64. Each image must lie wholly within `ids`.
     """
-    ids, positions = np.asarray(ids), np.asarray(positions, np.int64)
-    soft = ids == c.image_token_index  # [B, T]
-    reach = positions.copy()
-    for b in range(ids.shape[0]):
-        t = ids.shape[1] - 1
-        end = None
-        while t >= 0:  # right to left: a run of soft tokens reaches its last position
-            if soft[b, t]:
-                end = positions[b, t] if end is None else end
-                reach[b, t] = end
-            else:
-                end = None
-            t -= 1
+    soft = np.asarray(ids) == c.image_token_index  # [B, T]
+    reach = np.array(positions, dtype=np.int64)
+    for b, t in zip(*np.nonzero(soft[:, ::-1])):  # right to left: a run reaches its last token
+        t = soft.shape[1] - 1 - t
+        if t + 1 < soft.shape[1] and soft[b, t + 1]:
+            reach[b, t] = reach[b, t + 1]
     return reach
+
+
+def image_tokens(ids, positions, rows, c: VisionConfig):
+    """model.ImageTokens for a chunk of tokens: where the soft tokens are, their
+    embeddings (rows, [n, D], in row-major order of the chunk), and their reach."""
+    from .model import ImageTokens
+
+    at = np.asarray(ids) == c.image_token_index  # [B, T]
+    if at.sum() != len(rows):
+        raise GemmaRefError(f"the ids hold {int(at.sum())} image soft tokens, the images give "
+                            f"{len(rows)} ({c.mm_tokens_per_image} per image)")
+    return ImageTokens(at=at, embeds=rows, reach=image_reach(ids, positions, c))
