@@ -266,16 +266,18 @@ class Model:
         or a list of token ids and/or strings that end generation.
         images: for a text prompt, see prompt_ids; for ids, as forward."""
         stop_ids, stop_strings = self._stop(stop)
-        ids_in = not isinstance(prompt, str)
-        if ids_in and images:
+        # The prompt and its images are prepared now (a bad image raises here); the
+        # continuation is decoded as it is iterated.
+        if not isinstance(prompt, str) and images:
             ids, features = self._prompt_ids(prompt), self.embed_images(images, pan_and_scan=pan_and_scan)
         else:
             ids, features = self.prompt_ids(prompt, images, pan_and_scan=pan_and_scan)
         steps = self.generate_ids([ids], stop_ids=stop_ids, image_features=[features], **sampling)
-        if ids_in:
-            for (t,) in steps:
-                yield t
-            return
+        if not isinstance(prompt, str):
+            return (t for (t,) in steps)
+        return self._text_pieces(steps, stop_strings)
+
+    def _text_pieces(self, steps, stop_strings) -> Iterator[str]:
         decoder, text, held = self.tokenizer.stream_decoder(), "", 0
         for (t,) in steps:
             text += decoder.push(t)
