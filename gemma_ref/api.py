@@ -101,7 +101,7 @@ class Model:
         """Logits for every position: ids [T] -> [T, V], or [B, T] -> [B, T, V]. Stateless.
 
         images: the images of the image blocks in `ids` (already expanded: see
-        `prompt_ids`), in order of appearance (row by row for a batch).
+        `prompt_ids`), in order of appearance (row by row for a batch); see embed_images.
         """
         ids = np.asarray(ids)
         if ids.ndim not in (1, 2) or not np.issubdtype(ids.dtype, np.integer):
@@ -109,7 +109,7 @@ class Model:
                                 f"{ids.dtype} {ids.shape}")
         ids2 = np.atleast_2d(ids)
         image_tokens = None
-        if images:
+        if images is not None and len(images):
             rows = self.embed_images(images, pan_and_scan=pan_and_scan, trace=trace)
             image_tokens = vision.image_tokens(ids2, np.broadcast_to(np.arange(ids2.shape[1]), ids2.shape),
                                                rows.reshape(-1, rows.shape[-1]), self.vision)
@@ -126,14 +126,21 @@ class Model:
         images: file paths, PIL images or uint8 arrays [H, W, 3]. With pan-and-scan
         (pan_and_scan=True, or the checkpoint's preprocessor_config.json asks for it),
         an image with an extreme aspect ratio is followed by its crops, each counted
-        as an image.
+        as an image. Or preprocessed pixel values, a float array [I, 3, S, S] (as
+        `pixel_values` of transformers' processor, or vision.preprocess).
         """
+        if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype.kind == "f":
+            return self.embed_pixels(images, trace=trace)
         pixels, _ = vision.preprocess(self._check_images(images), self._preprocessing(), pan_and_scan)
         return self.embed_pixels(pixels, trace=trace)
 
     def embed_pixels(self, pixels, *, trace: dict | None = None) -> np.ndarray:
         """Soft-token embeddings of preprocessed pixels [I, 3, S, S] -> [I, M, D]."""
         self._check_images([])
+        S = self.vision.image_size
+        if np.ndim(pixels) != 4 or np.shape(pixels)[1:] != (self.vision.num_channels, S, S):
+            raise GemmaRefError(f"pixel values must be [I, {self.vision.num_channels}, {S}, {S}], "
+                                f"got {np.shape(pixels)}")
         return vision.image_features(pixels, self.weights, self.vision, trace)
 
     def prompt_ids(self, prompt: str, images: Sequence = (), *,
@@ -268,7 +275,7 @@ class Model:
         stop_ids, stop_strings = self._stop(stop)
         # The prompt and its images are prepared now (a bad image raises here); the
         # continuation is decoded as it is iterated.
-        if not isinstance(prompt, str) and images:
+        if not isinstance(prompt, str) and images is not None and len(images):
             ids, features = self._prompt_ids(prompt), self.embed_images(images, pan_and_scan=pan_and_scan)
         else:
             ids, features = self.prompt_ids(prompt, images, pan_and_scan=pan_and_scan)

@@ -279,3 +279,28 @@ def test_cli_generate_with_image(capsys):
     tok = Model.from_pretrained(DATA / "gemma3-vision-mqa", progress=False).tokenizer
     assert rc == 0
     assert out == "What is in <start_of_image>?" + tok.decode(g["file.greedy_ids"]) + "\n"
+
+
+def test_dump_and_compare_on_the_image_path(tmp_path):
+    """`dump` of a prompt with images keeps its pixel values and the tower's trace (HF module
+    names); `compare` reruns the model on those pixels and lines the traces up per image."""
+    from gemma_ref import reference
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Describe <start_of_image> in one word.",
+                                   "images": [str(IMAGES / "rgb_wide.png")]}) + "\n\"Plain text\"\n")
+    out = tmp_path / "dump.npz"
+    model_dir = DATA / "gemma3-vision-mqa"
+    assert main(["dump", "-m", str(model_dir), "--prompts", str(prompts), "--trace", "-n", "12",
+                 "-o", str(out)]) == 0
+    golden = reference.load(out)
+    g = np.load(model_dir / "golden.npz")
+    d = golden.prompts[0]
+    assert d.input_ids.tolist() == g["one.input_ids"].tolist()
+    np.testing.assert_array_equal(d.pixel_values, g["one.pixel_values"])
+    np.testing.assert_allclose(d.trace["multi_modal_projector"], g["one.image_features"], atol=TOL, rtol=0)
+    assert d.greedy_ids.tolist() == g["one.greedy_ids"].tolist()
+    model = Model.from_pretrained(model_dir, progress=False, dtype="float64")
+    report = reference.compare(golden, reference.candidate_from_model(model, golden, trace=True))
+    names = {t["name"] for t in report["prompts"][0]["trace"]}
+    assert report["ok"] and {"vision_tower.encoder.layers.1", "multi_modal_projector"} <= names
