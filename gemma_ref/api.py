@@ -152,6 +152,9 @@ class Model:
         before the text (as the chat template puts them).
         """
         if not images:
+            if self.vision is not None and isinstance(prompt, str) and IMAGE_MARKER in prompt:
+                raise GemmaRefError(f"the prompt has {prompt.count(IMAGE_MARKER)} {IMAGE_MARKER} "
+                                    "marker(s) but no images were given")
             return self._prompt_ids(prompt), None
         images = self._check_images(images)
         if self.tokenizer is None:

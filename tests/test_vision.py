@@ -238,6 +238,8 @@ def test_bad_images(variant, tmp_path):
         model.generate("<start_of_image> and <start_of_image>", images=[img], max_new_tokens=1)
     with pytest.raises(GemmaRefError, match="1 <start_of_image> marker.* for 2 image"):
         model.generate("<start_of_image> only", images=[img, img], max_new_tokens=1)
+    with pytest.raises(GemmaRefError, match="1 <start_of_image> marker.* but no images"):
+        model.generate("<start_of_image> where?", max_new_tokens=1)
     ids, _ = model.prompt_ids("<start_of_image>", [img])
     with pytest.raises(GemmaRefError, match="image soft tokens"):
         model.forward(np.array(ids), images=[img, img])
