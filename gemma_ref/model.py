@@ -10,6 +10,8 @@ Parameters are a mapping from Hugging Face checkpoint keys to arrays
 (`model.layers.3.self_attn.q_proj.weight`, shape [out, in]). Precision: the
 activations are float32 (or float64, for ground truth); weights stored in a
 narrower type are widened as they are used (`Weights.__getitem__`).
+Images (Gemma 3 4B+) arrive as `ImageTokens` made by vision.py: embeddings for the
+image soft tokens and a wider reach for their attention; no pixels here.
 """
 
 from __future__ import annotations
