@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import GemmaRefError
 from .model import gelu_tanh, record, rms_norm, softmax
-from .parallel import linear, threads_for
+from .parallel import linear, split_tokens, threads_for
 
 IMAGE_MARKER = "<start_of_image>"  # what a prompt says where an image goes (the processor's boi_token)
 
@@ -155,25 +155,35 @@ def patch_embedding(pixels, w, b, pos):
     return linear(patches, w.reshape(w.shape[0], -1)) + b + pos  # [I, P, Dv]
 
 
+def bidirectional_attention(q, k, v, scale):
+    """Softmax attention where every query sees every key (no mask).
+
+    q [I, T, Nv, Hv], k and v [I, P, Nv, Hv] -> [I, T, Nv*Hv]
+    """
+    I, T, Nv, Hv = q.shape
+    q, kT, v = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
+    out = np.empty((I, Nv, T, Hv), np.result_type(q, k, v))
+    block = 512  # queries at a time: bounds the [Nv, block, P] scores (896 px: P = 4096)
+    for a in range(0, T, block):
+        scores = (q[:, :, a:a + block] @ kT) * scale  # [I, Nv, t, P]   einsum("inth,inhp->intp")
+        out[:, :, a:a + block] = softmax(scores) @ v  # [I, Nv, t, Hv]
+    return out.transpose(0, 2, 1, 3).reshape(I, T, Nv * Hv)
+
+
 def vision_attention(x, W, pre, heads):
-    """Bidirectional multi-head attention with biased projections, scale Hv^-0.5.
+    """Multi-head self-attention over an image's patches, biased projections, scale Hv^-0.5.
 
     [I, P, Dv] -> [I, P, Dv]
     """
     I, P, Dv = x.shape
     Hv = Dv // heads
 
-    def project(name):  # [I, P, Dv] -> [I, Nv, P, Hv]
-        y = linear(x, W[pre + name + ".weight"]) + W[pre + name + ".bias"]
-        return y.reshape(I, P, heads, Hv).transpose(0, 2, 1, 3)
+    def project(name):  # [I, P, Dv] -> [I, P, Nv, Hv]
+        return (linear(x, W[pre + name + ".weight"]) + W[pre + name + ".bias"]).reshape(I, P, heads, Hv)
 
     q, k, v = project("q_proj"), project("k_proj"), project("v_proj")
-    out = np.empty_like(q)  # [I, Nv, P, Hv]
-    block = 1024  # queries at a time: bounds the [Nv, block, P] scores (896 px: P = 4096)
-    for a in range(0, P, block):
-        scores = (q[:, :, a:a + block] @ k.transpose(0, 1, 3, 2)) * Hv ** -0.5  # [I, Nv, T, P]
-        out[:, :, a:a + block] = softmax(scores) @ v  # [I, Nv, T, Hv]
-    out = out.transpose(0, 2, 1, 3).reshape(I, P, Dv)
+    # Each query on its own: split_tokens gives the cores a share of the queries each.
+    (out,) = split_tokens(lambda q: (bidirectional_attention(q, k, v, Hv ** -0.5),), q)  # [I, P, Dv]
     return linear(out, W[pre + "out_proj.weight"]) + W[pre + "out_proj.bias"]  # [I, P, Dv]
 
 
