@@ -76,8 +76,9 @@ class VisionConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config.json") -> "VisionConfig | None":
-        """The image half of a Gemma3ForConditionalGeneration config.json; None for text-only."""
-        if "vision_config" not in d:
+        """The image half of a Gemma3ForConditionalGeneration config.json; None for text-only
+        models (and Gemma 4, whose vision encoder is another design)."""
+        if "vision_config" not in d or d.get("model_type", "gemma3") != "gemma3":
             return None
         v = d["vision_config"] or {}
         try:
