@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import hub, vision
+from . import hub, vision, vision_gemma4
 from .config import GemmaConfig
 from .errors import GemmaRefError
 from .loader import gguf_as_checkpoint, load_safetensors_checkpoint
@@ -20,6 +20,7 @@ from .model import Weights, forward, new_cache
 from .sampling import SamplingParams, sample
 from .tokenizer import Tokenizer, chat_images, chat_prompt
 from .vision import IMAGE_MARKER, Preprocessing, VisionConfig
+from .vision_gemma4 import Gemma4Preprocessing, Gemma4VisionConfig
 
 PREFILL_CHUNK = 512  # prompt tokens per forward call: bounds the [T, S] score matrices
 _DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -30,13 +31,13 @@ class Model:
 
     def __init__(self, config: GemmaConfig, weights: dict, tokenizer: Tokenizer | None = None,
                  *, source: str = "", dtype="float32", instruction_tuned: bool | None = None,
-                 stop_ids: Sequence[int] = (), vision: VisionConfig | None = None,
-                 preprocessing: Preprocessing | None = None):
+                 stop_ids: Sequence[int] = (), vision: VisionConfig | Gemma4VisionConfig | None = None,
+                 preprocessing: Preprocessing | Gemma4Preprocessing | None = None):
         if str(np.dtype(dtype)) not in _DTYPES:
             raise GemmaRefError(f"dtype must be one of {', '.join(_DTYPES)}, not {dtype!r}")
         self.config, self.tokenizer, self.source = config, tokenizer, source
-        # Image-text checkpoints (Gemma 3 4B+): the vision tower's config, and the
-        # processor's preprocessor_config.json; None for text-only models.
+        # Image-text checkpoints (Gemma 3 4B+, Gemma 4): the vision encoder's config, and
+        # the processor's preprocessor_config.json; None for text-only models.
         self.vision, self.preprocessing = vision, preprocessing
         self.checkpoint = None  # the directory from_pretrained read, if any
         self.dtype = np.dtype(dtype)
@@ -81,13 +82,18 @@ class Model:
         elif path.is_file():
             raise GemmaRefError(f"{path}: expected a checkpoint directory or a .gguf file")
         config = GemmaConfig.from_json(path / "config.json")
-        vision = VisionConfig.from_dict(json.loads((path / "config.json").read_text()),
-                                        str(path / "config.json"))
+        raw = json.loads((path / "config.json").read_text())
+        vision = (VisionConfig.from_dict(raw, str(path / "config.json"))
+                  or Gemma4VisionConfig.from_dict(raw, str(path / "config.json")))
         weights = load_safetensors_checkpoint(path, config, max_memory, progress, vision)
         tok_file = path / "tokenizer.model"
         tokenizer = Tokenizer.from_file(tok_file) if tok_file.exists() else None
         pre_file = path / "preprocessor_config.json"
-        preprocessing = Preprocessing.from_json(pre_file) if vision and pre_file.exists() else None
+        preprocessing = None
+        if isinstance(vision, VisionConfig) and pre_file.exists():
+            preprocessing = Preprocessing.from_json(pre_file)
+        elif vision is not None and (pre_file.exists() or (path / "processor_config.json").exists()):
+            preprocessing = Gemma4Preprocessing.from_dir(path)
         model = cls(config, weights, tokenizer, source=str(source), dtype=dtype,
                     stop_ids=_generation_config_eos(path), vision=vision,
                     preprocessing=preprocessing)
@@ -110,9 +116,9 @@ class Model:
         ids2 = np.atleast_2d(ids)
         image_tokens = None
         if images is not None and len(images):
-            rows = self.embed_images(images, pan_and_scan=pan_and_scan, trace=trace)
+            rows = _rows(self.embed_images(images, pan_and_scan=pan_and_scan, trace=trace))
             image_tokens = vision.image_tokens(ids2, np.broadcast_to(np.arange(ids2.shape[1]), ids2.shape),
-                                               rows.reshape(-1, rows.shape[-1]), self.vision)
+                                               rows, self.vision)
         logits = forward(self.weights, self.config, ids2, images=image_tokens, n_vocab=self.n_vocab,
                          trace=trace)
         return logits[0] if ids.ndim == 1 else logits
@@ -120,8 +126,11 @@ class Model:
     # --- images (see vision.py) ----------------------------------------------------
 
     def embed_images(self, images: Sequence, *, pan_and_scan: bool | None = None,
-                     trace: dict | None = None) -> np.ndarray:
+                     trace: dict | None = None) -> np.ndarray | list[np.ndarray]:
         """Soft-token embeddings of images: [n_images, mm_tokens_per_image, hidden].
+
+        Gemma 4: a list of [tokens of that image, hidden] (its images keep their
+        aspect ratio, so their token counts differ).
 
         images: file paths, PIL images or uint8 arrays [H, W, 3]. With pan-and-scan
         (pan_and_scan=True, or the checkpoint's preprocessor_config.json asks for it),
@@ -131,12 +140,18 @@ class Model:
         """
         if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype.kind == "f":
             return self.embed_pixels(images, trace=trace)
+        if isinstance(self.vision, Gemma4VisionConfig):
+            return [vision_gemma4.image_features(*vision_gemma4.preprocess_one(
+                image, self._preprocessing(), f"image {k + 1}"), self.weights, self.vision, trace)
+                for k, image in enumerate(self._check_images(images))]
         pixels, _ = vision.preprocess(self._check_images(images), self._preprocessing(), pan_and_scan)
         return self.embed_pixels(pixels, trace=trace)
 
     def embed_pixels(self, pixels, *, trace: dict | None = None) -> np.ndarray:
         """Soft-token embeddings of preprocessed pixels [I, 3, S, S] -> [I, M, D]."""
         self._check_images([])
+        if isinstance(self.vision, Gemma4VisionConfig):
+            raise GemmaRefError("pixel values in: Gemma 3 only (give Gemma 4 the images)")
         S = self.vision.image_size
         if np.ndim(pixels) != 4 or np.shape(pixels)[1:] != (self.vision.num_channels, S, S):
             raise GemmaRefError(f"pixel values must be [I, {self.vision.num_channels}, {S}, {S}], "
@@ -149,21 +164,44 @@ class Model:
 
         Each `<start_of_image>` in the prompt becomes an image block, as
         Gemma3Processor expands it; with images but no marker, the images go
-        before the text (as the chat template puts them).
+        before the text (as the chat template puts them). Gemma 4: its marker
+        `<|image|>` (or `<start_of_image>`) becomes <|image>, n x <|image|>, <image|>,
+        as Gemma4Processor expands it.
         """
+        marker = self._image_marker()
+        if isinstance(prompt, str) and marker != IMAGE_MARKER:
+            prompt = prompt.replace(IMAGE_MARKER, marker)
         if not images:
-            if self.vision is not None and isinstance(prompt, str) and IMAGE_MARKER in prompt:
-                raise GemmaRefError(f"the prompt has {prompt.count(IMAGE_MARKER)} {IMAGE_MARKER} "
+            if self.vision is not None and isinstance(prompt, str) and marker in prompt:
+                raise GemmaRefError(f"the prompt has {prompt.count(marker)} {marker} "
                                     "marker(s) but no images were given")
             return self._prompt_ids(prompt), None
         images = self._check_images(images)
         if self.tokenizer is None:
             raise GemmaRefError(f"{self.source}: no tokenizer.model; pass token ids instead")
-        if IMAGE_MARKER not in prompt:
-            prompt = IMAGE_MARKER * len(images) + prompt
+        if marker not in prompt:
+            prompt = marker * len(images) + prompt
+        if isinstance(self.vision, Gemma4VisionConfig):
+            if prompt.count(marker) != len(images):  # before the (slow) encoder
+                raise GemmaRefError(f"the prompt has {prompt.count(marker)} {marker} marker(s) for "
+                                    f"{len(images)} image(s); give one image per marker")
+            features = self.embed_images(images)
+            ids = vision_gemma4.expand_prompt(prompt, [len(f) for f in features], self.vision, marker,
+                                              self.tokenizer.encode)
+            return ids, features
         pixels, n_crops = vision.preprocess(images, self._preprocessing(), pan_and_scan)
         ids = vision.expand_prompt(prompt, n_crops, self.vision, self.tokenizer.encode)
         return ids, self.embed_pixels(pixels)
+
+    def _image_marker(self) -> str:
+        """What a prompt writes where an image goes: Gemma 3's <start_of_image>; Gemma 4's
+        image token (the tokenizer's piece, <|image|>)."""
+        if not isinstance(self.vision, Gemma4VisionConfig):
+            return IMAGE_MARKER
+        i = self.vision.image_token_id
+        if self.tokenizer is not None and i < self.tokenizer.vocab_size:
+            return self.tokenizer.sp.id_to_piece(i)
+        return vision_gemma4.IMAGE_MARKER
 
     def _check_images(self, images) -> list:
         if self.vision is None:
@@ -368,15 +406,21 @@ class Model:
                 f"{c.num_hidden_layers} layers, dtype={self.dtype})")
 
 
+def _rows(features) -> np.ndarray:
+    """Soft-token embeddings as rows [n, D]: from [I, M, D] (Gemma 3) or a list of [M_i, D]."""
+    if isinstance(features, np.ndarray):
+        return features.reshape(-1, features.shape[-1])
+    return np.concatenate(list(features))
+
+
 def _image_rows(features, B: int):
     """Per row of a batch, its images' soft-token embeddings as rows [n, D]; None without images."""
     if features is None or all(f is None for f in features):
         return None
     if len(features) != B:
         raise GemmaRefError(f"image_features: {len(features)} entries for {B} prompts")
-    D = next(np.shape(f)[-1] for f in features if f is not None)
-    return [np.zeros((0, D), np.float32) if f is None else np.asarray(f).reshape(-1, D)
-            for f in features]
+    D = next(_rows(f).shape[-1] for f in features if f is not None)
+    return [np.zeros((0, D), np.float32) if f is None else _rows(f) for f in features]
 
 
 def _prefill_chunks(ids, vision_config, size: int) -> list[tuple[int, int]]:

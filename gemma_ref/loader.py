@@ -250,9 +250,7 @@ def load_safetensors_checkpoint(directory: Path, config: GemmaConfig,
     found.pop("lm_head.weight", None)
     extra = {}
     if vision is not None:
-        from .vision import expected_vision_shapes
-
-        extra = expected_vision_shapes(vision, config.hidden_size)
+        extra = vision.expected_shapes(config.hidden_size)
     return check_and_widen(found, config, str(directory), max_memory, progress, extra)
 
 

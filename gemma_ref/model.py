@@ -173,6 +173,11 @@ class ImageTokens:
     at: np.ndarray  # [B, T] bool: the image soft tokens
     embeds: np.ndarray  # [n, D] their embeddings, row by row in order (n = at.sum())
     reach: np.ndarray  # [B, T] last position each token sees: its own, or its image's last
+    layers: str = "all"  # where reach applies: "all" (Gemma 3), "sliding" (Gemma 4), "none"
+
+    def sees_both_ways(self, spec) -> bool:
+        """Whether an image's tokens see each other both ways on a layer (config.LayerSpec)."""
+        return self.layers == "all" or (self.layers == "sliding" and spec.window is not None)
 
 
 @dataclass
@@ -499,7 +504,10 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *, im
     if images is not None:  # image soft tokens: the image features, unscaled
         x[images.at] = images.embeds
     reach = None if images is None else images.reach
-    ple = per_layer_inputs(W, config, ids, x) if config.hidden_size_per_layer_input else None
+    ple = None
+    if config.hidden_size_per_layer_input:  # image tokens take the padding token's PLE row
+        ple_ids = ids if images is None else np.where(images.at, config.pad_token_id, ids)
+        ple = per_layer_inputs(W, config, ple_ids, x)
 
     # RoPE tables, one per kind of layer (config.layers[i].rope).
     rope_tables = {r: rope_angles(positions, r.head_dim, r.theta, r.factor, dtype, r.rotated)
@@ -522,7 +530,8 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *, im
             # attention and the cache) but the rest of its work for the last token only.
             keep = slice(-1, None) if last_only and i == last and trace is None else slice(None)
             x = decoder_layer(x, W, i, config, rope_tables[spec.rope], positions, cache, shared, trace,
-                              keep, None if ple is None else ple[:, :, i], reach)
+                              keep, None if ple is None else ple[:, :, i],
+                              reach if images is not None and images.sees_both_ways(spec) else None)
 
         if last_only:
             x = x[:, -1:]

@@ -42,6 +42,7 @@ VISION_KEY_PREFIXES = {
     "vision_tower.": "vision_tower.",
     "model.multi_modal_projector.": "multi_modal_projector.",
     "multi_modal_projector.": "multi_modal_projector.",
+    "model.embed_vision.": "embed_vision.",  # Gemma 4 (vision_gemma4.py)
 }
 
 
@@ -65,6 +66,11 @@ class VisionConfig:
     image_token_index: int = 262_144  # <image_soft_token>
     boi_token_index: int = 255_999  # <start_of_image>
     eoi_token_index: int = 256_000  # <end_of_image>
+
+    bidirectional_layers = "all"  # an image's tokens see each other both ways on every layer
+
+    def expected_shapes(self, text_hidden: int) -> dict[str, tuple[int, ...]]:
+        return expected_vision_shapes(self, text_hidden)
 
     @property
     def patches_per_side(self) -> int:
@@ -455,4 +461,5 @@ def image_tokens(ids, positions, rows, c: VisionConfig):
     if at.sum() != len(rows):
         raise GemmaRefError(f"the ids hold {int(at.sum())} image soft tokens, the images give "
                             f"{len(rows)} ({c.mm_tokens_per_image} per image)")
-    return ImageTokens(at=at, embeds=rows, reach=image_reach(ids, positions, c))
+    return ImageTokens(at=at, embeds=rows, reach=image_reach(ids, positions, c),
+                       layers=c.bidirectional_layers)

@@ -45,9 +45,15 @@ from transformers import (
     Gemma3ForConditionalGeneration,
     Gemma3Processor,
     Gemma3TextConfig,
+    Gemma4Config,
+    Gemma4ForConditionalGeneration,
+    Gemma4Processor,
+    Gemma4TextConfig,
+    Gemma4VisionConfig,
     SiglipVisionConfig,
 )
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_tiny_goldens import (  # noqa: E402  (helpers shared with the text goldens)
@@ -323,6 +329,182 @@ def write_provenance(spec, out_dir, seed, attempt, arrays, notes, date):
     (out_dir / "PROVENANCE.md").write_text("\n".join(lines))
 
 
+# --------------------------------------------------------------------------- Gemma 4
+
+GEMMA4 = dict(
+    name="gemma4-vision",
+    seed=13000,
+    # Gemma 4 text as the gemma4 helper's tiny gemma4-multimodal (PLE, KV sharing, softcap),
+    # with images bidirectional on sliding layers (use_bidirectional_attention: "vision").
+    text=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=2,
+              num_key_value_heads=1, head_dim=16, global_head_dim=32, sliding_window=8,
+              layer_types=[SLIDING, FULL, SLIDING, FULL], hidden_size_per_layer_input=8,
+              vocab_size_per_layer_input=520, num_kv_shared_layers=1, final_logit_softcapping=30.0,
+              use_bidirectional_attention="vision"),
+    vision=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=16, patch_size=4, pooling_kernel_size=2,
+                position_embedding_size=64, standardize=True),
+    preprocessor=dict(patch_size=4, max_soft_tokens=70, pooling_kernel_size=2),
+    init=dict(emb=0.1, proj=2.0, norm=0.3, norm_mean=1.0, final_norm_mean=2.0, scalar=0.3),
+)
+GEMMA4_SPECIAL = {"image_token": "<|image|>", "boi_token": "<|image>", "eoi_token": "<image|>"}
+GEMMA4_CASES = {
+    "text": ("Once upon a time there was", []),
+    "one": ("Describe <|image|> in one word.", ["rgb_wide"]),
+    "two": ("<|image|> versus\n<|image|>: which is brighter?", ["l_tall", "rgba_square"]),
+    "file": ("What is in <|image|>?", ["file:rgba.png"]),
+}
+
+
+def gemma4_config(vocab_tok: int):
+    s = GEMMA4
+    text = Gemma4TextConfig(vocab_size=vocab_tok + 8, max_position_embeddings=512, rms_norm_eps=1e-6,
+                            pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=True,
+                            attention_bias=False, hidden_activation="gelu_pytorch_tanh", **s["text"])
+    return Gemma4Config(text_config=text, vision_config=Gemma4VisionConfig(**s["vision"]), audio_config=None,
+                        image_token_id=vocab_tok, boi_token_id=vocab_tok + 1, eoi_token_id=vocab_tok + 2,
+                        tie_word_embeddings=True)
+
+
+@torch.no_grad()
+def gemma4_case(model, ip, tok, prompt, images):
+    """Gemma4Processor's steps (it cannot be built here: its video processor needs torchvision):
+    the image processor's outputs, each marker replaced by Gemma4Processor.replace_image_token's
+    string, transformers' tokenizer, and mm_token_type_ids = (ids == image token)."""
+    res, extra = {}, {}
+    text = prompt
+    if images:
+        inputs = ip(images, return_tensors="pt")
+        names = type("P", (), {"boi_token": tok.boi_token, "image_token": tok.image_token,
+                               "eoi_token": tok.eoi_token})()
+        for i in range(len(images)):
+            head, _, tail = text.partition(tok.image_token)
+            block = Gemma4Processor.replace_image_token(names, inputs, i)
+            text = head + block.replace(tok.image_token, "\0") + tail
+        text = text.replace("\0", tok.image_token)
+        extra = {"pixel_values": inputs["pixel_values"], "image_position_ids": inputs["image_position_ids"]}
+        vis = model.model.vision_tower(pixel_values=extra["pixel_values"],
+                                       pixel_position_ids=extra["image_position_ids"]).last_hidden_state
+        feats = model.model.get_image_features(extra["pixel_values"], extra["image_position_ids"]).pooler_output
+        res.update(pixel_values=inputs["pixel_values"].numpy(),
+                   image_position_ids=inputs["image_position_ids"].numpy().astype(np.int64),
+                   num_soft_tokens=np.array(inputs["num_soft_tokens_per_image"], np.int64),
+                   vision_tower=vis.numpy(), image_features=torch.cat(feats).numpy())
+    ids = torch.tensor([tok(text).input_ids])
+    res["input_ids"] = ids[0].numpy().astype(np.int64)
+    if images:
+        extra["mm_token_type_ids"] = (ids == model.config.image_token_id).long()
+    res["logits"] = model(input_ids=ids, use_cache=False, **extra).logits[0].numpy()
+    gen = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW_TOKENS,
+                         min_new_tokens=NEW_TOKENS, use_cache=True, return_dict_in_generate=True,
+                         output_logits=True, pad_token_id=0, **extra)
+    seq = gen.sequences[0, ids.shape[1]:]
+    raw = torch.stack([x[0] for x in gen.logits])
+    res["greedy_ids"] = seq.numpy().astype(np.int64)
+    res["greedy_margins"] = margins_of(raw).numpy()
+    full = torch.cat([ids[0], seq])[None]
+    if images:
+        extra["mm_token_type_ids"] = (full == model.config.image_token_id).long()
+    full_logits = model(input_ids=full, use_cache=False, **extra).logits[0, ids.shape[1] - 1:-1]
+    problems = []
+    if not torch.equal(raw.argmax(-1), seq):
+        problems.append("greedy token != argmax of raw logits")
+    if not torch.equal(full_logits.argmax(-1), seq):
+        problems.append("no-cache forward disagrees with the cached greedy path")
+    if float(res["greedy_margins"].min()) < MIN_MARGIN:
+        problems.append(f"min margin {float(res['greedy_margins'].min()):.3g}")
+    if int(seq.max()) >= model.config.image_token_id:
+        problems.append("greedy picked a row beyond the tokenizer")
+    res["_cache_vs_full"] = float((raw - full_logits).abs().max())
+    return res, problems
+
+
+def make_gemma4(images, vocab_tok, date):
+    s = GEMMA4
+    out_dir = OUT_ROOT / s["name"]
+    tok_dir = tempfile.mkdtemp()
+    shutil.copy(TOKENIZER_MODEL, Path(tok_dir) / "tokenizer.model")
+    (Path(tok_dir) / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
+        "extra_special_tokens": GEMMA4_SPECIAL}))
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    assert (tok.image_token_id, tok.boi_token_id, tok.eoi_token_id) == (vocab_tok, vocab_tok + 1, vocab_tok + 2)
+    ip = Gemma4ImageProcessorPil(**s["preprocessor"])
+    for attempt in range(MAX_ATTEMPTS):
+        seed = s["seed"] + attempt
+        torch.manual_seed(seed)
+        model = Gemma4ForConditionalGeneration(gemma4_config(vocab_tok))
+        redraw_parameters(model, seed, s["init"])
+        with torch.no_grad():  # standardize buffers (saved): a bias and a scale around 1
+            gen = torch.Generator().manual_seed(seed)
+            vt = model.model.vision_tower
+            vt.std_bias.copy_(torch.randn(vt.std_bias.shape, generator=gen) * 0.3)
+            vt.std_scale.copy_(torch.randn(vt.std_scale.shape, generator=gen) * 0.2 + 1.0)
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            loaded = Gemma4ForConditionalGeneration.from_pretrained(tmp, dtype=torch.float32,
+                                                                    attn_implementation="eager")
+            loaded.eval()
+            results, problems = {}, []
+            for case, (prompt, names) in GEMMA4_CASES.items():
+                imgs = [str(IMAGES / n[5:]) if n.startswith("file:") else images[n] for n in names]
+                results[case], p = gemma4_case(loaded, ip, tok, prompt, imgs)
+                problems += [f"{case}: {x}" for x in p]
+            print(f"  {s['name']} seed {seed}: {'OK' if not problems else '; '.join(problems)}", flush=True)
+            if problems:
+                continue
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            shutil.copytree(tmp, out_dir)
+        break
+    else:
+        raise RuntimeError(f"{s['name']}: no acceptable seed")
+    shutil.copy(TOKENIZER_MODEL, out_dir / "tokenizer.model")
+    pre = {"image_processor_type": "Gemma4ImageProcessor", "do_convert_rgb": True, "do_normalize": False,
+           "do_rescale": True, "do_resize": True, "resample": 3, "rescale_factor": 1 / 255,
+           "image_mean": [0.0, 0.0, 0.0], "image_std": [1.0, 1.0, 1.0], **s["preprocessor"]}
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(dict(sorted(pre.items())), indent=2) + "\n")
+    arrays = {f"{case}.{k}": np.ascontiguousarray(v) for case, res in results.items()
+              for k, v in res.items() if not k.startswith("_")}
+    save_npz_deterministic(out_dir / "golden.npz", arrays)
+    lines = [
+        f"# {s['name']}", "",
+        "Tiny random Gemma 4 image-text checkpoint (Gemma4ForConditionalGeneration, no audio tower) with",
+        "goldens from Hugging Face transformers (independent of gemma-ref).", "",
+        "## Provenance", "",
+        f"- generated: {date}",
+        "- command: `python scripts/make_vision_goldens.py gemma4-vision` (from the repository root)",
+        f"- transformers {transformers.__version__}, torch {torch.__version__}, numpy {np.__version__}, "
+        f"Pillow {PIL.__version__}, python {sys.version.split()[0]}",
+        "- float32, attn_implementation=\"eager\", CPU, torch.set_num_threads(1)",
+        f"- seed {seed} (parameters re-drawn by make_tiny_goldens.redraw_parameters; std_bias ~ N(0, 0.3), "
+        f"std_scale ~ N(1, 0.2)); {attempt} earlier seed(s) rejected",
+        "- text config: " + json.dumps(s["text"]),
+        "- vision config: " + json.dumps(s["vision"]),
+        "- inputs: Gemma4ImageProcessorPil(" + json.dumps(s["preprocessor"]) + ") for pixel_values, "
+        "image_position_ids and num_soft_tokens_per_image; each `<|image|>` marker replaced by "
+        "Gemma4Processor.replace_image_token's string (boi + n x image token + eoi; the processor itself "
+        "cannot be built without torchvision, for its video processor); transformers' GemmaTokenizer from "
+        "tiny.model + <|image|>=512, <|image>=513, <image|>=514; mm_token_type_ids = (ids == 512)",
+        f"- greedy: model.generate(..., do_sample=False, max_new_tokens={NEW_TOKENS}, "
+        f"min_new_tokens={NEW_TOKENS}, use_cache=True), each token the argmax of the raw logits; a no-cache "
+        "forward over prompt + continuation agrees", "",
+        "## Cases", "", "| case | prompt | images | tokens | min greedy margin | HF cached vs no-cache |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for case, (prompt, names) in GEMMA4_CASES.items():
+        r = results[case]
+        lines.append(f"| `{case}` | `{prompt!r}` | {', '.join(names) or '-'} | {len(r['input_ids'])} | "
+                     f"{float(r['greedy_margins'].min()):.4f} | {r['_cache_vs_full']:.2e} |")
+    lines += ["", "## golden.npz", "", "| key | shape | dtype |", "| --- | --- | --- |"]
+    lines += [f"| `{k}` | {list(v.shape)} | {v.dtype} |" for k, v in arrays.items()]
+    lines += ["", "- `vision_tower`: `model.model.vision_tower(pixel_values, pixel_position_ids)"
+              ".last_hidden_state`: pooled, standardized, padding stripped, all images' tokens in order",
+              "- `image_features`: `get_image_features(...).pooler_output`, concatenated over images", ""]
+    (out_dir / "PROVENANCE.md").write_text("\n".join(lines))
+    return results
+
+
 def main() -> int:
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -332,6 +514,10 @@ def main() -> int:
     tok_dir = tokenizer_dir()
     date = provenance_date()
     only = set(sys.argv[1:])
+    if not only or GEMMA4["name"] in only:
+        print(f"== {GEMMA4['name']}", flush=True)
+        for case, res in make_gemma4(images, vocab_tok, date).items():
+            print(f"  {case}: {({k: tuple(np.shape(v)) for k, v in res.items() if not k.startswith('_')})}")
     for spec in VARIANTS:
         if only and spec["name"] not in only:
             continue
