@@ -4,6 +4,7 @@ against goldens from transformers (tests/data/vision, scripts/make_vision_golden
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -306,3 +307,80 @@ def test_dump_and_compare_on_the_image_path(tmp_path):
     report = reference.compare(golden, reference.candidate_from_model(model, golden, trace=True))
     names = {t["name"] for t in report["prompts"][0]["trace"]}
     assert report["ok"] and {"vision_tower.encoder.layers.1", "multi_modal_projector"} <= names
+
+
+# --- Gemma 4 ---------------------------------------------------------------------------
+
+G4 = DATA / "gemma4-vision"
+G4_CASES = {
+    "text": ("Once upon a time there was", []),
+    "one": ("Describe <|image|> in one word.", ["rgb_wide.png"]),
+    "two": ("<|image|> versus\n<|image|>: which is brighter?", ["l_tall.png", "rgba_square.png"]),
+    "file": ("What is in <|image|>?", ["path:rgba.png"]),
+}
+
+
+@pytest.fixture(scope="module")
+def gemma4():
+    return Model.from_pretrained(G4, progress=False), np.load(G4 / "golden.npz")
+
+
+def test_gemma4_patches_and_features(gemma4):
+    from gemma_ref import vision_gemma4
+
+    model, g = gemma4
+    for case, (_, names) in G4_CASES.items():
+        if not names:
+            continue
+        features = model.embed_images(images_of(names))
+        for k, image in enumerate(images_of(names)):
+            patches, xy = vision_gemma4.preprocess_one(image, model.preprocessing)
+            n = len(patches)  # the processor pads to max_soft_tokens * k^2 patches with (-1, -1)
+            np.testing.assert_array_equal(patches, g[f"{case}.pixel_values"][k, :n])
+            np.testing.assert_array_equal(xy, g[f"{case}.image_position_ids"][k, :n])
+            assert (g[f"{case}.image_position_ids"][k, n:] == -1).all()
+        assert [len(f) for f in features] == g[f"{case}.num_soft_tokens"].tolist()
+        np.testing.assert_allclose(np.concatenate(features), g[f"{case}.image_features"], atol=TOL, rtol=0)
+
+
+def test_gemma4_prompt_ids_logits_and_greedy(gemma4):
+    model, g = gemma4
+    for case, (prompt, names) in G4_CASES.items():
+        ids, _ = model.prompt_ids(prompt, images_of(names))
+        assert ids == g[f"{case}.input_ids"].tolist(), case
+        logits = model.forward(np.array(ids), images=images_of(names))
+        np.testing.assert_allclose(logits, g[f"{case}.logits"][:, :logits.shape[-1]], atol=TOL, rtol=0,
+                                   err_msg=case)
+        n = len(g[f"{case}.greedy_ids"])
+        out = model.generate(ids, images=images_of(names), max_new_tokens=n, stop=[])
+        assert out == g[f"{case}.greedy_ids"].tolist(), case
+
+
+def test_gemma4_images_see_each_other_on_sliding_layers_only(gemma4):
+    """The golden tells the layers apart: both ways on every layer, or on none, is far off."""
+    import dataclasses
+
+    model, g = gemma4
+    ids = g["one.input_ids"][None]
+    rows = np.concatenate(model.embed_images(images_of(["rgb_wide.png"])))
+    right = vision.image_tokens(ids, np.arange(ids.shape[1])[None], rows, model.vision)
+    assert right.layers == "sliding"
+    golden = g["one.logits"][:, :model.n_vocab]
+    for layers, far in (("sliding", False), ("all", True), ("none", True)):
+        logits = forward(model.weights, model.config, ids, images=dataclasses.replace(right, layers=layers),
+                         n_vocab=model.n_vocab)[0]
+        assert (np.abs(logits - golden).max() > 0.1) == far, layers
+
+
+def test_gemma4_markers_and_chunked_prefill(gemma4, monkeypatch):
+    model, g = gemma4
+    # <start_of_image> (what chat_prompt writes for image parts) is taken as Gemma 4's marker too.
+    ids, _ = model.prompt_ids("Describe <start_of_image> in one word.", images_of(["rgb_wide.png"]))
+    assert ids == g["one.input_ids"].tolist()
+    with pytest.raises(GemmaRefError, match=re.escape("2 <|image|> marker(s) for 1 image")):
+        model.prompt_ids("<|image|><|image|>", images_of(["rgb_wide.png"]))
+    monkeypatch.setattr(api, "PREFILL_CHUNK", 7)
+    prompt, names = G4_CASES["two"]
+    n = len(g["two.greedy_ids"])
+    assert model.generate(prompt, images=images_of(names), max_new_tokens=n, stop=[]) == \
+        model.tokenizer.decode(g["two.greedy_ids"])
