@@ -113,6 +113,8 @@ def dump(model, prompts: list, *, k: int = 0, max_new_tokens: int = 16,
     for p in prompts:
         pixels = None
         if isinstance(p, dict):  # a prompt with images
+            if not hasattr(model.preprocessing, "size"):
+                raise GemmaRefError("dump: prompts with images are supported for Gemma 3 only")
             pixels = preprocess(p["images"], model._preprocessing())[0] if p["images"] else None
             p, (ids, _) = p["prompt"], model.prompt_ids(p["prompt"], p["images"])
         else:
