@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GemmaRefError
-from .model import geglu, record, rms_norm, rope, softmax
+from .model import gelu_tanh, record, rms_norm, rope, softmax
 from .parallel import linear, split_tokens, threads_for
 from .vision import load_image, to_rgb
 
@@ -168,7 +168,10 @@ def encoder_attention(x, W, pre, c: Gemma4VisionConfig, angles):
     scale 1 (the norms fix the size).                              [1, P, Dv] -> [1, P, Dv]"""
     _, P, _ = x.shape
     N, K, Hv, eps = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.rms_norm_eps
-    proj = lambda name, heads: clipped_linear(x, W, pre + name, c.use_clipped_linears).reshape(1, P, heads, Hv)
+
+    def proj(name, heads):  # [1, P, Dv] -> [1, P, heads, Hv]
+        return clipped_linear(x, W, pre + name, c.use_clipped_linears).reshape(1, P, heads, Hv)
+
     q = axial_rope(rms_norm(proj("q_proj", N), W[pre + "q_norm.weight"], eps, 0.0), angles)  # [1, P, N, Hv]
     k = axial_rope(rms_norm(proj("k_proj", K), W[pre + "k_norm.weight"], eps, 0.0), angles)  # [1, P, K, Hv]
     v = rms_norm(proj("v_proj", K), None, eps)  # [1, P, K, Hv]
@@ -188,20 +191,17 @@ def encoder_attention(x, W, pre, c: Gemma4VisionConfig, angles):
 def encoder_layer(x, W, i, c: Gemma4VisionConfig, angles, trace=None):
     """h = x + norm(attn(norm(x))); out = h + norm(mlp(norm(h))), RMSNorms applied as w."""
     pre, eps = f"vision_tower.encoder.layers.{i}.", c.rms_norm_eps
-    norm = lambda h, name: rms_norm(h, W[pre + name + ".weight"], eps, 0.0)
+
+    def norm(h, name):  # RMSNorm applied as w (no 1 + w in Gemma 4)
+        return rms_norm(h, W[pre + name + ".weight"], eps, 0.0)
+
+    def mlp(h, clip=c.use_clipped_linears):  # down(gelu_tanh(gate(h)) * up(h))
+        gate, up = (clipped_linear(h, W, pre + f"mlp.{n}_proj", clip) for n in ("gate", "up"))
+        return clipped_linear(gelu_tanh(gate) * up, W, pre + "mlp.down_proj", clip)
+
     x = x + norm(encoder_attention(norm(x, "input_layernorm"), W, pre + "self_attn.", c, angles),
                  "post_attention_layernorm")
-    h = norm(x, "pre_feedforward_layernorm")
-    if c.use_clipped_linears:
-        gate = clipped_linear(h, W, pre + "mlp.gate_proj", True)
-        up = clipped_linear(h, W, pre + "mlp.up_proj", True)
-        from .model import gelu_tanh
-
-        m = clipped_linear(gelu_tanh(gate) * up, W, pre + "mlp.down_proj", True)
-    else:
-        m = geglu(h, W[pre + "mlp.gate_proj.linear.weight"], W[pre + "mlp.up_proj.linear.weight"],
-                  W[pre + "mlp.down_proj.linear.weight"])
-    x = x + norm(m, "post_feedforward_layernorm")
+    x = x + norm(mlp(norm(x, "pre_feedforward_layernorm")), "post_feedforward_layernorm")
     record(trace, f"vision_tower.encoder.layers.{i}", x[0])
     return x
 
