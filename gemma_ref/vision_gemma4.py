@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GemmaRefError
-from .model import gelu_tanh, record, rms_norm, rope, softmax
+from .model import gelu_tanh, record, rms_norm, rope
 from .parallel import linear, split_tokens, threads_for
-from .vision import load_image, to_rgb
+from .vision import bidirectional_attention, load_image, to_rgb
 
 SOFT_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)  # the image processor accepts only these
 IMAGE_MARKER = "<|image|>"  # the image token, which prompts write where an image goes
@@ -164,8 +164,8 @@ def axial_rope(x, angles):
 
 
 def encoder_attention(x, W, pre, c: Gemma4VisionConfig, angles):
-    """Bidirectional attention, q/k RMSNorm (weighted), v RMSNorm (no weight), 2-D RoPE,
-    scale 1 (the norms fix the size).                              [1, P, Dv] -> [1, P, Dv]"""
+    """Bidirectional attention (as vision.py's), q/k RMSNorm (weighted), v RMSNorm (no
+    weight), 2-D RoPE, scale 1 (the norms fix the size).             [1, P, Dv] -> [1, P, Dv]"""
     _, P, _ = x.shape
     N, K, Hv, eps = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.rms_norm_eps
 
@@ -175,16 +175,10 @@ def encoder_attention(x, W, pre, c: Gemma4VisionConfig, angles):
     q = axial_rope(rms_norm(proj("q_proj", N), W[pre + "q_norm.weight"], eps, 0.0), angles)  # [1, P, N, Hv]
     k = axial_rope(rms_norm(proj("k_proj", K), W[pre + "k_norm.weight"], eps, 0.0), angles)  # [1, P, K, Hv]
     v = rms_norm(proj("v_proj", K), None, eps)  # [1, P, K, Hv]
-    G = N // K
-
-    def attend(q):  # [1, T, N, Hv] -> [1, T, N*Hv]; query heads in K groups of G
-        T = q.shape[1]
-        qg = q.reshape(1, T, K, G, Hv).transpose(0, 2, 3, 1, 4)  # [1, K, G, T, Hv]
-        scores = qg @ k.transpose(0, 2, 3, 1)[:, :, None]  # [1, K, G, T, P]
-        out = softmax(scores) @ v.transpose(0, 2, 1, 3)[:, :, None]  # [1, K, G, T, Hv]
-        return (out.transpose(0, 3, 1, 2, 4).reshape(1, T, N * Hv),)
-
-    (out,) = split_tokens(attend, q)  # the queries shared between the cores
+    # Each kv head serves N / K query heads (repeated: the tower is small beside its scores).
+    k, v = np.repeat(k, N // K, axis=2), np.repeat(v, N // K, axis=2)  # [1, P, N, Hv]
+    # Each query on its own: split_tokens gives the cores a share of the queries each.
+    (out,) = split_tokens(lambda q: (bidirectional_attention(q, k, v, 1.0),), q)  # [1, P, N*Hv]
     return clipped_linear(out, W, pre + "o_proj", c.use_clipped_linears)  # [1, P, Dv]
 
 
