@@ -86,8 +86,7 @@ class Model:
         vision = (VisionConfig.from_dict(raw, str(path / "config.json"))
                   or Gemma4VisionConfig.from_dict(raw, str(path / "config.json")))
         weights = load_safetensors_checkpoint(path, config, max_memory, progress, vision)
-        tok_file = path / "tokenizer.model"
-        tokenizer = Tokenizer.from_file(tok_file) if tok_file.exists() else None
+        tokenizer = Tokenizer.from_checkpoint(path)  # tokenizer.model, else tokenizer.json
         pre_file = path / "preprocessor_config.json"
         preprocessing = None
         if isinstance(vision, VisionConfig) and pre_file.exists():
