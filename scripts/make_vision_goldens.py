@@ -197,8 +197,22 @@ def run_case(model, processor, prompt, images, kwargs):
         vis = model.model.vision_tower(pixel_values=pv).last_hidden_state
         feats = model.model.get_image_features(pv).pooler_output
         res.update(pixel_values=pv.numpy(), vision_tower=vis.numpy(), image_features=feats.numpy())
-    out = model(input_ids=ids, use_cache=False, **extra)
-    res["logits"] = out.logits[0].numpy()
+    res["logits"] = model(input_ids=ids, use_cache=False, **extra).logits[0].numpy()
+
+    def full_inputs(seq):  # the mask's image blocks over prompt + continuation
+        return {} if not images else {"pixel_values": extra["pixel_values"], "token_type_ids": torch.cat(
+            [extra["token_type_ids"][0], torch.zeros_like(seq)])[None]}
+
+    problems = greedy_checked(model, ids, extra, full_inputs, res)
+    return res, problems
+
+
+@torch.no_grad()
+def greedy_checked(model, ids, extra, full_inputs, res) -> list[str]:
+    """The greedy continuation into res (greedy_ids, greedy_margins, _cache_vs_full), and
+    what makes it a poor golden: a token that is not the raw argmax (min_new_tokens
+    suppressed eos), a no-cache forward over prompt + continuation that disagrees with
+    the cached steps, a small margin, or a token past the tokenizer's vocabulary."""
     gen = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW_TOKENS,
                          min_new_tokens=NEW_TOKENS, use_cache=True, return_dict_in_generate=True,
                          output_logits=True, pad_token_id=0, **extra)
@@ -206,13 +220,8 @@ def run_case(model, processor, prompt, images, kwargs):
     raw = torch.stack([x[0] for x in gen.logits])
     res["greedy_ids"] = seq.numpy().astype(np.int64)
     res["greedy_margins"] = margins_of(raw).numpy()
-    # The same continuation by one no-cache forward over prompt + greedy: checks HF's cache.
     full = torch.cat([ids[0], seq])[None]
-    tt = {}
-    if images:
-        tt = {"pixel_values": extra["pixel_values"],
-              "token_type_ids": torch.cat([extra["token_type_ids"][0], torch.zeros_like(seq)])[None]}
-    full_logits = model(input_ids=full, use_cache=False, **tt).logits[0, ids.shape[1] - 1:-1]
+    full_logits = model(input_ids=full, use_cache=False, **full_inputs(seq)).logits[0, ids.shape[1] - 1:-1]
     problems = []
     if not torch.equal(raw.argmax(-1), seq):
         problems.append("greedy token != argmax of raw logits")
@@ -220,10 +229,10 @@ def run_case(model, processor, prompt, images, kwargs):
         problems.append("no-cache forward disagrees with the cached greedy path")
     if float(res["greedy_margins"].min()) < MIN_MARGIN:
         problems.append(f"min margin {float(res['greedy_margins'].min()):.3g}")
-    if int(seq.max()) >= model.config.image_token_index:
+    if int(seq.max()) >= model.config.image_token_id:
         problems.append("greedy picked a row beyond the tokenizer")
     res["_cache_vs_full"] = float((raw - full_logits).abs().max())
-    return res, problems
+    return problems
 
 
 def make_variant(spec, images, tok_dir, vocab_tok, date):
@@ -395,28 +404,12 @@ def gemma4_case(model, ip, tok, prompt, images):
     if images:
         extra["mm_token_type_ids"] = (ids == model.config.image_token_id).long()
     res["logits"] = model(input_ids=ids, use_cache=False, **extra).logits[0].numpy()
-    gen = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW_TOKENS,
-                         min_new_tokens=NEW_TOKENS, use_cache=True, return_dict_in_generate=True,
-                         output_logits=True, pad_token_id=0, **extra)
-    seq = gen.sequences[0, ids.shape[1]:]
-    raw = torch.stack([x[0] for x in gen.logits])
-    res["greedy_ids"] = seq.numpy().astype(np.int64)
-    res["greedy_margins"] = margins_of(raw).numpy()
-    full = torch.cat([ids[0], seq])[None]
-    if images:
-        extra["mm_token_type_ids"] = (full == model.config.image_token_id).long()
-    full_logits = model(input_ids=full, use_cache=False, **extra).logits[0, ids.shape[1] - 1:-1]
-    problems = []
-    if not torch.equal(raw.argmax(-1), seq):
-        problems.append("greedy token != argmax of raw logits")
-    if not torch.equal(full_logits.argmax(-1), seq):
-        problems.append("no-cache forward disagrees with the cached greedy path")
-    if float(res["greedy_margins"].min()) < MIN_MARGIN:
-        problems.append(f"min margin {float(res['greedy_margins'].min()):.3g}")
-    if int(seq.max()) >= model.config.image_token_id:
-        problems.append("greedy picked a row beyond the tokenizer")
-    res["_cache_vs_full"] = float((raw - full_logits).abs().max())
-    return res, problems
+
+    def full_inputs(seq):  # image tokens of prompt + continuation
+        full = torch.cat([ids[0], seq])[None]
+        return {} if not images else {**extra, "mm_token_type_ids": (full == model.config.image_token_id).long()}
+
+    return res, greedy_checked(model, ids, extra, full_inputs, res)
 
 
 def make_gemma4(images, vocab_tok, date):
