@@ -207,6 +207,31 @@ def run_case(model, processor, prompt, images, kwargs):
     return res, problems
 
 
+def first_good_seed(name, seed0, make_model, cls, runs, out_dir):
+    """Seeds seed0, seed0 + 1, ...: the first whose cases all make good goldens. Each model
+    is saved and reloaded (float32, eager) before its cases run; the good one's files are
+    copied to out_dir.            -> (seed, earlier seeds rejected, {case: results})"""
+    for attempt in range(MAX_ATTEMPTS):
+        seed = seed0 + attempt
+        torch.manual_seed(seed)
+        model = make_model(seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            loaded = cls.from_pretrained(tmp, dtype=torch.float32, attn_implementation="eager").eval()
+            results, problems = {}, []
+            for case, run in runs.items():
+                results[case], p = run(loaded)
+                problems += [f"{case}: {x}" for x in p]
+            print(f"  {name} seed {seed}: {'OK' if not problems else '; '.join(problems)}", flush=True)
+            if problems:
+                continue
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            shutil.copytree(tmp, out_dir)
+        return seed, attempt, results
+    raise RuntimeError(f"{name}: no acceptable seed in {MAX_ATTEMPTS}")
+
+
 @torch.no_grad()
 def greedy_checked(model, ids, extra, full_inputs, res) -> list[str]:
     """The greedy continuation into res (greedy_ids, greedy_margins, _cache_vs_full), and
@@ -252,30 +277,15 @@ def make_variant(spec, images, tok_dir, vocab_tok, date):
         kw = {"do_pan_and_scan": True, **pas_settings} if asked and names else {}
         cases[case] = (prompt, imgs, names, kw)
 
-    for attempt in range(MAX_ATTEMPTS):
-        seed = spec["seed"] + attempt
-        torch.manual_seed(seed)
+    def make_model(seed):
         model = Gemma3ForConditionalGeneration(build(spec, vocab_tok))
         redraw_parameters(model, seed, dict(emb=0.1, proj=2.0, norm=0.5, post_norm_mean=1.0,
                                             final_norm_mean=2.0))
-        with tempfile.TemporaryDirectory() as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            loaded = Gemma3ForConditionalGeneration.from_pretrained(tmp, dtype=torch.float32,
-                                                                    attn_implementation="eager")
-            loaded.eval()
-            results, problems = {}, []
-            for case, (prompt, imgs, _, kw) in cases.items():
-                results[case], p = run_case(loaded, processor, prompt, imgs, kw)
-                problems += [f"{case}: {x}" for x in p]
-            print(f"  {spec['name']} seed {seed}: {'OK' if not problems else '; '.join(problems)}", flush=True)
-            if problems:
-                continue
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            shutil.copytree(tmp, out_dir)
-        break
-    else:
-        raise RuntimeError(f"{spec['name']}: no acceptable seed")
+        return model
+
+    runs = {case: (lambda m, c=c: run_case(m, processor, c[0], c[1], c[3])) for case, c in cases.items()}
+    seed, attempt, results = first_good_seed(spec["name"], spec["seed"], make_model,
+                                             Gemma3ForConditionalGeneration, runs, out_dir)
 
     shutil.copy(TOKENIZER_MODEL, out_dir / "tokenizer.model")
     (out_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor_json(spec), indent=2) + "\n")
@@ -423,9 +433,7 @@ def make_gemma4(images, vocab_tok, date):
     tok = AutoTokenizer.from_pretrained(tok_dir)
     assert (tok.image_token_id, tok.boi_token_id, tok.eoi_token_id) == (vocab_tok, vocab_tok + 1, vocab_tok + 2)
     ip = Gemma4ImageProcessorPil(**s["preprocessor"])
-    for attempt in range(MAX_ATTEMPTS):
-        seed = s["seed"] + attempt
-        torch.manual_seed(seed)
+    def make_model(seed):
         model = Gemma4ForConditionalGeneration(gemma4_config(vocab_tok))
         redraw_parameters(model, seed, s["init"])
         with torch.no_grad():  # standardize buffers (saved): a bias and a scale around 1
@@ -433,25 +441,13 @@ def make_gemma4(images, vocab_tok, date):
             vt = model.model.vision_tower
             vt.std_bias.copy_(torch.randn(vt.std_bias.shape, generator=gen) * 0.3)
             vt.std_scale.copy_(torch.randn(vt.std_scale.shape, generator=gen) * 0.2 + 1.0)
-        with tempfile.TemporaryDirectory() as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            loaded = Gemma4ForConditionalGeneration.from_pretrained(tmp, dtype=torch.float32,
-                                                                    attn_implementation="eager")
-            loaded.eval()
-            results, problems = {}, []
-            for case, (prompt, names) in GEMMA4_CASES.items():
-                imgs = [str(IMAGES / n[5:]) if n.startswith("file:") else images[n] for n in names]
-                results[case], p = gemma4_case(loaded, ip, tok, prompt, imgs)
-                problems += [f"{case}: {x}" for x in p]
-            print(f"  {s['name']} seed {seed}: {'OK' if not problems else '; '.join(problems)}", flush=True)
-            if problems:
-                continue
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            shutil.copytree(tmp, out_dir)
-        break
-    else:
-        raise RuntimeError(f"{s['name']}: no acceptable seed")
+        return model
+
+    runs = {case: (lambda m, p=prompt, n=names: gemma4_case(
+        m, ip, tok, p, [str(IMAGES / x[5:]) if x.startswith("file:") else images[x] for x in n]))
+        for case, (prompt, names) in GEMMA4_CASES.items()}
+    seed, attempt, results = first_good_seed(s["name"], s["seed"], make_model, Gemma4ForConditionalGeneration,
+                                             runs, out_dir)
     shutil.copy(TOKENIZER_MODEL, out_dir / "tokenizer.model")
     pre = {"image_processor_type": "Gemma4ImageProcessor", "do_convert_rgb": True, "do_normalize": False,
            "do_rescale": True, "do_resize": True, "resample": 3, "rescale_factor": 1 / 255,
