@@ -273,7 +273,12 @@ def image_features(pixels, W, c: VisionConfig, trace=None):
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """preprocessor_config.json of a Gemma 3 checkpoint; null values take the processor's defaults."""
+    """preprocessor_config.json of a Gemma 3 checkpoint; null values take the processor's defaults.
+
+    The pan-and-scan settings are honoured as Gemma3ImageProcessor honours them. (Called
+    through Gemma3Processor, transformers 5.24 passes the processor's own defaults, off /
+    256 / 4 / 1.2, over them on every call; the Hub configs leave them null anyway.)
+    """
 
     size: tuple[int, int]  # (height, width) to resize to
     resample: int = 2  # PIL filter number (2 = bilinear)
