@@ -503,6 +503,7 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *, im
     record(trace, "model.embed_tokens", x)
     if images is not None:  # image soft tokens: the image features, unscaled
         x[images.at] = images.embeds
+        record(trace, "model.inputs_embeds", x)  # the input of layer 0 (transformers' argument name)
     reach = None if images is None else images.reach
     ple = None
     if config.hidden_size_per_layer_input:  # image tokens take the padding token's PLE row

@@ -66,8 +66,8 @@ def hidden_states(trace: dict, num_layers: int) -> np.ndarray:
     RMSNorm's output: transformers replaces its last captured state by
     `last_hidden_state` (utils/output_capturing.py, `tie_last_hidden_states`).
     """
-    names = (["model.embed_tokens"] + [f"model.layers.{i}" for i in range(num_layers - 1)]
-             + ["model.norm"])
+    first = "model.inputs_embeds" if "model.inputs_embeds" in trace else "model.embed_tokens"  # images merged
+    names = [first] + [f"model.layers.{i}" for i in range(num_layers - 1)] + ["model.norm"]
     return np.stack([trace[n] for n in names])
 
 
@@ -326,16 +326,19 @@ def aligned_logits(g: PromptDump, o: PromptDump):
     return g.topk_logits, at_g
 
 
-def _top_ids(d: PromptDump, k: int) -> np.ndarray | None:
+def _top_ids(d: PromptDump, k: int, V: int | None = None) -> np.ndarray | None:
     if d.logits is not None:
-        return top_k(d.logits, k)[0]
+        return top_k(d.logits[:, :V], k)[0]
     return None if d.topk_ids is None else d.topk_ids[:, :k]
 
 
 def agreement(g: PromptDump, o: PromptDump, k: int) -> dict:
     """Top-k overlap and argmax agreement per position; greedy continuation agreement."""
     out = {}
-    g_top, o_top = _top_ids(g, k), _top_ids(o, k)
+    # Full logits of different widths: over the vocabulary both cover (padding rows of a
+    # multimodal head are not the tokenizer's), as aligned_logits compares them.
+    V = min(g.logits.shape[1], o.logits.shape[1]) if g.logits is not None and o.logits is not None else None
+    g_top, o_top = _top_ids(g, k, V), _top_ids(o, k, V)
     if g_top is not None and o_top is not None:
         k = min(g_top.shape[1], o_top.shape[1])
         g_top, o_top = g_top[:, :k], o_top[:, :k]
