@@ -303,6 +303,10 @@ def test_dump_and_compare_on_the_image_path(tmp_path):
     np.testing.assert_array_equal(d.pixel_values, g["one.pixel_values"])
     np.testing.assert_allclose(d.trace["multi_modal_projector"], g["one.image_features"], atol=TOL, rtol=0)
     assert d.greedy_ids.tolist() == g["one.greedy_ids"].tolist()
+    # hidden_states[0] is the input of layer 0, as transformers': the image features merged in
+    soft = d.input_ids == 512
+    np.testing.assert_allclose(d.hidden_states[0][soft], g["one.image_features"].reshape(soft.sum(), -1),
+                               atol=TOL, rtol=0)
     model = Model.from_pretrained(model_dir, progress=False, dtype="float64")
     report = reference.compare(golden, reference.candidate_from_model(model, golden, trace=True))
     names = {t["name"] for t in report["prompts"][0]["trace"]}
