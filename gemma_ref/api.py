@@ -12,13 +12,15 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import hub
+from . import hub, vision, vision_gemma4
 from .config import GemmaConfig
 from .errors import GemmaRefError
 from .loader import gguf_as_checkpoint, load_safetensors_checkpoint
 from .model import Weights, forward, new_cache
 from .sampling import SamplingParams, sample
-from .tokenizer import Tokenizer, chat_prompt
+from .tokenizer import Tokenizer, chat_images, chat_prompt
+from .vision import IMAGE_MARKER, Preprocessing, VisionConfig
+from .vision_gemma4 import Gemma4Preprocessing, Gemma4VisionConfig
 
 PREFILL_CHUNK = 512  # prompt tokens per forward call: bounds the [T, S] score matrices
 _DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -29,10 +31,14 @@ class Model:
 
     def __init__(self, config: GemmaConfig, weights: dict, tokenizer: Tokenizer | None = None,
                  *, source: str = "", dtype="float32", instruction_tuned: bool | None = None,
-                 stop_ids: Sequence[int] = ()):
+                 stop_ids: Sequence[int] = (), vision: VisionConfig | Gemma4VisionConfig | None = None,
+                 preprocessing: Preprocessing | Gemma4Preprocessing | None = None):
         if str(np.dtype(dtype)) not in _DTYPES:
             raise GemmaRefError(f"dtype must be one of {', '.join(_DTYPES)}, not {dtype!r}")
         self.config, self.tokenizer, self.source = config, tokenizer, source
+        # Image-text checkpoints (Gemma 3 4B+, Gemma 4): the vision encoder's config, and
+        # the processor's preprocessor_config.json; None for text-only models.
+        self.vision, self.preprocessing = vision, preprocessing
         self.checkpoint = None  # the directory from_pretrained read, if any
         self.dtype = np.dtype(dtype)
         self.weights = Weights(weights, self.dtype)
@@ -76,24 +82,138 @@ class Model:
         elif path.is_file():
             raise GemmaRefError(f"{path}: expected a checkpoint directory or a .gguf file")
         config = GemmaConfig.from_json(path / "config.json")
-        weights = load_safetensors_checkpoint(path, config, max_memory, progress)
+        raw = json.loads((path / "config.json").read_text())
+        vision = (VisionConfig.from_dict(raw, str(path / "config.json"))
+                  or Gemma4VisionConfig.from_dict(raw, str(path / "config.json")))
+        weights = load_safetensors_checkpoint(path, config, max_memory, progress, vision)
         tokenizer = Tokenizer.from_checkpoint(path)  # tokenizer.model, else tokenizer.json
+        pre_file = path / "preprocessor_config.json"
+        preprocessing = None
+        if isinstance(vision, VisionConfig) and pre_file.exists():
+            preprocessing = Preprocessing.from_json(pre_file)
+        elif vision is not None and (pre_file.exists() or (path / "processor_config.json").exists()):
+            preprocessing = Gemma4Preprocessing.from_dir(path)
         model = cls(config, weights, tokenizer, source=str(source), dtype=dtype,
-                    stop_ids=_generation_config_eos(path))
+                    stop_ids=_generation_config_eos(path), vision=vision,
+                    preprocessing=preprocessing)
         model.checkpoint = path
         return model
 
     # --- the network -------------------------------------------------------------
 
-    def forward(self, ids, *, trace: dict | None = None) -> np.ndarray:
-        """Logits for every position: ids [T] -> [T, V], or [B, T] -> [B, T, V]. Stateless."""
+    def forward(self, ids, *, images: Sequence | None = None, pan_and_scan: bool | None = None,
+                trace: dict | None = None) -> np.ndarray:
+        """Logits for every position: ids [T] -> [T, V], or [B, T] -> [B, T, V]. Stateless.
+
+        images: the images of the image blocks in `ids` (already expanded: see
+        `prompt_ids`), in order of appearance (row by row for a batch); see embed_images.
+        """
         ids = np.asarray(ids)
         if ids.ndim not in (1, 2) or not np.issubdtype(ids.dtype, np.integer):
             raise GemmaRefError(f"forward: ids must be an integer array [T] or [B, T], got "
                                 f"{ids.dtype} {ids.shape}")
-        logits = forward(self.weights, self.config, np.atleast_2d(ids), n_vocab=self.n_vocab,
+        ids2 = np.atleast_2d(ids)
+        image_tokens = None
+        if images is not None and len(images):
+            rows = _rows(self.embed_images(images, pan_and_scan=pan_and_scan, trace=trace))
+            image_tokens = vision.image_tokens(ids2, np.broadcast_to(np.arange(ids2.shape[1]), ids2.shape),
+                                               rows, self.vision)
+        logits = forward(self.weights, self.config, ids2, images=image_tokens, n_vocab=self.n_vocab,
                          trace=trace)
         return logits[0] if ids.ndim == 1 else logits
+
+    # --- images (see vision.py) ----------------------------------------------------
+
+    def embed_images(self, images: Sequence, *, pan_and_scan: bool | None = None,
+                     trace: dict | None = None) -> np.ndarray | list[np.ndarray]:
+        """Soft-token embeddings of images: [n_images, mm_tokens_per_image, hidden].
+
+        Gemma 4: a list of [tokens of that image, hidden] (its images keep their
+        aspect ratio, so their token counts differ).
+
+        images: file paths, PIL images or uint8 arrays [H, W, 3]. With pan-and-scan
+        (pan_and_scan=True, or the checkpoint's preprocessor_config.json asks for it),
+        an image with an extreme aspect ratio is followed by its crops, each counted
+        as an image. Or preprocessed pixel values, a float array [I, 3, S, S] (as
+        `pixel_values` of transformers' processor, or vision.preprocess).
+        """
+        if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype.kind == "f":
+            return self.embed_pixels(images, trace=trace)
+        if isinstance(self.vision, Gemma4VisionConfig):
+            return [vision_gemma4.image_features(*vision_gemma4.preprocess_one(
+                image, self._preprocessing(), f"image {k + 1}"), self.weights, self.vision, trace)
+                for k, image in enumerate(self._check_images(images))]
+        pixels, _ = vision.preprocess(self._check_images(images), self._preprocessing(), pan_and_scan)
+        return self.embed_pixels(pixels, trace=trace)
+
+    def embed_pixels(self, pixels, *, trace: dict | None = None) -> np.ndarray:
+        """Soft-token embeddings of preprocessed pixels [I, 3, S, S] -> [I, M, D]."""
+        self._check_images([])
+        if isinstance(self.vision, Gemma4VisionConfig):
+            raise GemmaRefError("pixel values in: Gemma 3 only (give Gemma 4 the images)")
+        S = self.vision.image_size
+        if np.ndim(pixels) != 4 or np.shape(pixels)[1:] != (self.vision.num_channels, S, S):
+            raise GemmaRefError(f"pixel values must be [I, {self.vision.num_channels}, {S}, {S}], "
+                                f"got {np.shape(pixels)}")
+        return vision.image_features(pixels, self.weights, self.vision, trace)
+
+    def prompt_ids(self, prompt: str, images: Sequence = (), *,
+                   pan_and_scan: bool | None = None) -> tuple[list[int], np.ndarray | None]:
+        """Token ids of a text prompt with images, and the images' soft-token embeddings.
+
+        Each `<start_of_image>` in the prompt becomes an image block, as
+        Gemma3Processor expands it; with images but no marker, the images go
+        before the text (as the chat template puts them). Gemma 4: its marker
+        `<|image|>` (or `<start_of_image>`) becomes <|image>, n x <|image|>, <image|>,
+        as Gemma4Processor expands it.
+        """
+        marker = self._image_marker()
+        if isinstance(prompt, str) and marker != IMAGE_MARKER:
+            prompt = prompt.replace(IMAGE_MARKER, marker)
+        if not images:
+            if self.vision is not None and isinstance(prompt, str) and marker in prompt:
+                raise GemmaRefError(f"the prompt has {prompt.count(marker)} {marker} "
+                                    "marker(s) but no images were given")
+            return self._prompt_ids(prompt), None
+        images = self._check_images(images)
+        if self.tokenizer is None:
+            raise GemmaRefError(f"{self.source}: no tokenizer.model; pass token ids instead")
+        if marker not in prompt:
+            prompt = marker * len(images) + prompt
+        if isinstance(self.vision, Gemma4VisionConfig):
+            if prompt.count(marker) != len(images):  # before the (slow) encoder
+                raise GemmaRefError(f"the prompt has {prompt.count(marker)} {marker} marker(s) for "
+                                    f"{len(images)} image(s); give one image per marker")
+            features = self.embed_images(images)
+            ids = vision_gemma4.expand_prompt(prompt, [len(f) for f in features], self.vision, marker,
+                                              self.tokenizer.encode)
+            return ids, features
+        pixels, n_crops = vision.preprocess(images, self._preprocessing(), pan_and_scan)
+        ids = vision.expand_prompt(prompt, n_crops, self.vision, self.tokenizer.encode)
+        return ids, self.embed_pixels(pixels)
+
+    def _image_marker(self) -> str:
+        """What a prompt writes where an image goes: Gemma 3's <start_of_image>; Gemma 4's
+        image token (the tokenizer's piece, <|image|>)."""
+        if not isinstance(self.vision, Gemma4VisionConfig):
+            return IMAGE_MARKER
+        i = self.vision.image_token_id
+        if self.tokenizer is not None and i < self.tokenizer.vocab_size:
+            return self.tokenizer.sp.id_to_piece(i)
+        return vision_gemma4.IMAGE_MARKER
+
+    def _check_images(self, images) -> list:
+        if self.vision is None:
+            raise GemmaRefError(f"{self.source}: this model takes no images (its config.json has "
+                                "no vision_config: a text-only checkpoint)")
+        if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
+            images = [images]
+        return list(images)
+
+    def _preprocessing(self) -> Preprocessing:
+        if self.preprocessing is None:
+            raise GemmaRefError(f"{self.source}: images need the checkpoint's preprocessor_config.json")
+        return self.preprocessing
 
     def new_cache(self, batch: int, max_len: int):
         """An empty KV cache (see model.new_cache)."""
@@ -104,9 +224,13 @@ class Model:
     def generate_ids(self, prompts: list[list[int]], *, max_new_tokens: int = 256,
                      temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                      min_p: float = 0.0, repetition_penalty: float = 1.0, seed: int | None = 0,
-                     stop_ids: Sequence[int] | None = None) -> Iterator[list[int | None]]:
+                     stop_ids: Sequence[int] | None = None,
+                     image_features: Sequence | None = None) -> Iterator[list[int | None]]:
         """Decode a batch of prompts together; yield, per step, one new id per row (None once
-        that row has stopped). Rows are left-padded; each row stops on its own."""
+        that row has stopped). Rows are left-padded; each row stops on its own.
+
+        image_features: per row, the soft-token embeddings [I, M, D] of its images (see
+        prompt_ids), or None."""
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
         if max_new_tokens < 0:
             raise GemmaRefError("max_new_tokens must be >= 0")
@@ -127,10 +251,19 @@ class Model:
             ids[b, P - len(p):] = p
             pos[b, P - len(p):] = np.arange(len(p))
         cache = self.new_cache(B, max_len)
-        for start in range(0, P, PREFILL_CHUNK):
-            logits = forward(self.weights, self.config, ids[:, start:start + PREFILL_CHUNK],
-                             pos[:, start:start + PREFILL_CHUNK], cache, last_only=True,
-                             n_vocab=self.n_vocab)
+        rows = _image_rows(image_features, B)  # per row: soft-token embeddings, in order
+        for start, end in _prefill_chunks(ids, self.vision, PREFILL_CHUNK):
+            chunk, chunk_pos = ids[:, start:end], pos[:, start:end]
+            images = None
+            if rows is not None:  # this chunk's soft tokens take the next rows of each row's images
+                take = [int(n) for n in (chunk == self.vision.image_token_index).sum(axis=1)]
+                embeds = np.concatenate([r[:n] for r, n in zip(rows, take)])
+                rows = [r[n:] for r, n in zip(rows, take)]
+                images = vision.image_tokens(chunk, chunk_pos, embeds, self.vision)
+            logits = forward(self.weights, self.config, chunk, chunk_pos, cache, images=images,
+                             last_only=True, n_vocab=self.n_vocab)
+        if rows is not None and any(len(r) for r in rows):
+            raise GemmaRefError("the prompt has fewer image soft tokens than its images give")
         seen = [list(p) for p in prompts]
         next_pos = np.array([len(p) for p in prompts], np.int64)
         done = np.zeros(B, bool)
@@ -159,7 +292,10 @@ class Model:
                 raise GemmaRefError(f"{self.source}: no tokenizer.model; pass token ids instead")
             return self.tokenizer.encode(prompt)
         ids = [int(i) for i in prompt]
-        if any(i < 0 or i >= self.n_vocab for i in ids):
+        # Image tokens may lie past the tokenizer's vocabulary (<image_soft_token> = 262144).
+        extra = () if self.vision is None else (self.vision.image_token_index,
+                                                self.vision.boi_token_index, self.vision.eoi_token_index)
+        if any((i < 0 or i >= self.n_vocab) and i not in extra for i in ids):
             raise GemmaRefError(f"prompt token ids must be in [0, {self.n_vocab})")
         return ids
 
@@ -170,17 +306,25 @@ class Model:
         stop = [stop] if isinstance(stop, (str, int)) else list(stop)
         return {s for s in stop if isinstance(s, (int, np.integer))}, [s for s in stop if isinstance(s, str)]
 
-    def stream(self, prompt: str | Sequence[int], *, stop=None, **sampling) -> Iterator:
+    def stream(self, prompt: str | Sequence[int], *, images: Sequence = (),
+               pan_and_scan: bool | None = None, stop=None, **sampling) -> Iterator:
         """Yield the continuation as it is decoded: text pieces for a text prompt,
         token ids for an id prompt. stop: None (eos, and end-of-turn for -it models),
-        or a list of token ids and/or strings that end generation."""
+        or a list of token ids and/or strings that end generation.
+        images: for a text prompt, see prompt_ids; for ids, as forward."""
         stop_ids, stop_strings = self._stop(stop)
-        ids_in = not isinstance(prompt, str)
-        steps = self.generate_ids([self._prompt_ids(prompt)], stop_ids=stop_ids, **sampling)
-        if ids_in:
-            for (t,) in steps:
-                yield t
-            return
+        # The prompt and its images are prepared now (a bad image raises here); the
+        # continuation is decoded as it is iterated.
+        if not isinstance(prompt, str) and images is not None and len(images):
+            ids, features = self._prompt_ids(prompt), self.embed_images(images, pan_and_scan=pan_and_scan)
+        else:
+            ids, features = self.prompt_ids(prompt, images, pan_and_scan=pan_and_scan)
+        steps = self.generate_ids([ids], stop_ids=stop_ids, image_features=[features], **sampling)
+        if not isinstance(prompt, str):
+            return (t for (t,) in steps)
+        return self._text_pieces(steps, stop_strings)
+
+    def _text_pieces(self, steps, stop_strings) -> Iterator[str]:
         decoder, text, held = self.tokenizer.stream_decoder(), "", 0
         for (t,) in steps:
             text += decoder.push(t)
@@ -203,9 +347,13 @@ class Model:
 
         prompt: a string (returns the new text), a list of token ids (returns new ids),
         or a list of either (a batch: returns a list). Keyword arguments: max_new_tokens,
-        temperature (0 = greedy), top_k, top_p, min_p, repetition_penalty, seed, stop.
+        temperature (0 = greedy), top_k, top_p, min_p, repetition_penalty, seed, stop;
+        images (and pan_and_scan) for one prompt, as `stream`.
         """
         if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], (str, list, tuple, np.ndarray)):
+            if kwargs.get("images"):
+                raise GemmaRefError("generate: images go with one prompt at a time, not a batch")
+            kwargs.pop("images", None)
             return self._generate_batch(list(prompt), **kwargs)
         pieces = list(self.stream(prompt, **kwargs))
         return "".join(pieces) if isinstance(prompt, str) else pieces
@@ -223,7 +371,10 @@ class Model:
         return [self.tokenizer.decode(o) if isinstance(p, str) else o for p, o in zip(prompts, out)]
 
     def chat(self, messages: list[dict], **kwargs) -> str:
-        """The model's reply to a conversation [{"role": "user", "content": ...}, ...]."""
+        """The model's reply to a conversation [{"role": "user", "content": ...}, ...].
+
+        content: a string, or a list of parts {"type": "text", "text": ...} and
+        {"type": "image", "image": path, PIL image or uint8 array}, as in transformers."""
         return "".join(self.stream_chat(messages, **kwargs))
 
     def stream_chat(self, messages: list[dict], **kwargs) -> Iterator[str]:
@@ -231,7 +382,8 @@ class Model:
             raise GemmaRefError(f"{self.source}: chat needs a tokenizer")
         if kwargs.get("stop") is None and self.tokenizer.end_of_turn_id is not None:
             kwargs["stop"] = sorted(self._default_stop | {self.tokenizer.end_of_turn_id})
-        return self.stream(chat_prompt(messages), **kwargs)
+        # Image parts become <start_of_image> markers in the prompt, expanded by stream.
+        return self.stream(chat_prompt(messages), images=chat_images(messages), **kwargs)
 
     # --- scoring (see scoring.py) ---------------------------------------------------
 
@@ -251,6 +403,39 @@ class Model:
         c = self.config
         return (f"Model({self.source!r}, {c.model_type}, {c.num_parameters / 1e6:.0f}M params, "
                 f"{c.num_hidden_layers} layers, dtype={self.dtype})")
+
+
+def _rows(features) -> np.ndarray:
+    """Soft-token embeddings as rows [n, D]: from [I, M, D] (Gemma 3) or a list of [M_i, D]."""
+    if isinstance(features, np.ndarray):
+        return features.reshape(-1, features.shape[-1])
+    return np.concatenate(list(features))
+
+
+def _image_rows(features, B: int):
+    """Per row of a batch, its images' soft-token embeddings as rows [n, D]; None without images."""
+    if features is None or all(f is None for f in features):
+        return None
+    if len(features) != B:
+        raise GemmaRefError(f"image_features: {len(features)} entries for {B} prompts")
+    D = next(_rows(f).shape[-1] for f in features if f is not None)
+    return [np.zeros((0, D), np.float32) if f is None else _rows(f) for f in features]
+
+
+def _prefill_chunks(ids, vision_config, size: int) -> list[tuple[int, int]]:
+    """[start, end) of the prefill's chunks of about `size` tokens; a chunk that would
+    end inside an image ends after it (an image's tokens attend to each other)."""
+    T = ids.shape[1]
+    soft = ((ids == vision_config.image_token_index).any(axis=0) if vision_config is not None
+            else np.zeros(T, bool))
+    chunks, start = [], 0
+    while start < T:
+        end = min(start + size, T)
+        while end < T and soft[end - 1] and soft[end]:
+            end += 1
+        chunks.append((start, end))
+        start = end
+    return chunks
 
 
 def _generation_config_eos(path: Path) -> list[int]:

@@ -19,6 +19,7 @@ examples:
   echo "Write a haiku about NumPy" | gemma-ref generate --model 2b-it --chat -
   gemma-ref generate --temperature 0.8 --top-p 0.95 --seed 1 "Dear diary,"
   gemma-ref chat --model 3-1b-it
+  gemma-ref generate --model 3-4b-it --chat --image photo.jpg "Describe this image."
   gemma-ref info --model ./my-gemma-checkpoint
 """
 
@@ -45,6 +46,25 @@ def _add_sampling(p):
     g.add_argument("--stop", action="append", default=None, metavar="TEXT",
                    help="stop when this text appears (repeatable); default: <eos> (and "
                         "<end_of_turn> for -it models and --chat)")
+
+
+def _add_images(p):
+    p.add_argument("--image", action="append", default=[], metavar="FILE",
+                   help="an image for the prompt (repeatable; image-text models such as 3-4b-it). "
+                        "Each <start_of_image> in the prompt takes the next image; with no "
+                        "marker, the images go before the text")
+
+
+def _images(args) -> list[str]:
+    """The --image files, checked before the (slow) load."""
+    from pathlib import Path
+
+    for f in args.image:
+        if not Path(f).exists():
+            raise GemmaRefError(f"{f}: no such image file")
+        if not Path(f).is_file():
+            raise GemmaRefError(f"{f}: not a file")
+    return list(args.image)
 
 
 def _sampling(args) -> dict:
@@ -75,12 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling(p)
     p.add_argument("--chat", action="store_true",
                    help="wrap the prompt in the chat template (for -it models)")
+    _add_images(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("chat", help="interactive chat (Ctrl-D or /exit to quit)")
     _add_model(p)
     _add_sampling(p)
     p.add_argument("--system", default=None, help="system instructions (folded into the first turn)")
+    _add_images(p)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("info", help="print the config, parameter count and file locations")
@@ -111,12 +133,14 @@ def _load(args):
 def cmd_generate(args) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     sampling = _sampling(args)
+    images = _images(args)
     model = _load(args)
     if args.chat:
-        pieces = model.stream_chat([{"role": "user", "content": prompt}], stop=args.stop, **sampling)
+        content = _with_images(prompt, images)
+        pieces = model.stream_chat([{"role": "user", "content": content}], stop=args.stop, **sampling)
     else:
+        pieces = model.stream(prompt, images=images, stop=args.stop, **sampling)
         sys.stdout.write(prompt)
-        pieces = model.stream(prompt, stop=args.stop, **sampling)
     for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
@@ -126,6 +150,7 @@ def cmd_generate(args) -> int:
 
 def cmd_chat(args) -> int:
     sampling = _sampling(args)
+    images = _images(args)  # they go with the first message
     model = _load(args)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
@@ -137,7 +162,8 @@ def cmd_chat(args) -> int:
             return 0
         if not line.strip():
             continue
-        messages.append({"role": "user", "content": line.rstrip("\n")})
+        messages.append({"role": "user", "content": _with_images(line.rstrip("\n"), images)})
+        images = []
         if interactive:
             print("gemma> ", end="", flush=True)
         reply = ""
@@ -147,6 +173,25 @@ def cmd_chat(args) -> int:
             sys.stdout.flush()
         sys.stdout.write("\n")
         messages.append({"role": "assistant", "content": reply})
+
+
+def _with_images(text: str, images: list[str]):
+    """A user message's content: the text alone, or parts with the images where the text
+    has <start_of_image> markers (in order), else before the text."""
+    from .vision import IMAGE_MARKER
+
+    if not images:
+        return text
+    pieces = text.split(IMAGE_MARKER)
+    if len(pieces) == 1:
+        return [{"type": "image", "image": f} for f in images] + [{"type": "text", "text": text}]
+    if len(pieces) - 1 != len(images):
+        raise GemmaRefError(f"the prompt has {len(pieces) - 1} {IMAGE_MARKER} marker(s) for "
+                            f"{len(images)} image(s); give one image per marker")
+    parts = [{"type": "text", "text": pieces[0]}]
+    for image, piece in zip(images, pieces[1:]):
+        parts += [{"type": "image", "image": image}, {"type": "text", "text": piece}]
+    return parts
 
 
 def cmd_info(args) -> int:

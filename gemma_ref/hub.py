@@ -38,7 +38,7 @@ ALIASES = {
 
 # The files the engine reads from a Hub repo (never the .gguf or PyTorch copies).
 FILES = ["config.json", "generation_config.json", "tokenizer.model", "*.safetensors",
-         "model.safetensors.index.json"]
+         "model.safetensors.index.json", "preprocessor_config.json", "processor_config.json"]
 
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 

@@ -25,7 +25,9 @@ _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F6
 
 # Multimodal Gemma 3 and 4 checkpoints nest the text model. Hub files (older
 # transformers) use the first spellings, transformers >= 5 the second. Text keys are
-# renamed to the plain text-model keys; vision and audio keys are skipped.
+# renamed to the plain text-model keys; Gemma 3's vision keys as
+# vision.VISION_KEY_PREFIXES says (kept when the caller loads the vision tower);
+# other vision and audio keys are skipped.
 _PREFIXES = {
     "language_model.model.": "model.",
     "language_model.lm_head.": "lm_head.",
@@ -211,20 +213,31 @@ def checkpoint_files(directory: Path) -> list[Path]:
 
 
 def load_safetensors_checkpoint(directory: Path, config: GemmaConfig,
-                                max_memory: int | None = None, progress: bool = True):
+                                max_memory: int | None = None, progress: bool = True,
+                                vision=None):
     """Read and check a checkpoint directory: HF key -> array, in HF layout.
 
     Tensors already float32 stay memory-mapped. Narrower ones (bf16, f16) are
     widened to float32 while the total stays within `max_memory` bytes; the rest
     stay memory-mapped and are widened layer by layer as the forward pass uses
     them (see model.Weights), so a checkpoint larger than RAM in float32 still runs.
+    vision: a vision.VisionConfig to load (and check) the vision tower and projector too.
     """
     found: dict[str, StoredTensor] = {}
     skipped_vision = 0
     for path in checkpoint_files(directory):
         for name, tensor in read_safetensors(path).items():
             if name.startswith(_VISION_PREFIXES):
-                skipped_vision += 1
+                if vision is None:
+                    skipped_vision += 1
+                    continue
+                from .vision import VISION_KEY_PREFIXES
+
+                old = next((p for p in VISION_KEY_PREFIXES if name.startswith(p)), None)
+                if old is None:  # not Gemma 3's tower (e.g. an audio tower)
+                    skipped_vision += 1
+                    continue
+                found[VISION_KEY_PREFIXES[old] + name[len(old):]] = tensor
                 continue
             for old, new in _PREFIXES.items():
                 if name.startswith(old):
@@ -236,18 +249,22 @@ def load_safetensors_checkpoint(directory: Path, config: GemmaConfig,
               file=sys.stderr)
     # A stored output head is the embedding again (Gemma ties them); we use the embedding.
     found.pop("lm_head.weight", None)
-    return check_and_widen(found, config, str(directory), max_memory, progress)
+    extra = {}
+    if vision is not None:
+        extra = vision.expected_shapes(config.hidden_size)
+    return check_and_widen(found, config, str(directory), max_memory, progress, extra)
 
 
 def check_and_widen(found: dict[str, StoredTensor | np.ndarray], config: GemmaConfig,
-                    source: str, max_memory: int | None, progress: bool) -> dict[str, np.ndarray]:
+                    source: str, max_memory: int | None, progress: bool,
+                    extra_shapes: dict | None = None) -> dict[str, np.ndarray]:
     """Strict check (missing / unexpected / mis-shaped), then load within the budget.
 
     Tensors are taken in checkpoint order while their float32 size fits in
     `max_memory` bytes: those are read into RAM as float32; the rest stay on disk
     as StoredTensor records, read and widened each time they are used.
     """
-    expected = expected_shapes(config)
+    expected = {**expected_shapes(config), **(extra_shapes or {})}  # + the vision tower's
     found = {n: t for n, t in found.items() if n not in unused_shapes(config)}
     missing = [n for n in expected if n not in found]
     if missing:

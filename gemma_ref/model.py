@@ -13,6 +13,8 @@ Parameters are a mapping from Hugging Face checkpoint keys to arrays
 (`model.layers.3.self_attn.q_proj.weight`, shape [out, in]). Precision: the
 activations are float32 (or float64, for ground truth); weights stored in a
 narrower type are widened as they are used (`Weights.__getitem__`).
+Images (Gemma 3 4B+) arrive as `ImageTokens` made by vision.py: embeddings for the
+image soft tokens and a wider reach for their attention; no pixels here.
 """
 
 from __future__ import annotations
@@ -98,24 +100,27 @@ def rope(x, cos, sin):
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def visible(q_pos, k_pos, window=None):
+def visible(q_pos, k_pos, window=None, reach=None):
     """Which keys each query sees.                     [B, T], [B, S] -> [B, T, S] bool
 
     A key is visible iff it exists (k_pos >= 0), is not in the future, and for a
     sliding layer lies within the window: 0 <= q_pos - k_pos < window.
+    reach [B, T]: the last position each query sees, if not its own: the tokens of
+    one image see each other both ways (ImageTokens.reach; still only back to
+    q_pos - window + 1 on sliding layers).
     """
-    dist = q_pos[:, :, None] - k_pos[:, None, :]  # [B, T, S]
-    seen = (k_pos[:, None, :] >= 0) & (dist >= 0)
+    reach = q_pos if reach is None else reach
+    seen = (k_pos[:, None, :] >= 0) & (k_pos[:, None, :] <= reach[:, :, None])  # [B, T, S]
     if window is not None:
-        seen &= dist < window
+        seen &= q_pos[:, :, None] - k_pos[:, None, :] < window
     return seen
 
 
-def attention(q, k, v, q_pos, k_pos, scale, window=None, cap=None):
+def attention(q, k, v, q_pos, k_pos, scale, window=None, cap=None, reach=None):
     """Causal (optionally sliding-window) grouped-query attention, K/V not copied per group.
 
     q [B, T, N, H], k and v [B, S, K, H], q_pos [B, T], k_pos [B, S] -> [B, T, N*H]
-    Query t attends to the keys visible(q_pos, k_pos, window)[:, t] marks.
+    Query t attends to the keys visible(q_pos, k_pos, window, reach)[:, t] marks.
     """
     B, T, N, H = q.shape
     K = k.shape[2]
@@ -128,14 +133,14 @@ def attention(q, k, v, q_pos, k_pos, scale, window=None, cap=None):
         scores = softcap(scores, cap)
     # Masked scores get the dtype's most negative value (as transformers does), so a
     # row with nothing visible (a padding query) is uniform rather than NaN.
-    mask = visible(q_pos, k_pos, window)  # [B, T, S]
+    mask = visible(q_pos, k_pos, window, reach)  # [B, T, S]
     scores = np.where(mask[:, None, None], scores, np.finfo(scores.dtype).min)
     probs = softmax(scores)  # [B, K, G, T, S]
     out = probs @ v  # [B, K, G, T, H]   einsum("bkgts,bksh->bkgth")
     return out.transpose(0, 3, 1, 2, 4).reshape(B, T, N * H)
 
 
-# --- weights and cache --------------------------------------------------------
+# --- weights, images and cache -------------------------------------------------
 
 
 class Weights:
@@ -155,6 +160,24 @@ class Weights:
     def rows(self, name: str, index) -> np.ndarray:
         """self[name][index], widening only the rows taken.     [R, ...] -> [index.shape..., ...]"""
         return np.asarray(self.arrays[name][index]).astype(self.dtype, copy=False)
+
+
+@dataclass(frozen=True)
+class ImageTokens:
+    """The images of a chunk of tokens, as the language model sees them (vision.py makes it).
+
+    Their soft tokens' embeddings are replaced by `embeds` (image features, not
+    scaled by sqrt(D)), and each of their tokens sees keys up to `reach`.
+    """
+
+    at: np.ndarray  # [B, T] bool: the image soft tokens
+    embeds: np.ndarray  # [n, D] their embeddings, row by row in order (n = at.sum())
+    reach: np.ndarray  # [B, T] last position each token sees: its own, or its image's last
+    layers: str = "all"  # where reach applies: "all" (Gemma 3), "sliding" (Gemma 4), "none"
+
+    def sees_both_ways(self, spec) -> bool:
+        """Whether an image's tokens see each other both ways on a layer (config.LayerSpec)."""
+        return self.layers == "all" or (self.layers == "sliding" and spec.window is not None)
 
 
 @dataclass
@@ -282,13 +305,15 @@ def qkv(x, cos, sin, W, pre, config, spec, own_kv=True, trace=None):
     return q, k, v
 
 
-def attention_block(x, W, i, config, cos_sin, positions, cache, shared, trace, keep=slice(None)):
+def attention_block(x, W, i, config, cos_sin, positions, cache, shared, trace, keep=slice(None),
+                    reach=None):
     """Self-attention of layer i.                     [B, T, D] -> [B, T', D]
 
     Every token's keys and values are computed (and cached); outputs only for the
     queries x[:, keep] (T' of them). A layer that shares keys and values (Gemma 4)
     computes queries only and attends over what its source layer, earlier in this
-    pass, left in `shared` (layer -> k, v, positions).
+    pass, left in `shared` (layer -> k, v, positions). reach: see visible (images);
+    None = causal.
 
     split_tokens / sharded_attention / linear compute the same values on all
     cores when that pays (parallel.py).
@@ -309,8 +334,10 @@ def attention_block(x, W, i, config, cos_sin, positions, cache, shared, trace, k
         kv = shared[spec.kv_source]  # [B, S, K, H] x 2, [B, S]: the source layer's span
     k_all, v_all, k_pos = kv
     q, q_pos = q[:, keep], positions[:, keep]
+    reach = None if reach is None else reach[:, keep]
     out = sharded_attention(attention, visible, q, k_all, v_all, q_pos, k_pos, config.query_scale,
-                            window=spec.window, cap=config.attn_logit_softcapping)  # [B, T', N*H]
+                            window=spec.window, cap=config.attn_logit_softcapping,
+                            reach=reach)  # [B, T', N*H], on all cores
     record(trace, pre + "attn", out)
     out = linear(out, W[pre + "o_proj.weight"])  # [B, T', N*H] -> [B, T', D]
     record(trace, pre + "o_proj", out)
@@ -391,7 +418,7 @@ def per_layer_mix(x, ple, W, pre):
 
 
 def decoder_layer(x, W, i, config, cos_sin, positions, cache, shared, trace, keep=slice(None),
-                  ple=None):
+                  ple=None, reach=None):
     """One block.                                     [B, T, D] -> [B, T', D]
 
     Gemma 1:   h = x + attn(norm(x));                out = h + mlp(norm(h))
@@ -411,7 +438,7 @@ def decoder_layer(x, W, i, config, cos_sin, positions, cache, shared, trace, kee
         return h
 
     h = norm(x, "input_layernorm")
-    a = attention_block(h, W, i, config, cos_sin, positions, cache, shared, trace, keep)
+    a = attention_block(h, W, i, config, cos_sin, positions, cache, shared, trace, keep, reach)
     if config.sandwich_norms:
         a = norm(a, "post_attention_layernorm")
     x = x[:, keep] + a  # from here on, the tokens x[:, keep] only
@@ -434,7 +461,7 @@ def decoder_layer(x, W, i, config, cos_sin, positions, cache, shared, trace, kee
     return x
 
 
-def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *,
+def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *, images=None,
             last_only=False, n_vocab=None, trace=None, dtype=np.float32):
     """Logits for token ids.                     ids [B, T] -> logits [B, T, V] (or [B, 1, V])
 
@@ -444,6 +471,8 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *,
     cache:     list of LayerCache from `new_cache`, read and then updated in place;
                None attends within `ids` only. Prefill (T > 1) and decode (T = 1)
                are the same code.
+    images:    ImageTokens for the images among `ids` (each image wholly inside this
+               call), or None.
     last_only: compute logits for the last position only (generation).
     n_vocab:   keep the first n_vocab logits (embedding tables may have padding rows).
     trace:     a dict to receive named intermediates (HF module names), or None.
@@ -472,7 +501,14 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *,
     E = W["model.embed_tokens.weight"]  # [V, D]
     x = E[ids] * np.asarray(np.sqrt(config.hidden_size), dtype)  # [B, T, D]
     record(trace, "model.embed_tokens", x)
-    ple = per_layer_inputs(W, config, ids, x) if config.hidden_size_per_layer_input else None
+    if images is not None:  # image soft tokens: the image features, unscaled
+        x[images.at] = images.embeds
+        record(trace, "model.inputs_embeds", x)  # the input of layer 0 (transformers' argument name)
+    reach = None if images is None else images.reach
+    ple = None
+    if config.hidden_size_per_layer_input:  # image tokens take the padding token's PLE row
+        ple_ids = ids if images is None else np.where(images.at, config.pad_token_id, ids)
+        ple = per_layer_inputs(W, config, ple_ids, x)
 
     # RoPE tables, one per kind of layer (config.layers[i].rope).
     rope_tables = {r: rope_angles(positions, r.head_dim, r.theta, r.factor, dtype, r.rotated)
@@ -489,12 +525,14 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *,
                 # goes on (as transformers does).
                 x, positions = x[:, -1:], positions[:, -1:]
                 ple = None if ple is None else ple[:, -1:]
+                reach = None if reach is None else reach[:, -1:]
                 rope_tables = {r: (cos[:, -1:], sin[:, -1:]) for r, (cos, sin) in rope_tables.items()}
             # For last_only, the last layer needs every token's keys and values (for its
             # attention and the cache) but the rest of its work for the last token only.
             keep = slice(-1, None) if last_only and i == last and trace is None else slice(None)
             x = decoder_layer(x, W, i, config, rope_tables[spec.rope], positions, cache, shared, trace,
-                              keep, None if ple is None else ple[:, :, i])
+                              keep, None if ple is None else ple[:, :, i],
+                              reach if images is not None and images.sees_both_ways(spec) else None)
 
         if last_only:
             x = x[:, -1:]

@@ -119,10 +119,12 @@ def sharded_geglu(geglu, x, w_gate, w_up, w_down):
     return sum(parts[1:], parts[0])
 
 
-def sharded_attention(attention, visible, q, k, v, q_pos, k_pos, scale, window=None, cap=None):
-    """attention(q, k, v, q_pos, k_pos, scale, window, cap), by blocks of queries on all threads.
+def sharded_attention(attention, visible, q, k, v, q_pos, k_pos, scale, window=None, cap=None,
+                      reach=None):
+    """attention(q, k, v, q_pos, k_pos, scale, window, cap, reach), by blocks of queries on all
+    threads.
 
-    visible(q_pos, k_pos, window) is attention's mask, [B, T, S] booleans.
+    visible(q_pos, k_pos, window, reach) is attention's mask, [B, T, S] booleans.
 
     Each query attends on its own, so the queries are cut into blocks (of QUERY_BLOCK,
     or fewer so that every thread gets two), and each block is given only the span
@@ -137,19 +139,21 @@ def sharded_attention(attention, visible, q, k, v, q_pos, k_pos, scale, window=N
     B, T, N, H = q.shape
     S = k.shape[1]
     if T < 2 or B * T * S * N * H < MIN_SPLIT * 64:
-        return attention(q, k, v, q_pos, k_pos, scale, window, cap)
+        return attention(q, k, v, q_pos, k_pos, scale, window, cap, reach)
     size = min(QUERY_BLOCK, -(-T // (2 * _threads)))
     out = np.empty((B, T, N * H), np.result_type(q, k, v))
     blocks = []
     for lo in range(0, T, size):
         hi = min(lo + size, T)
-        cols = np.flatnonzero(visible(q_pos[:, lo:hi], k_pos, window).any(axis=(0, 1)))  # [S] -> seen
+        r = None if reach is None else reach[:, lo:hi]
+        cols = np.flatnonzero(visible(q_pos[:, lo:hi], k_pos, window, r).any(axis=(0, 1)))  # [S] -> seen
         a, b = (cols[0], cols[-1] + 1) if cols.size else (0, S)  # no key visible: padding queries
         blocks.append((lo, hi, a, b))
 
     def block(lo, hi, a, b):
+        r = None if reach is None else reach[:, lo:hi]
         out[:, lo:hi] = attention(q[:, lo:hi], k[:, a:b], v[:, a:b], q_pos[:, lo:hi], k_pos[:, a:b],
-                                  scale, window, cap)
+                                  scale, window, cap, r)
 
     _run_tasks(block, sorted(blocks, key=lambda blk: (blk[1] - blk[0]) * (blk[3] - blk[2]), reverse=True))
     return out

