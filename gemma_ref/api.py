@@ -12,13 +12,14 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from . import chat_template as chat_templates
 from . import hub
 from .config import GemmaConfig
 from .errors import GemmaRefError
 from .loader import gguf_as_checkpoint, load_safetensors_checkpoint
 from .model import Weights, forward, new_cache
 from .sampling import SamplingParams, sample
-from .tokenizer import Tokenizer, chat_prompt
+from .tokenizer import Tokenizer
 
 PREFILL_CHUNK = 512  # prompt tokens per forward call: bounds the [T, S] score matrices
 _DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -29,11 +30,14 @@ class Model:
 
     def __init__(self, config: GemmaConfig, weights: dict, tokenizer: Tokenizer | None = None,
                  *, source: str = "", dtype="float32", instruction_tuned: bool | None = None,
-                 stop_ids: Sequence[int] = ()):
+                 stop_ids: Sequence[int] = (), chat_template=None):
         if str(np.dtype(dtype)) not in _DTYPES:
             raise GemmaRefError(f"dtype must be one of {', '.join(_DTYPES)}, not {dtype!r}")
         self.config, self.tokenizer, self.source = config, tokenizer, source
         self.checkpoint = None  # the directory from_pretrained read, if any
+        # The checkpoint's chat template (from_pretrained finds it), else Google's for this generation
+        self.chat_template = chat_template or chat_templates.builtin(
+            config.model_type, chat_templates.special_tokens({}, tokenizer))
         self.dtype = np.dtype(dtype)
         self.weights = Weights(weights, self.dtype)
         self.instruction_tuned = (hub.is_instruction_tuned(source) if instruction_tuned is None
@@ -71,16 +75,18 @@ class Model:
         if source is None or str(source) == default_model.ALIAS:
             source = default_model.path(progress=progress)
         path = hub.resolve(source, cache_dir)
+        gguf_file = None
         if path.is_file() and path.suffix == ".gguf":
-            path = gguf_as_checkpoint(path, progress)
+            gguf_file, path = path, gguf_as_checkpoint(path, progress)
         elif path.is_file():
             raise GemmaRefError(f"{path}: expected a checkpoint directory or a .gguf file")
         config = GemmaConfig.from_json(path / "config.json")
         weights = load_safetensors_checkpoint(path, config, max_memory, progress)
         tok_file = path / "tokenizer.model"
         tokenizer = Tokenizer.from_file(tok_file) if tok_file.exists() else None
+        template = chat_templates.load(path, tokenizer, config.model_type, gguf_file)
         model = cls(config, weights, tokenizer, source=str(source), dtype=dtype,
-                    stop_ids=_generation_config_eos(path))
+                    stop_ids=_generation_config_eos(path), chat_template=template)
         model.checkpoint = path
         return model
 
@@ -223,16 +229,25 @@ class Model:
                     out[b].append(t)
         return [self.tokenizer.decode(o) if isinstance(p, str) else o for p, o in zip(prompts, out)]
 
+    def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True, tools=None,
+                    **template_kwargs) -> str:
+        """The conversation rendered by the checkpoint's chat template: the text transformers'
+        `apply_chat_template(messages, tokenize=False, add_generation_prompt=..., tools=...)`
+        returns. Extra keywords reach the template (e.g. enable_thinking for Gemma 4)."""
+        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt,
+                                         tools=tools, **template_kwargs)
+
     def chat(self, messages: list[dict], **kwargs) -> str:
         """The model's reply to a conversation [{"role": "user", "content": ...}, ...]."""
         return "".join(self.stream_chat(messages, **kwargs))
 
-    def stream_chat(self, messages: list[dict], **kwargs) -> Iterator[str]:
+    def stream_chat(self, messages: list[dict], *, tools=None, **kwargs) -> Iterator[str]:
         if self.tokenizer is None:
             raise GemmaRefError(f"{self.source}: chat needs a tokenizer")
+        prompt = self.chat_prompt(messages, tools=tools)
         if kwargs.get("stop") is None and self.tokenizer.end_of_turn_id is not None:
             kwargs["stop"] = sorted(self._default_stop | {self.tokenizer.end_of_turn_id})
-        return self.stream(chat_prompt(messages), **kwargs)
+        return self.stream(prompt, **kwargs)
 
     # --- scoring (see scoring.py) ---------------------------------------------------
 

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chat", help="interactive chat (Ctrl-D or /exit to quit)")
     _add_model(p)
     _add_sampling(p)
-    p.add_argument("--system", default=None, help="system instructions (folded into the first turn)")
+    p.add_argument("--system", default=None, help="system instructions (placed as the chat template says; Gemma 1/2 templates refuse one)")
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("info", help="print the config, parameter count and file locations")
@@ -154,7 +154,8 @@ def cmd_info(args) -> int:
     c = model.config
     info = {"source": model.source, "files": str(_where(model)), "parameters": c.num_parameters,
             "tokenizer_vocab": model.tokenizer.vocab_size if model.tokenizer else None,
-            "instruction_tuned": model.instruction_tuned, "config": c.to_dict()}
+            "instruction_tuned": model.instruction_tuned, "chat_template": model.chat_template.source,
+            "config": c.to_dict()}
     if model.checkpoint is not None and str(model.checkpoint) != info["files"]:
         info["checkpoint"] = str(model.checkpoint)  # e.g. a GGUF's float32 conversion
     if args.json:
@@ -166,6 +167,7 @@ def cmd_info(args) -> int:
         print(f"converted   {info['checkpoint']}")
     print(f"parameters  {c.num_parameters:,} ({c.num_parameters / 1e9:.2f} B)")
     print(f"tokenizer   {info['tokenizer_vocab'] or 'none'} tokens")
+    print(f"chat        {info['chat_template']}")
     for key, value in c.to_dict().items():
         print(f"  {key:<26}{value}")
     return 0

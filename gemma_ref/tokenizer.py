@@ -1,4 +1,4 @@
-"""Gemma's SentencePiece tokenizer, its streaming detokenizer and the chat template."""
+"""Gemma's SentencePiece tokenizer, its streaming detokenizer, and the built-in chat prompt."""
 
 from __future__ import annotations
 
@@ -93,26 +93,13 @@ class StreamDecoder:
         return piece
 
 
-def chat_prompt(messages: list[dict], add_generation_prompt: bool = True) -> str:
-    """Gemma's chat template (1, 2 and 3).
+def chat_prompt(messages: list[dict], add_generation_prompt: bool = True, tools=None) -> str:
+    """A conversation in Google's Gemma 3 instruction-tuned template (the built-in copy).
 
     <bos><start_of_turn>user\\n{text}<end_of_turn>\\n<start_of_turn>model\\n ...
-    There is no system role: a system message is folded into the first user turn
-    (as Gemma 3's template does; Gemma 1/2 templates would reject it).
+    A system message is folded into the first user turn. `Model.chat_prompt` renders
+    the checkpoint's own template instead (see chat_template.py).
     """
-    messages = list(messages)
-    system = ""
-    if messages and messages[0].get("role") == "system":
-        system = messages.pop(0)["content"] + "\n\n"
-    out = "<bos>"
-    for k, m in enumerate(messages):
-        role = {"assistant": "model"}.get(m.get("role"), m.get("role"))
-        if role not in ("user", "model"):
-            raise GemmaRefError(f"chat: unknown role {m.get('role')!r} (use user, assistant/model, system)")
-        if (role == "user") != (k % 2 == 0):
-            raise GemmaRefError("chat: roles must alternate user/assistant/user/...")
-        text = (system + m["content"]) if k == 0 else m["content"]
-        out += f"<start_of_turn>{role}\n{text.strip() if role == 'model' else text}<end_of_turn>\n"
-    if add_generation_prompt:
-        out += "<start_of_turn>model\n"
-    return out
+    from . import chat_template
+
+    return chat_template.builtin("gemma3").render(messages, add_generation_prompt, tools)
