@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from .errors import GemmaRefError
+from ..errors import GemmaRefError
+from .common import add_model, error, load, read_text
 
 COMPARE_EXAMPLES = """\
 exit status: 0 within tolerance, 1 beyond it, 2 could not compare (bad input)
@@ -23,7 +23,7 @@ examples:
 """
 
 
-def add_commands(sub, add_model):
+def add_commands(sub):
     """Register the tooling subcommands on the `gemma-ref` subparsers."""
     p = sub.add_parser("dump", help="write a golden .npz: ids, logits, hidden states, greedy ids",
                        description="Run the model on prompts and write a golden .npz "
@@ -66,21 +66,15 @@ def add_commands(sub, add_model):
     p.set_defaults(func=cmd_perplexity)
 
 
-def _load(args):
-    from .cli import _load
-
-    return _load(args)
-
-
 def cmd_dump(args) -> int:
-    from . import reference
+    from .. import reference
 
     prompts = list(args.prompt) + (reference.read_prompts(args.prompts) if args.prompts else [])
     if not prompts:
         raise GemmaRefError("dump: no prompts: give --prompt TEXT (repeatable) or --prompts FILE.jsonl")
     if args.top_k < 0 or args.max_new_tokens < 0:
         raise GemmaRefError("dump: --top-k and --max-new-tokens must be >= 0")
-    model = _load(args)
+    model = load(args)
     golden = reference.dump(model, prompts, k=args.top_k, max_new_tokens=args.max_new_tokens,
                             trace=args.trace)
     reference.save(golden, args.out)
@@ -96,9 +90,9 @@ def cmd_compare(args) -> int:
     try:
         report = _compare(args)
     except GemmaRefError as e:
-        print(f"gemma-ref: error: {e}", file=sys.stderr)
+        error(str(e))
         return 2
-    from .reference import format_report
+    from ..reference import format_report
 
     if args.json:
         print(json.dumps(report))
@@ -108,7 +102,7 @@ def cmd_compare(args) -> int:
 
 
 def _compare(args) -> dict:
-    from . import reference
+    from .. import reference
 
     if (args.other is None) == (args.model is None):
         raise GemmaRefError("compare: give either a second .npz or --model, not both or neither")
@@ -118,16 +112,16 @@ def _compare(args) -> dict:
     if args.other is not None:
         other = reference.load(args.other)
     else:
-        other = reference.candidate_from_model(_load(args), golden, trace=True)
+        other = reference.candidate_from_model(load(args), golden, trace=True)
     return reference.compare(golden, other, args.rtol, args.top_k)
 
 
 def cmd_perplexity(args) -> int:
-    from .scoring import check_window, perplexity
+    from ..scoring import check_window, perplexity
 
     check_window(args.max_length, args.stride)  # before the (slow) load
-    text = _read_text(args.file)
-    model = _load(args)
+    text = read_text(args.file)
+    model = load(args)
     if model.tokenizer is None:
         raise GemmaRefError(f"{model.source}: perplexity of a text needs a tokenizer.model")
     ids = model.tokenizer.encode(text)
@@ -141,17 +135,3 @@ def cmd_perplexity(args) -> int:
           f"{r['tokens_scored']} tokens, {r['bits_per_byte']:.4f} bits/byte; {r['windows']} "
           f"windows of <= {r['max_length']} tokens, stride {r['stride']})")
     return 0
-
-
-def _read_text(name: str) -> str:
-    if name == "-":
-        return sys.stdin.read()
-    try:
-        text = Path(name).read_text(encoding="utf-8")
-    except (FileNotFoundError, IsADirectoryError):
-        raise GemmaRefError(f"{name}: no such file") from None
-    except UnicodeDecodeError:
-        raise GemmaRefError(f"{name}: not UTF-8 text") from None
-    if not text:
-        raise GemmaRefError(f"{name}: empty file")
-    return text

@@ -1,0 +1,60 @@
+"""The `gemma-ref` command: a thin shell over the library.
+
+Each group of commands lives in its own module (generate.py: generate, chat, info;
+tools.py: dump, compare, perplexity), with what they share in common.py. A
+GemmaRefError (a user mistake) becomes one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import GemmaRefError
+from . import generate, tools
+from .common import PROG, error
+
+EXAMPLES = """\
+examples:
+  gemma-ref generate "The capital of France is"            # default model, offline
+  gemma-ref generate --model 2b --max-new-tokens 50 "Once upon a time"
+  echo "Write a haiku about NumPy" | gemma-ref generate --model 2b-it --chat -
+  gemma-ref generate --temperature 0.8 --top-p 0.95 --seed 1 "Dear diary,"
+  gemma-ref chat --model 3-1b-it
+  gemma-ref info --model ./my-gemma-checkpoint
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="gemma-ref: a pure-NumPy reference engine for Gemma models.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"gemma-ref {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    generate.add_commands(sub, EXAMPLES)
+    tools.add_commands(sub)  # dump, compare, perplexity: the reference tooling
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except GemmaRefError as e:
+        error(str(e))
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
