@@ -20,6 +20,7 @@ examples:
   gemma-ref compare golden.npz --model ./ckpt            # gemma-ref vs a golden
   gemma-ref compare golden.npz --model 3-270m-gguf --dtype float64
   gemma-ref compare golden.npz other.npz --json          # two dumps, for CI
+  gemma-ref compare golden.npz --model ./ckpt --html report.html   # a page to look at
 """
 
 
@@ -51,6 +52,8 @@ def add_commands(sub):
                         "rtol * (|golden| + rms(golden row)) (default 1e-3)")
     p.add_argument("--top-k", type=int, default=10, help="k of the top-k overlap (default 10)")
     p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
+    p.add_argument("--html", metavar="FILE", help="also write the report as one self-contained HTML "
+                                                  "page (heatmaps of the error by layer and position)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("perplexity", help="perplexity of a text file, with strided windows")
@@ -89,6 +92,10 @@ def cmd_compare(args) -> int:
     """0 within tolerance, 1 beyond; 2 (not 1) for input errors, so CI can tell them apart."""
     try:
         report = _compare(args)
+        if args.html:
+            from ..report_html import write
+
+            write(report, args.html)
     except GemmaRefError as e:
         error(str(e))
         return 2
