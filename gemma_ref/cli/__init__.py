@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from ..errors import GemmaRefError
-from . import generate, tools
+from . import evaluate, generate, tools
 from .common import PROG, error
 
 EXAMPLES = """\
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     generate.add_commands(sub, EXAMPLES)
     tools.add_commands(sub)  # dump, compare, perplexity: the reference tooling
+    evaluate.add_commands(sub)  # eval: lm-evaluation-harness
     return parser
 
 
