@@ -124,7 +124,10 @@ class GemmaRefLM(TemplateLM):
                 raise GemmaRefError(f"lm-eval: a continuation of {len(cont)} tokens does not fit "
                                     f"max_length {self.max_length}")
             groups[tuple(ctx)].append((i, list(cont)))
-        for ctx, items in groups.items():
+        from tqdm import tqdm
+
+        for ctx, items in tqdm(groups.items(), desc="gemma-ref loglikelihood", unit="context",
+                               disable=disable_tqdm or len(groups) < 2):
             for (i, _), result in zip(items, self._score_shared_context(list(ctx), [c for _, c in items])):
                 out[i] = result
             if self.cache_hook is not None:
@@ -175,7 +178,7 @@ class GemmaRefLM(TemplateLM):
             windows = [utils.make_disjoint_window(w) for w in utils.get_rolling_token_windows(
                 token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
                 max_seq_len=self.max_length, context_len=1)]
-            total = sum(self._loglikelihood_tokens([((None, None), ctx, cont)])[0][0]
+            total = sum(self._loglikelihood_tokens([((None, None), ctx, cont)], disable_tqdm=True)[0][0]
                         for ctx, cont in windows)
             out.append(total)
             if self.cache_hook is not None:
