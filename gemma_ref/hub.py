@@ -33,7 +33,8 @@ ALIASES = {
 
 # The files the engine reads from a Hub repo (never the .gguf or PyTorch copies).
 FILES = ["config.json", "generation_config.json", "tokenizer.model", "*.safetensors",
-         "model.safetensors.index.json"]
+         "model.safetensors.index.json",
+         "tokenizer_config.json", "chat_template.jinja", "additional_chat_templates/*.jinja"]
 
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
