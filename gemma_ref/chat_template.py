@@ -73,6 +73,10 @@ class ChatTemplate:
                **kwargs) -> str:
         """The prompt text: what transformers' apply_chat_template(..., tokenize=False) returns."""
         chat = _check_messages(messages)
+        if tools is not None and (not isinstance(tools, (list, tuple))
+                                  or not all(isinstance(t, dict) for t in tools)):
+            raise GemmaRefError("chat: tools must be a list of JSON-schema dicts "
+                                "({\"type\": \"function\", \"function\": {...}})")
         template = compile_template(self.pick(tools), self.source)
         variables = {**self.special_tokens, **_plain(kwargs)}  # keywords override tokens
         try:

@@ -123,6 +123,8 @@ def test_bad_messages_and_bad_templates_are_one_line():
     for bad in ["hello", [], ["hello"], None]:
         with pytest.raises(GemmaRefError, match="^chat: "):
             chat.render(bad)
+    with pytest.raises(GemmaRefError, match="^chat: tools must be a list of JSON-schema dicts"):
+        chat.render([{"role": "user", "content": "a"}], tools=[print])
     broken = C.ChatTemplate({"default": "{% for m in messages %}{{ m['content'] }"}, "x.jinja")
     with pytest.raises(GemmaRefError, match="^x.jinja: chat template syntax error at line 1"):
         broken.render([{"role": "user", "content": "a"}])
