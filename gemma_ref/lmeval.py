@@ -272,6 +272,8 @@ def _repeat_cache(cache, B: int):
     copies = {}
 
     def repeat(layer):
+        if layer is None or not dataclasses.is_dataclass(layer):  # e.g. a layer that owns no cache
+            return layer
         if id(layer) not in copies:  # layers that share one cache object keep sharing it
             fields = {f.name: getattr(layer, f.name) for f in dataclasses.fields(layer)}
             copies[id(layer)] = type(layer)(**{k: np.repeat(v, B, axis=0) if isinstance(v, np.ndarray)
