@@ -7,6 +7,8 @@ step at a time) -> `stream` (text pieces) -> `generate` (the whole answer).
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -18,11 +20,41 @@ from .config import GemmaConfig
 from .errors import GemmaRefError
 from .loader import gguf_as_checkpoint, load_safetensors_checkpoint
 from .model import Weights, forward, new_cache
-from .sampling import SamplingParams, sample
+from .sampling import SamplingParams, check_seed, sample
 from .tokenizer import Tokenizer
 
 PREFILL_CHUNK = 512  # prompt tokens per forward call: bounds the [T, S] score matrices
+MAX_NEW_TOKENS = 128  # the default of generate/stream/chat, and of the CLI's --max-new-tokens
 _DTYPES = {"float32": np.float32, "float64": np.float64}
+CHAT_MODEL_HINT = "3-1b-it or 3-270m-it"  # instruction-tuned aliases to suggest
+
+
+def check_dtype(dtype) -> np.dtype:
+    """The compute dtype, float32 or float64; anything else is a GemmaRefError."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or str(dt) not in _DTYPES:
+        raise GemmaRefError(f"dtype must be one of {', '.join(_DTYPES)}, not {dtype!r}")
+    return dt
+
+
+def check_messages(messages) -> None:
+    """A conversation is a list of {"role": str, "content": ...} dicts; say what is wrong."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise GemmaRefError(f"chat: messages must be a non-empty list of {{'role': ..., "
+                            f"'content': ...}} dicts, not {type(messages).__name__} "
+                            f"{str(messages)[:40]!r}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise GemmaRefError(f"chat: message {i} must be a dict with 'role' and 'content', "
+                                f"not {type(m).__name__}")
+        for key in ("role", "content"):
+            if key not in m:
+                raise GemmaRefError(f"chat: message {i} has no {key!r}")
+        if not isinstance(m["role"], str) or not isinstance(m["content"], (str, list)):
+            raise GemmaRefError(f"chat: message {i}: 'role' must be a string and 'content' text")
 
 
 class Model:
@@ -31,14 +63,13 @@ class Model:
     def __init__(self, config: GemmaConfig, weights: dict, tokenizer: Tokenizer | None = None,
                  *, source: str = "", dtype="float32", instruction_tuned: bool | None = None,
                  stop_ids: Sequence[int] = (), chat_template=None):
-        if str(np.dtype(dtype)) not in _DTYPES:
-            raise GemmaRefError(f"dtype must be one of {', '.join(_DTYPES)}, not {dtype!r}")
         self.config, self.tokenizer, self.source = config, tokenizer, source
         self.checkpoint = None  # the directory from_pretrained read, if any
+        self.dtype = check_dtype(dtype)
+        self._warned_base_chat = False  # chat on a base model: warned once per model
         # The checkpoint's chat template (from_pretrained finds it), else Google's for this generation
         self.chat_template = chat_template or chat_templates.builtin(
             config.model_type, chat_templates.special_tokens({}, tokenizer))
-        self.dtype = np.dtype(dtype)
         self.weights = Weights(weights, self.dtype)
         self.instruction_tuned = (hub.is_instruction_tuned(source) if instruction_tuned is None
                                   else instruction_tuned)
@@ -72,6 +103,10 @@ class Model:
         """
         from . import default_model
 
+        check_dtype(dtype)  # before the slow part
+        if max_memory is not None and not (isinstance(max_memory, (int, np.integer))
+                                           and not isinstance(max_memory, bool) and max_memory >= 0):
+            raise GemmaRefError(f"max_memory must be a number of bytes >= 0, not {max_memory!r}")
         if source is None or str(source) == default_model.ALIAS:
             source = default_model.path(progress=progress)
         path = hub.resolve(source, cache_dir)
@@ -108,15 +143,22 @@ class Model:
 
     # --- generation --------------------------------------------------------------
 
-    def generate_ids(self, prompts: list[list[int]], *, max_new_tokens: int = 256,
+    def generate_ids(self, prompts: list[list[int]], *, max_new_tokens: int = MAX_NEW_TOKENS,
                      temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                      min_p: float = 0.0, repetition_penalty: float = 1.0, seed: int | None = 0,
-                     stop_ids: Sequence[int] | None = None) -> Iterator[list[int | None]]:
+                     stop_ids: Sequence[int] | None = None,
+                     stats: dict | None = None) -> Iterator[list[int | None]]:
         """Decode a batch of prompts together; yield, per step, one new id per row (None once
-        that row has stopped). Rows are left-padded; each row stops on its own."""
+        that row has stopped). Rows are left-padded; each row stops on its own.
+
+        stats: a dict to fill with prompt_tokens, prompt_seconds (prefill and the first
+        token), new_tokens, decode_steps and generation_seconds (the steps after the
+        first: one forward pass of one token per row each), as they happen."""
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
-        if max_new_tokens < 0:
-            raise GemmaRefError("max_new_tokens must be >= 0")
+        check_seed(seed)
+        if not (isinstance(max_new_tokens, (int, np.integer)) and not isinstance(max_new_tokens, bool)
+                and max_new_tokens >= 0):
+            raise GemmaRefError(f"max_new_tokens must be an integer >= 0, not {max_new_tokens!r}")
         if not prompts or any(len(p) == 0 for p in prompts):
             raise GemmaRefError("generate: empty prompt")
         stop = self._default_stop if stop_ids is None else set(stop_ids)
@@ -133,6 +175,10 @@ class Model:
         for b, p in enumerate(prompts):
             ids[b, P - len(p):] = p
             pos[b, P - len(p):] = np.arange(len(p))
+        stats = {} if stats is None else stats
+        stats.update(prompt_tokens=sum(len(p) for p in prompts), new_tokens=0, decode_steps=0,
+                     prompt_seconds=0.0, generation_seconds=0.0)
+        t0 = time.perf_counter()
         cache = self.new_cache(B, max_len)
         for start in range(0, P, PREFILL_CHUNK):
             logits = forward(self.weights, self.config, ids[:, start:start + PREFILL_CHUNK],
@@ -141,7 +187,7 @@ class Model:
         seen = [list(p) for p in prompts]
         next_pos = np.array([len(p) for p in prompts], np.int64)
         done = np.zeros(B, bool)
-        for _ in range(max_new_tokens):
+        for n in range(max_new_tokens):
             step = []
             for b in range(B):
                 if done[b]:
@@ -151,9 +197,13 @@ class Model:
                 seen[b].append(t)
                 done[b] = t in stop
                 step.append(None if done[b] else t)
+            stats["prompt_seconds" if n == 0 else "generation_seconds"] += time.perf_counter() - t0
+            stats["decode_steps"] += n > 0
             if all(t is None for t in step):
                 return
+            stats["new_tokens"] += sum(t is not None for t in step)
             yield step
+            t0 = time.perf_counter()
             new = np.array([[t if t is not None else self.config.pad_token_id] for t in step])
             step_pos = np.where(done, -1, next_pos)[:, None]
             next_pos += 1
@@ -175,12 +225,21 @@ class Model:
         if stop is None:
             return None, []
         stop = [stop] if isinstance(stop, (str, int)) else list(stop)
+        for s in stop:
+            if not isinstance(s, (str, int, np.integer)) or isinstance(s, bool):
+                raise GemmaRefError(f"stop: expected token ids and/or strings, got {s!r}")
+            if s == "":
+                raise GemmaRefError("stop: an empty stop string would end generation before "
+                                    "its first token")
+            if not isinstance(s, str) and not 0 <= s < self.n_vocab:
+                raise GemmaRefError(f"stop: token id {s} is not in [0, {self.n_vocab})")
         return {s for s in stop if isinstance(s, (int, np.integer))}, [s for s in stop if isinstance(s, str)]
 
     def stream(self, prompt: str | Sequence[int], *, stop=None, **sampling) -> Iterator:
         """Yield the continuation as it is decoded: text pieces for a text prompt,
         token ids for an id prompt. stop: None (eos, and end-of-turn for -it models),
-        or a list of token ids and/or strings that end generation."""
+        or a list of token ids and/or strings that end generation. stats={} collects
+        timings (see generate_ids)."""
         stop_ids, stop_strings = self._stop(stop)
         ids_in = not isinstance(prompt, str)
         steps = self.generate_ids([self._prompt_ids(prompt)], stop_ids=stop_ids, **sampling)
@@ -242,9 +301,16 @@ class Model:
         return "".join(self.stream_chat(messages, **kwargs))
 
     def stream_chat(self, messages: list[dict], *, tools=None, **kwargs) -> Iterator[str]:
+        """The reply, as text pieces (see chat). Warns once, on stderr, on a base model."""
+        check_messages(messages)
         if self.tokenizer is None:
             raise GemmaRefError(f"{self.source}: chat needs a tokenizer")
         prompt = self.chat_prompt(messages, tools=tools)
+        if not self.instruction_tuned and not self._warned_base_chat:
+            self._warned_base_chat = True
+            print(f"gemma-ref: warning: {self.source or 'this model'} is a base model, not "
+                  f"instruction-tuned: it continues text and will not follow the chat; for chat "
+                  f"use an -it model, e.g. --model {CHAT_MODEL_HINT}", file=sys.stderr)
         if kwargs.get("stop") is None and self.tokenizer.end_of_turn_id is not None:
             kwargs["stop"] = sorted(self._default_stop | {self.tokenizer.end_of_turn_id})
         return self.stream(prompt, **kwargs)

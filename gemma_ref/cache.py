@@ -26,6 +26,7 @@ from pathlib import Path
 from .errors import GemmaRefError
 
 HASHES = "hashes.json"  # resolved path -> {size, mtime_ns, sha256}
+_OLD_KEY = re.compile(r"-\d+-\d{10,}$")  # gguf/<stem>-<size>-<mtime_ns>, before content keys
 _TEMPORARY = re.compile(r"\.(?:tmp|part)(\d+)$")  # <name>.tmp<PID>, <name>.part<PID>
 
 
@@ -161,7 +162,8 @@ def _describe(entry: Path) -> str:
         return "checksum stamp of the GGUF beside it"
     try:
         source = json.loads((entry / "source.json").read_text())
-        return f"float32 conversion of {source.get('gguf')}"
+        old = " (keyed by name, size and time: an older gemma-ref's)" if _OLD_KEY.search(entry.name) else ""
+        return f"float32 conversion of {source.get('gguf')}{old}"
     except (OSError, ValueError, AttributeError):
         return "incomplete (no source.json)" if entry.is_dir() else "unknown"
 

@@ -50,6 +50,7 @@ class Tokenizer:
         return None if i == self.sp.unk_id() and piece != self.sp.id_to_piece(i) else i
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        check_text(text)
         ids: list[int] = []
         parts = self._special.split(text) if self._special else [text]
         for k, part in enumerate(parts):
@@ -67,6 +68,36 @@ class Tokenizer:
 
     def stream_decoder(self) -> "StreamDecoder":
         return StreamDecoder(self)
+
+
+def check_text(text, what: str = "text") -> str:
+    """`text` if it is a str that UTF-8 can encode, else a GemmaRefError saying where it is not.
+
+    Undecodable input bytes reach Python as lone surrogates (U+DC80-U+DCFF: how Python
+    decodes command-line arguments); gemma-ref refuses them rather than guess a
+    replacement, as a changed character changes the tokens.
+    """
+    if not isinstance(text, str):
+        raise GemmaRefError(f"{what} must be a str, not {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        c = ord(text[e.start])
+        byte = f"byte 0x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"lone surrogate U+{c:04X}"
+        raise GemmaRefError(f"{what} is not valid UTF-8 ({byte} at character {e.start}): give "
+                            f"UTF-8 text (e.g. convert it with iconv -t UTF-8)") from None
+    return text
+
+
+def decode_utf8(data: bytes, where: str) -> str:
+    """UTF-8 bytes as text; invalid UTF-8 is a GemmaRefError naming where (never replaced)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise GemmaRefError(f"{where}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset "
+                            f"{e.start}, line {line}): give UTF-8 text (e.g. convert it with "
+                            f"iconv -t UTF-8)") from None
 
 
 class StreamDecoder:

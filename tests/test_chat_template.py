@@ -161,7 +161,7 @@ def test_cli_info_names_the_template_and_a_refusal_is_one_line(tmp_path, capsys,
     assert json.loads(capsys.readouterr().out)["chat_template"].startswith("built-in gemma1-it.jinja")
     (d / "chat_template.jinja").write_text((C.TEMPLATES / "gemma3-it.jinja").read_text())
     assert main(["info", "--model", str(d)]) == 0
-    assert f"chat        {d / 'chat_template.jinja'}" in capsys.readouterr().out.splitlines()
+    assert f"template    {d / 'chat_template.jinja'}" in capsys.readouterr().out.splitlines()
     (d / "chat_template.jinja").unlink()
     monkeypatch.setattr(sys, "stdin", io.StringIO("Hi\n"))
     assert main(["chat", "--model", str(d), "--system", "Be brief.", "-n", "2"]) == 1

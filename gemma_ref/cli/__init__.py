@@ -1,7 +1,7 @@
 """The `gemma-ref` command: a thin shell over the library.
 
 Each group of commands lives in its own module (generate.py: generate, chat, info;
-tools.py: dump, compare, perplexity), with what they share in common.py. A
+tools.py: dump, compare, perplexity; manage.py: cache, models), with what they share in common.py. A
 GemmaRefError (a user mistake) becomes one line on stderr and exit status 1.
 """
 
@@ -11,8 +11,8 @@ import argparse
 import sys
 
 from ..errors import GemmaRefError
-from . import evaluate, generate, tools
-from .common import PROG, error
+from . import evaluate, generate, manage, tools
+from .common import PROG, Parser, error
 
 EXAMPLES = """\
 examples:
@@ -28,13 +28,14 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG, description="gemma-ref: a pure-NumPy reference engine for Gemma models.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"gemma-ref {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     generate.add_commands(sub, EXAMPLES)
     tools.add_commands(sub)  # dump, compare, perplexity: the reference tooling
+    manage.add_commands(sub)  # cache, models
     evaluate.add_commands(sub)  # eval: lm-evaluation-harness
     return parser
 

@@ -12,7 +12,8 @@ import json
 import sys
 
 from ..errors import GemmaRefError
-from .common import add_model, error, load, read_text
+from ..tokenizer import check_text
+from .common import add_model, check_model_args, error, load, read_text
 
 COMPARE_EXAMPLES = """\
 exit status: 0 within tolerance, 1 beyond it, 2 could not compare (bad input)
@@ -59,10 +60,12 @@ def add_commands(sub):
     p = sub.add_parser("perplexity", help="perplexity of a text file, with strided windows")
     p.add_argument("file", help='a UTF-8 text file, or "-" for stdin')
     add_model(p)
-    p.add_argument("--max-length", type=int, default=1024,
-                   help="tokens per window, <bos> included (default 1024)")
-    p.add_argument("--stride", type=int, default=512,
-                   help="start of one window to the next (default 512); each token is scored once")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokens per window, <bos> included (default 1024, or the model's "
+                        "context if shorter; never beyond it)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="start of one window to the next (default max-length / 2); each token "
+                        "is scored once")
     p.add_argument("--no-window-bos", action="store_true",
                    help="do not put <bos> before windows after the first (as HF's guide does)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -72,11 +75,13 @@ def add_commands(sub):
 def cmd_dump(args) -> int:
     from .. import reference
 
-    prompts = list(args.prompt) + (reference.read_prompts(args.prompts) if args.prompts else [])
+    prompts = [check_text(p, "--prompt") for p in args.prompt]
+    prompts += reference.read_prompts(args.prompts) if args.prompts else []
     if not prompts:
         raise GemmaRefError("dump: no prompts: give --prompt TEXT (repeatable) or --prompts FILE.jsonl")
     if args.top_k < 0 or args.max_new_tokens < 0:
         raise GemmaRefError("dump: --top-k and --max-new-tokens must be >= 0")
+    check_model_args(args)
     model = load(args)
     golden = reference.dump(model, prompts, k=args.top_k, max_new_tokens=args.max_new_tokens,
                             trace=args.trace)
@@ -113,8 +118,10 @@ def _compare(args) -> dict:
 
     if (args.other is None) == (args.model is None):
         raise GemmaRefError("compare: give either a second .npz or --model, not both or neither")
-    if args.rtol < 0 or args.top_k < 1:
-        raise GemmaRefError("compare: --rtol must be >= 0 and --top-k >= 1")
+    reference.check_rtol(args.rtol)
+    if args.top_k < 1:
+        raise GemmaRefError(f"compare: --top-k must be >= 1, got {args.top_k}")
+    check_model_args(args)
     golden = reference.load(args.golden)
     if args.other is not None:
         other = reference.load(args.other)
@@ -124,9 +131,11 @@ def _compare(args) -> dict:
 
 
 def cmd_perplexity(args) -> int:
-    from ..scoring import check_window, perplexity
+    from ..scoring import MAX_LENGTH, check_window, perplexity
 
-    check_window(args.max_length, args.stride)  # before the (slow) load
+    length = MAX_LENGTH if args.max_length is None else args.max_length  # checked before the load
+    check_window(length, length // 2 if args.stride is None else args.stride)
+    check_model_args(args)
     text = read_text(args.file)
     model = load(args)
     if model.tokenizer is None:
