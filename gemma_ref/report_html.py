@@ -69,37 +69,37 @@ def colour(rel: float, rtol: float) -> str:
     return "#" + "".join(f"{round(255 * (u + (v - u) * t)):02x}" for u, v in zip(a, b))
 
 
-def heatmap(entries: list[dict], rtol: float, first: dict | None, prompt: int) -> str:
+def heatmap(entries: list[dict], rtol: float, first: dict | None, prompt: int,
+            kind: str = "hidden", cell_h: int = CELL_H) -> str:
     """SVG: one row per compared tensor, one column per position, colour = rel."""
     if not entries:
         return ""
     T = len(entries[0]["rel"])
     w = max(2.0, min(22.0, 900.0 / max(T, 1)))
-    label_w, top = 250, 22
-    width, height = label_w + w * T + 10, top + CELL_H * len(entries) + 26
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="heatmap" data-prompt="{prompt}" '
-           f'width="{width:.0f}" height="{height}" font-family="ui-monospace,Menlo,monospace" font-size="11">']
+    label_w, top = 300, 22
+    width, height = label_w + w * T + 10, top + cell_h * len(entries) + 6
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="heatmap" data-kind="{kind}" '
+           f'data-prompt="{prompt}" width="{width:.0f}" height="{height}" '
+           f'font-family="ui-monospace,Menlo,monospace" font-size="{min(11, cell_h - 2)}">']
     step = max(1, int(math.ceil(40 / w)))
     for t in range(0, T, step):  # position ticks
         x = label_w + w * (t + 0.5)
         out.append(f'<text x="{x:.1f}" y="{top - 6}" text-anchor="middle" fill="#555">{t}</text>')
     for r, e in enumerate(entries):
-        y = top + CELL_H * r
-        out.append(f'<text x="{label_w - 6}" y="{y + CELL_H - 3}" text-anchor="end">{_esc(e["name"])}</text>')
+        y = top + cell_h * r
+        out.append(f'<text x="{label_w - 6}" y="{y + cell_h - 2}" text-anchor="end">{_esc(e["name"])}</text>')
         for t, (rel, ab) in enumerate(zip(e["rel"], e["abs"])):
             out.append(
-                f'<rect x="{label_w + w * t:.2f}" y="{y}" width="{w:.2f}" height="{CELL_H}" '
+                f'<rect x="{label_w + w * t:.2f}" y="{y}" width="{w:.2f}" height="{cell_h}" '
                 f'fill="{colour(rel, rtol)}" data-row="{_esc(e["name"])}" data-pos="{t}" '
                 f'data-rel="{rel!r}" data-abs="{ab!r}"><title>{_esc(e["name"])}, position {t}: '
                 f'rel {_g(rel)}, abs {_g(ab)}</title></rect>')
-    if first is not None:  # the first divergence: outlined, and named under the map
+    if first is not None:  # the first divergence: outlined (and named in the text below the map)
         r = next(i for i, e in enumerate(entries) if e["name"] == first["name"])
-        x, y = label_w + w * first["position"], top + CELL_H * r
+        x, y = label_w + w * first["position"], top + cell_h * r
         out.append(f'<rect class="first-divergence" x="{x - 1.5:.2f}" y="{y - 1.5}" '
-                   f'width="{w + 3:.2f}" height="{CELL_H + 3}" fill="none" stroke="#000" '
+                   f'width="{w + 3:.2f}" height="{cell_h + 3}" fill="none" stroke="#000" '
                    f'stroke-width="2.5" data-row="{_esc(first["name"])}" data-pos="{first["position"]}"/>')
-        out.append(f'<text x="{label_w}" y="{height - 8}" fill="#b3141c">first divergence: '
-                   f'{_esc(first["name"])} at position {first["position"]} (rel {_g(first["rel"])})</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -185,7 +185,10 @@ def render(report: dict, title: str = "gemma-ref compare") -> str:
                 "All within tolerance." if t is None else
                 f'First beyond tolerance: <b class="first-trace" data-name="{_esc(t["name"])}">'
                 f'{_esc(t["name"])}</b> at position {t["position"]} (rel {_g(t["rel"])}).') + "</p>")
-            parts.append(_table(p["trace"], "trace"))
+            parts.append(f'<details open><summary>heatmap and table of the {len(p["trace"])} '
+                         f'intermediates</summary><div class="heat">'
+                         f'{heatmap(p["trace"], rtol, t, p["prompt"], "trace", 10)}</div>'
+                         f'{_table(p["trace"], "trace")}</details>')
     parts.append("<h2>Provenance</h2>")
     parts.append(_provenance("golden", report["golden"]) + _provenance("other", report["other"]))
     data = json.dumps(report).replace("</", "<\\/")

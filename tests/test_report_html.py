@@ -20,17 +20,17 @@ class Page(HTMLParser):
         super().__init__()
         self.cells, self.first, self.rows, self.tables, self.texts = [], [], [], [], []
         self.script, self._in_script, self._table, self._row = None, False, None, None
-        self.svg_prompt = None
+        self.svg = None  # (kind, prompt) of the heatmap being read
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
         if tag == "svg" and "data-prompt" in a:
-            self.svg_prompt = int(a["data-prompt"])
+            self.svg = (a["data-kind"], int(a["data-prompt"]))
         if tag == "rect" and "data-rel" in a:
-            self.cells.append((self.svg_prompt, a["data-row"], int(a["data-pos"]),
+            self.cells.append((*self.svg, a["data-row"], int(a["data-pos"]),
                                float(a["data-rel"]), float(a["data-abs"])))
         if tag == "rect" and a.get("class") == "first-divergence":
-            self.first.append((self.svg_prompt, a["data-row"], int(a["data-pos"])))
+            self.first.append((*self.svg, a["data-row"], int(a["data-pos"])))
         if tag == "table":
             self._table = a.get("class")
             self.tables.append(self._table)
@@ -83,14 +83,20 @@ def test_html_numbers_are_those_of_json(dumps, capsys):
     page = Page()
     page.feed(page_file.read_text(encoding="utf-8"))
 
-    # the heatmap: one cell per (prompt, hidden state, position), with the report's errors
-    expected = [(p["prompt"], e["name"], t, rel, ab) for p in report["prompts"]
-                for e in p["hidden_states"] for t, (rel, ab) in enumerate(zip(e["rel"], e["abs"]))]
+    # the heatmaps: one cell per (prompt, hidden state or intermediate, position), with the
+    # report's errors; the first divergences marked where the report says
+    expected, marked = [], []
+    for p in report["prompts"]:
+        for kind, key, first in (("hidden", "hidden_states", "first_divergence"),
+                                 ("trace", "trace", "first_trace_divergence")):
+            expected += [(kind, p["prompt"], e["name"], t, rel, ab) for e in p[key]
+                         for t, (rel, ab) in enumerate(zip(e["rel"], e["abs"]))]
+            if p[first]:
+                marked.append((kind, p["prompt"], p[first]["name"], p[first]["position"]))
     assert page.cells == expected
-    # the first divergence is marked where the report says (layer 1, the perturbed one)
-    marked = [(p["prompt"], p["first_divergence"]["name"], p["first_divergence"]["position"])
-              for p in report["prompts"] if p["first_divergence"]]
-    assert page.first == marked and marked and all(name == "model.layers.1" for _, name, _ in marked)
+    assert page.first == marked
+    assert {name for kind, _, name, _ in marked if kind == "hidden"} == {"model.layers.1"}  # the perturbed layer
+    assert {name for kind, _, name, _ in marked if kind == "trace"} == {"model.layers.1.mlp"}
     # tables: per hidden state and per traced intermediate, in the report's order and values
     for kind, key in (("hidden", "hidden_states"), ("trace", "trace")):
         rows = [(name, values) for table, name, values in page.rows if table == kind]
