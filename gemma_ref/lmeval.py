@@ -64,7 +64,8 @@ class GemmaRefLM(TemplateLM):
         if self.model.tokenizer is None:
             raise GemmaRefError(f"{self.model.source}: lm-eval needs a tokenizer (tokenizer.model)")
         self.tok = self.model.tokenizer
-        self._batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
+        auto = batch_size is None or str(batch_size).startswith("auto")  # lm-eval's "auto": our default
+        self._batch_size = 8 if auto else int(batch_size)
         self._max_length = int(max_length) if max_length else self.model.config.max_position_embeddings
         self._max_gen_toks = int(max_gen_toks)
         self.seed = int(seed)

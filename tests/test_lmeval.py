@@ -96,3 +96,12 @@ def test_cli_eval_mistakes_are_one_line(argv, message, capsys):
                 ["eval", "--model", str(ROOT / "tests" / "data" / "tiny" / "gemma3-gqa")] + argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err[-1].startswith("gemma-ref: error: ") and message in err[-1]
+
+
+def test_registered_by_name_for_lm_evals_own_api(manager):
+    r = lm_eval.simple_evaluate(
+        model="gemma-ref", model_args=f"pretrained={ROOT / 'tests' / 'data' / 'tiny' / 'gemma3-gqa'}",
+        tasks=["gemma_ref_tiny_mc"], task_manager=manager, limit=3, batch_size="auto")
+    golden = GOLDEN["checkpoints"]["gemma3-gqa"]["gemma_ref_tiny_mc"]["samples"][:3]
+    assert r["results"]["gemma_ref_tiny_mc"]["acc,none"] == pytest.approx(
+        sum(max(range(4), key=lambda k: s["resps"][k][0][0]) == 0 for s in golden) / 3)
