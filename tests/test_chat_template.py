@@ -167,3 +167,21 @@ def test_cli_info_names_the_template_and_a_refusal_is_one_line(tmp_path, capsys,
     assert main(["chat", "--model", str(d), "--system", "Be brief.", "-n", "2"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "gemma-ref: error: chat template: System role not supported"
+
+
+def test_model_from_a_gguf_uses_the_gguf_template(tmp_path, monkeypatch):
+    import gguf
+    from test_gguf_reader import write_tiny
+
+    add_pad = gguf.GGUFWriter.add_pad_token_id
+
+    def add_pad_and_template(self, i):  # write_tiny, plus the metadata llama.cpp's converter writes
+        add_pad(self, i)
+        self.add_chat_template("{{ bos_token }}[GGUF]{{ messages[0]['content'] }}")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "add_pad_token_id", add_pad_and_template)
+    path = write_tiny(tmp_path / "tiny.gguf")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    m = Model.from_pretrained(path, progress=False)
+    assert m.chat_prompt([{"role": "user", "content": "hi"}]) == "<bos>[GGUF]hi"
+    assert m.chat_template.source == f"{path} (tokenizer.chat_template)" and not m.chat_template.builtin
