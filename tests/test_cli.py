@@ -166,12 +166,11 @@ def test_offline_without_cache_through_cli(tmp_path):
 def test_threads_option_sets_the_thread_count(tiny_dirs, capsys):
     from gemma_ref import parallel
 
-    before = parallel._threads
     try:
         code, out, _ = run(["generate", "--model", str(tiny_dirs["gemma1-mqa"]), "--threads", "1", "-n", "3", "Hi"], capsys)
         assert code == 0 and out.startswith("Hi") and parallel._threads == 1
     finally:
-        parallel.set_threads(before)
+        parallel.set_threads(None)  # the default again
 
 
 # --- a first run as a new user (issue 15) ----------------------------------------------
