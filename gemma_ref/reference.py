@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import platform
 import zipfile
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import sha256
 from .errors import GemmaRefError
 
 FORMAT = "gemma-ref-golden/1"
@@ -169,15 +169,7 @@ def file_hashes(source: str) -> dict[str, str]:
             return {}
     files = [path] if path.is_file() else sorted(
         f for pattern in ("*.json", "*.safetensors", "tokenizer.model") for f in path.glob(pattern))
-    return {f.name: _sha256(f) for f in files}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
+    return {f.name: sha256(f) for f in files}
 
 
 # --- the file ------------------------------------------------------------------------
