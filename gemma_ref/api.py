@@ -310,7 +310,7 @@ class Model:
             self._warned_base_chat = True
             print(f"gemma-ref: warning: {self.source or 'this model'} is a base model, not "
                   f"instruction-tuned: it continues text and will not follow the chat; for chat "
-                  f"use an -it model, e.g. --model {CHAT_MODEL_HINT}", file=sys.stderr)
+                  f"use an instruction-tuned (-it) model, e.g. {CHAT_MODEL_HINT}", file=sys.stderr)
         if kwargs.get("stop") is None and self.tokenizer.end_of_turn_id is not None:
             kwargs["stop"] = sorted(self._default_stop | {self.tokenizer.end_of_turn_id})
         return self.stream(prompt, **kwargs)

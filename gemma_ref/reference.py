@@ -13,8 +13,8 @@ T positions, D hidden, V vocab, L layers, k top-k width.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
-import hashlib
 import json
 import platform
 import zipfile
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import sha256
 from .errors import GemmaRefError
 
 FORMAT = "gemma-ref-golden/1"
@@ -47,6 +48,7 @@ class PromptDump:
     greedy_ids: np.ndarray | None = None  # [G] int64, the continuation only
     trace: dict[str, np.ndarray] = field(default_factory=dict)  # HF name -> [T, ...]
     text: str | None = None  # the prompt text, when it was given as text
+    positions: np.ndarray | None = None  # [P] the positions logits/topk rows hold; None: all T
 
 
 @dataclass
@@ -167,15 +169,7 @@ def file_hashes(source: str) -> dict[str, str]:
             return {}
     files = [path] if path.is_file() else sorted(
         f for pattern in ("*.json", "*.safetensors", "tokenizer.model") for f in path.glob(pattern))
-    return {f.name: _sha256(f) for f in files}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
+    return {f.name: sha256(f) for f in files}
 
 
 # --- the file ------------------------------------------------------------------------
@@ -190,7 +184,7 @@ def save(golden: Golden, path: str | Path):
         arrays[p + "input_ids"] = np.asarray(d.input_ids, np.int64)
         if d.text is not None:
             arrays[p + "text"] = np.array(d.text)
-        for name in ("hidden_states", "logits", "topk_ids", "topk_logits", "greedy_ids"):
+        for name in ("hidden_states", "logits", "topk_ids", "topk_logits", "greedy_ids", "positions"):
             if getattr(d, name) is not None:
                 arrays[p + name] = getattr(d, name)
         for name, value in d.trace.items():
@@ -246,7 +240,7 @@ def load(path: str | Path) -> Golden:
 
 
 # member name suffix -> (dtype kinds allowed, what it is); trace/* entries are floats too.
-_KINDS = {"input_ids": ("iu", "integers"), "greedy_ids": ("iu", "integers"),
+_KINDS = {"input_ids": ("iu", "integers"), "greedy_ids": ("iu", "integers"), "positions": ("iu", "integers"),
           "topk_ids": ("iu", "integers"), "hidden_states": ("f", "floats"),
           "logits": ("f", "floats"), "topk_logits": ("f", "floats"), "text": ("U", "a string")}
 
@@ -277,18 +271,25 @@ def _read_prompt(z, keys: set, i: int, path) -> PromptDump:
 
     d = PromptDump(input_ids=get("input_ids").astype(np.int64), hidden_states=get("hidden_states"),
                    logits=get("logits"), topk_ids=get("topk_ids"), topk_logits=get("topk_logits"),
-                   greedy_ids=get("greedy_ids"), text=str(get("text")) if p + "text" in keys else None)
+                   greedy_ids=get("greedy_ids"), text=str(get("text")) if p + "text" in keys else None,
+                   positions=get("positions"))
     d.trace = {k[len(p) + 6:]: _member(z, k, path) for k in z.files if k.startswith(p + "trace/")}
     T = len(d.input_ids) if d.input_ids.ndim == 1 else -1
+    pos = d.positions
+    R = T if pos is None else len(pos) if pos.ndim == 1 else -1  # rows of logits / topk
     checks = [
         (d.input_ids.ndim == 1 and T > 0, "input_ids must be [T], T >= 1"),
+        (pos is None or (pos.ndim == 1 and pos.size > 0 and 0 <= pos.min() and pos.max() < T
+                         and bool(np.all(np.diff(pos) > 0))),
+         "positions must be increasing positions in [0, T)"),
         (d.hidden_states is None or (d.hidden_states.ndim == 3 and d.hidden_states.shape[1] == T),
          "hidden_states must be [L+1, T, D]"),
-        (d.logits is None or (d.logits.ndim == 2 and d.logits.shape[0] == T), "logits must be [T, V]"),
+        (d.logits is None or (d.logits.ndim == 2 and d.logits.shape[0] == R),
+         "logits must be [T, V] (or [P, V] with positions [P])"),
         ((d.topk_ids is None) == (d.topk_logits is None), "topk_ids and topk_logits come together"),
-        (d.topk_ids is None or (d.topk_ids.ndim == 2 and d.topk_ids.shape[0] == T
+        (d.topk_ids is None or (d.topk_ids.ndim == 2 and d.topk_ids.shape[0] == R
                                 and d.topk_ids.shape == d.topk_logits.shape),
-         "topk_ids and topk_logits must both be [T, k]"),
+         "topk_ids and topk_logits must both be [T, k] (or [P, k] with positions [P])"),
         (d.greedy_ids is None or d.greedy_ids.ndim == 1, "greedy_ids must be [G]"),
         (all(t.ndim >= 1 and t.shape[0] == T for t in d.trace.values()), "trace entries must be [T, ...]"),
     ]
@@ -327,14 +328,46 @@ def row_errors(golden: np.ndarray, other: np.ndarray, lead: int = 1, present=Non
     return diff.max(axis=-1, initial=0.0), rel.max(axis=-1, initial=0.0)
 
 
-def _entry(name, err, rel, rtol: float, layer=None) -> dict:
-    """Summary of one compared tensor, from its per-position errors: err, rel [T] -> dict."""
+def _entry(name, err, rel, rtol: float, layer=None, positions=None) -> dict:
+    """Summary of one compared tensor, from its per-row errors: err, rel [R] -> dict.
+
+    Rows are positions 0..R-1, or the given `positions` [R]; "abs" and "rel" list the
+    errors of every position (None where not compared)."""
     bad = np.nonzero(rel > rtol)[0]
+    at = np.arange(len(rel)) if positions is None else np.asarray(positions)
+    per_position = lambda v: v.tolist() if positions is None else _spread(v, at)  # noqa: E731
     return {"name": name, "layer": layer, "max_abs": float(err.max(initial=0.0)),
             "max_rel": float(rel.max(initial=0.0)),
-            "worst_position": int(np.argmax(rel)) if rel.size else 0,
-            "first_bad_position": int(bad[0]) if bad.size else None, "ok": not bad.size,
-            "abs": err.tolist(), "rel": rel.tolist()}
+            "worst_position": int(at[np.argmax(rel)]) if rel.size else 0,
+            "first_bad_position": int(at[bad[0]]) if bad.size else None, "ok": not bad.size,
+            "abs": per_position(err), "rel": per_position(rel)}
+
+
+def _spread(values: np.ndarray, positions: np.ndarray) -> list:
+    """values [R] at positions [R] -> a list indexed by position, None elsewhere."""
+    out = [None] * (int(positions.max()) + 1)
+    for p, v in zip(positions.tolist(), values.tolist()):
+        out[p] = v
+    return out
+
+
+def shared_positions(g: PromptDump, o: PromptDump):
+    """Both dumps' logits / top-k rows restricted to the positions both hold.
+    -> g, o (new dumps), positions [R]"""
+    T = len(g.input_ids)
+    gp = np.arange(T) if g.positions is None else g.positions
+    op = np.arange(T) if o.positions is None else o.positions
+    positions = np.intersect1d(gp, op)
+
+    def rows(d, have):
+        if d.positions is None and len(positions) == T:
+            return d
+        keep = np.searchsorted(have, positions)
+        pick = lambda a: None if a is None else a[keep]  # noqa: E731
+        return dataclasses.replace(d, logits=pick(d.logits), topk_ids=pick(d.topk_ids),
+                                   topk_logits=pick(d.topk_logits), positions=positions)
+
+    return rows(g, gp), rows(o, op), positions
 
 
 def hidden_state_names(num_layers: int) -> list[tuple[str, int | None]]:
@@ -418,20 +451,25 @@ def compare_prompt(i: int, g: PromptDump, o: PromptDump, rtol: float, k: int = 1
         names = hidden_state_names(g.hidden_states.shape[0] - 1)
         err, rel = row_errors(g.hidden_states, o.hidden_states, lead=2)  # [L+1, T] each
         entries = [_entry(n, e, r, rtol, layer) for (n, layer), e, r in zip(names, err, rel)]
+    g, o, positions = shared_positions(g, o)
     gl, ol, present = aligned_logits(g, o)
-    if gl is not None:
+    if gl is not None and len(positions):
         kind = "full" if g.logits is not None and o.logits is not None else "top-k"
-        entries.append(_entry(f"logits ({kind})", *row_errors(gl, ol, present=present), rtol))
+        entries.append(_entry(f"logits ({kind})", *row_errors(gl, ol, present=present), rtol,
+                              positions=positions))
     traced = [_entry(n, *row_errors(g.trace[n], o.trace[n]), rtol)
               for n in g.trace if n in o.trace and g.trace[n].size == o.trace[n].size]
     first = next((e for e in entries if not e["ok"]), None)
     first_trace = next((e for e in traced if not e["ok"]), None)
+    agree = agreement(g, o, k)
+    if "argmax" in agree and agree["argmax"]["first_disagreement"] is not None:  # row -> position
+        agree["argmax"]["first_disagreement"] = int(positions[agree["argmax"]["first_disagreement"]])
     return {
         "prompt": i, "tokens": len(g.input_ids), "text": g.text, "ok": first is None and first_trace is None,
         "hidden_states": entries, "trace": traced,
         "first_divergence": None if first is None else _where(first),
         "first_trace_divergence": None if first_trace is None else _where(first_trace),
-        **agreement(g, o, k),
+        **agree,
     }
 
 

@@ -166,12 +166,11 @@ def test_offline_without_cache_through_cli(tmp_path):
 def test_threads_option_sets_the_thread_count(tiny_dirs, capsys):
     from gemma_ref import parallel
 
-    before = parallel._threads
     try:
         code, out, _ = run(["generate", "--model", str(tiny_dirs["gemma1-mqa"]), "--threads", "1", "-n", "3", "Hi"], capsys)
         assert code == 0 and out.startswith("Hi") and parallel._threads == 1
     finally:
-        parallel.set_threads(before)
+        parallel.set_threads(None)  # the default again
 
 
 # --- a first run as a new user (issue 15) ----------------------------------------------
@@ -181,7 +180,7 @@ def test_chat_on_a_base_model_warns_once_and_names_an_it_model(tiny_dirs, tmp_pa
     code, out, err = run(["chat", "--model", str(tiny_dirs["gemma1-mqa"]), "-n", "2"], capsys,
                          "Hi\nAgain\n", monkeypatch)
     assert code == 0 and err.count("gemma-ref: warning:") == 1
-    assert "is a base model" in err and "-it model, e.g. --model 3-1b-it" in err
+    assert "is a base model" in err and "instruction-tuned (-it) model, e.g. 3-1b-it" in err
     it = shutil.copytree(tiny_dirs["gemma1-mqa"], tmp_path / "tiny-it")
     code, out, err = run(["generate", "--chat", "--model", str(it), "-n", "2", "Hi"], capsys)
     assert code == 0 and "warning" not in err
