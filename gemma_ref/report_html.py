@@ -74,7 +74,7 @@ def heatmap(entries: list[dict], rtol: float, first: dict | None, prompt: int,
     """SVG: one row per compared tensor, one column per position, colour = rel."""
     if not entries:
         return ""
-    T = len(entries[0]["rel"])
+    T = max(len(e["rel"]) for e in entries)  # a row may hold some positions only (None elsewhere)
     w = max(2.0, min(22.0, 900.0 / max(T, 1)))
     label_w, top = 300, 22
     width, height = label_w + w * T + 10, top + cell_h * len(entries) + 6
@@ -89,6 +89,8 @@ def heatmap(entries: list[dict], rtol: float, first: dict | None, prompt: int,
         y = top + cell_h * r
         out.append(f'<text x="{label_w - 6}" y="{y + cell_h - 2}" text-anchor="end">{_esc(e["name"])}</text>')
         for t, (rel, ab) in enumerate(zip(e["rel"], e["abs"])):
+            if rel is None:  # a position this row does not hold: left blank
+                continue
             out.append(
                 f'<rect x="{label_w + w * t:.2f}" y="{y}" width="{w:.2f}" height="{cell_h}" '
                 f'fill="{colour(rel, rtol)}" data-row="{_esc(e["name"])}" data-pos="{t}" '

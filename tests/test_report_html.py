@@ -125,6 +125,20 @@ def test_page_is_self_contained_and_escapes_text(dumps):
     assert "src=" not in page and "<link" not in page  # nothing to fetch
 
 
+def test_rows_with_some_positions_only(dumps):
+    golden = R.load(dumps / "golden.npz")
+    d = golden.prompts[1]
+    d.positions, d.logits = np.array([1, 3, 4]), d.logits[[1, 3, 4]]  # logits of three positions
+    report = R.compare(golden, R.load(dumps / "other.npz"))
+    page = Page()
+    page.feed(report_html.render(report))
+    logits_cells = [(t, rel) for kind, p, name, t, rel, _ in page.cells
+                    if kind == "hidden" and p == 1 and name.startswith("logits")]
+    entry = next(e for e in report["prompts"][1]["hidden_states"] if e["name"].startswith("logits"))
+    assert [t for t, _ in logits_cells] == [1, 3, 4]
+    assert [rel for _, rel in logits_cells] == [entry["rel"][t] for t in (1, 3, 4)]
+
+
 def test_colours_order_by_error():
     rtol = 1e-3
     cols = [report_html.colour(v, rtol) for v in (1e-12, 1e-6, 1e-3, 2e-3, 1e-1, 10.0)]
