@@ -80,7 +80,7 @@ def cmd_eval(args) -> int:
         results = lm_eval.simple_evaluate(
             model=lm, tasks=tasks, num_fewshot=args.num_fewshot, limit=limit, task_manager=manager,
             log_samples=args.log_samples, random_seed=args.seed, numpy_random_seed=args.seed,
-            torch_random_seed=args.seed, fewshot_random_seed=args.seed)
+            torch_random_seed=None, fewshot_random_seed=args.seed)  # None: lm-eval leaves torch alone
     except GemmaRefError:
         raise
     except Exception as e:  # noqa: BLE001 - lm-eval's errors (a dataset it cannot fetch, ...)
