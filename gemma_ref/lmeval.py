@@ -107,7 +107,16 @@ class GemmaRefLM(TemplateLM):
         ids = [ids] if isinstance(ids, (int, np.integer)) else list(ids)
         return hf_decode(self.tok, ids, skip_special_tokens)
 
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        """The Jinja source of the model's chat template (lm-eval records it), or None if off."""
+        if chat_template is False or chat_template is None:
+            return None
+        t = self.model.chat_template
+        return t.templates.get(chat_template) if isinstance(chat_template, str) else t.pick()
+
     def apply_chat_template(self, chat_history: list[dict], add_generation_prompt: bool = True) -> str:
+        """A few-shot prompt as a conversation (lm-eval's --apply_chat_template): the model's
+        chat template, as for chat (the rendered text starts with <bos>; tok_encode keeps one)."""
         return self.model.chat_prompt(chat_history, add_generation_prompt=add_generation_prompt)
 
     # --- loglikelihood --------------------------------------------------------------------

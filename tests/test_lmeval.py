@@ -111,3 +111,15 @@ def test_registered_by_name_for_lm_evals_own_api(manager):
     golden = GOLDEN["checkpoints"]["gemma3-gqa"]["gemma_ref_tiny_mc"]["samples"][:3]
     assert r["results"]["gemma_ref_tiny_mc"]["acc,none"] == pytest.approx(
         sum(max(range(4), key=lambda k: s["resps"][k][0][0]) == 0 for s in golden) / 3)
+
+
+def test_apply_chat_template_puts_each_prompt_in_the_models_template(manager):
+    m = Model.from_pretrained(ROOT / "tests" / "data" / "tiny" / "gemma3-gqa")
+    lm = GemmaRefLM(model=m)
+    r = lm_eval.simple_evaluate(model=lm, tasks=["gemma_ref_tiny_mc"], task_manager=manager,
+                                limit=2, log_samples=True, apply_chat_template=True)
+    question = json.loads((TASK_DIR / "tiny_mc.jsonl").read_text().splitlines()[0])["question"]
+    context, continuation = r["samples"]["gemma_ref_tiny_mc"][0]["arguments"][0]
+    assert context == m.chat_prompt([{"role": "user", "content": question}])
+    assert context.startswith("<bos><start_of_turn>user\n") and lm.tok_encode(context).count(m.tokenizer.bos_id) == 1
+    assert lm.chat_template(True) == m.chat_template.pick() and lm.chat_template(False) is None

@@ -37,6 +37,10 @@ def add_commands(sub):
                    help="context tokens (default: the model's max_position_embeddings)")
     p.add_argument("--log-samples", action="store_true",
                    help="with --output-path: also store every example's requests and responses")
+    p.add_argument("--apply-chat-template", action="store_true",
+                   help="put each prompt in the model's chat template (for -it models)")
+    p.add_argument("--fewshot-as-multiturn", action="store_true",
+                   help="with --apply-chat-template: few-shot examples as earlier turns")
     p.add_argument("--seed", type=int, default=0, help="lm-eval's random seeds (default 0)")
     p.set_defaults(func=cmd_eval)
 
@@ -60,6 +64,8 @@ def cmd_eval(args) -> int:
         raise GemmaRefError("eval: --batch-size must be >= 1")
     if args.include_path and not Path(args.include_path).is_dir():
         raise GemmaRefError(f"eval: --include-path {args.include_path}: not a directory")
+    if args.fewshot_as_multiturn and not args.apply_chat_template:
+        raise GemmaRefError("eval: --fewshot-as-multiturn needs --apply-chat-template")
     if args.log_samples and not args.output_path:
         raise GemmaRefError("eval: --log-samples needs --output-path")
     # Only your own tasks: skip indexing lm-eval's ~15k task files (tens of seconds).
@@ -79,7 +85,8 @@ def cmd_eval(args) -> int:
     try:
         results = lm_eval.simple_evaluate(
             model=lm, tasks=tasks, num_fewshot=args.num_fewshot, limit=limit, task_manager=manager,
-            log_samples=args.log_samples, random_seed=args.seed, numpy_random_seed=args.seed,
+            log_samples=args.log_samples, apply_chat_template=args.apply_chat_template,
+            fewshot_as_multiturn=args.fewshot_as_multiturn, random_seed=args.seed, numpy_random_seed=args.seed,
             torch_random_seed=None, fewshot_random_seed=args.seed)  # None: lm-eval leaves torch alone
     except GemmaRefError:
         raise
