@@ -215,7 +215,15 @@ class Model:
             if self.tokenizer is None:
                 raise GemmaRefError(f"{self.source}: no tokenizer.model; pass token ids instead")
             return self.tokenizer.encode(prompt)
-        ids = [int(i) for i in prompt]
+        try:
+            ids = None if isinstance(prompt, (bytes, bytearray)) else list(prompt)
+        except TypeError:
+            ids = None
+        if ids is None or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+                                  for i in ids):
+            raise GemmaRefError(f"prompt must be a str or a sequence of token ids (integers), not "
+                                f"{str(prompt)[:40]!r}")
+        ids = [int(i) for i in ids]
         if any(i < 0 or i >= self.n_vocab for i in ids):
             raise GemmaRefError(f"prompt token ids must be in [0, {self.n_vocab})")
         return ids

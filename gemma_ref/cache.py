@@ -56,8 +56,11 @@ def writable(sub: str = "") -> Path:
 @contextlib.contextmanager
 def locked(directory: Path):
     """Hold `directory`/.lock exclusively (other gemma-ref processes wait here)."""
-    import fcntl
-
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (concurrent conversions then race, but each is whole)
+        yield
+        return
     with open(directory / ".lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
@@ -123,10 +126,12 @@ def content_hash(path: Path, known: str | None = None) -> str:
     index[str(path)] = {**key, "sha256": digest}
     tmp = temporary(index_file)
     try:
+        index_file.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(index, indent=1))
         os.replace(tmp, index_file)  # atomic: a concurrent reader sees the old or the new
-    except OSError:
-        tmp.unlink(missing_ok=True)  # not remembered; computed again next time
+    except OSError:  # a cache we cannot write (said elsewhere): computed again next time
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return digest
 
 

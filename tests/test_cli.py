@@ -261,3 +261,34 @@ def test_info_does_not_read_weights(tiny_dirs, capsys, monkeypatch):
     monkeypatch.setattr(api, "load_safetensors_checkpoint", lambda *a, **k: pytest.fail("weights read"))
     code, out, _ = run(["info", "--model", str(tiny_dirs["gemma3-mqa"])], capsys)
     assert code == 0 and "model.safetensors" in out and "chat        no: a base model" in out
+
+
+def test_info_of_a_hub_model_online_lists_sizes_and_downloads_no_weight(tiny_dirs, tmp_path, capsys, monkeypatch):
+    """Online (faked): config.json is fetched alone, the sizes come from the Hub's file list."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    fetched = []
+
+    def hf_hub_download(repo_id, filename, **kw):
+        fetched.append(filename)
+        return str(tiny_dirs["gemma1-mqa"] / filename)
+
+    class Sibling:
+        def __init__(self, name, size):
+            self.rfilename, self.size = name, size
+
+    class Info:
+        siblings = [Sibling("config.json", 700), Sibling("model-00001-of-00004.safetensors", 4_900_000_000),
+                    Sibling("model-00002-of-00004.safetensors", 4_950_000_000), Sibling("model.gguf", 1),
+                    Sibling("model.safetensors.index.json", 40_000), Sibling("tokenizer.model", 4_241_003)]
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, repo_id, **kw: Info())
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail("downloads all"))
+    code, out, err = run(["info", "--model", "2-9b", "--json"], capsys)
+    info = json.loads(out)
+    assert code == 0 and fetched == ["config.json"]
+    assert info["file_sizes"]["model-00002-of-00004.safetensors"] == 4_950_000_000
+    assert "model.gguf" not in info["file_sizes"]  # not a file the engine reads

@@ -350,3 +350,22 @@ def test_read_prompts_rejects_bad_lines(tmp_path):
     f.write_text("not json\n")
     with pytest.raises(GemmaRefError, match="not a JSON line"):
         R.read_prompts(f)
+
+
+def test_committed_270m_goldens_in_compare_format_are_the_transformers_goldens_rearranged():
+    """tests/data/gemma3-270m/compare.npz is what scripts/golden_270m_for_compare.py makes
+    from transformers' golden.npz / golden.json, and compare reads it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "golden_270m_for_compare", DATA.parent.parent / "scripts" / "golden_270m_for_compare.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    made = script.convert(DATA / "gemma3-270m")
+    with np.load(DATA / "gemma3-270m" / "compare.npz") as z:
+        assert set(z.files) == set(made)
+        for k in z.files:
+            np.testing.assert_array_equal(z[k], made[k], err_msg=k)
+    g = R.load(DATA / "gemma3-270m" / "compare.npz")
+    assert len(g.prompts) == 8 and g.provenance["engine"] == "transformers"
+    assert g.prompts[0].hidden_states.shape == (19, 6, 640) and g.prompts[0].positions.tolist() == [5]
