@@ -219,7 +219,8 @@ class GemmaRefLM(TemplateLM):
             for b0 in range(0, len(items), self.batch_size):
                 batch = items[b0:b0 + self.batch_size]
                 prompts = [self.tok_encode(context, left_truncate_len=max_ctx) for _, context, _ in batch]
-                for (i, context, gen_kwargs), text in zip(batch, self._generate(prompts, until, max_gen, sampling)):
+                texts = self._generate(prompts, until, max_gen, sampling)
+                for (i, context, gen_kwargs), text in zip(batch, texts):
                     out[i] = postprocess_generated_text(text, until, None)
                     if self.cache_hook is not None:
                         self.cache_hook.add_partial("generate_until", (context, gen_kwargs), out[i])

@@ -134,12 +134,33 @@ def _agreement(p: dict) -> str:
         rows.append(f'<tr data-name="topk_overlap"><td class="name">top-{t["k"]} overlap (mean, min)</td>'
                     f'{_num(t["mean"])}{_num(t["min"])}</tr>')
         rows.append(f'<tr data-name="argmax"><td class="name">argmax agrees (positions of total; first '
-                    f'disagreement)</td>{_num(a["agree"])}{_num(a["total"])}{_num(a["first_disagreement"])}</tr>')
+                    f'disagreement)</td>{_num(a["agree"])}{_num(a["total"])}'
+                    f'{_num(a["first_disagreement"])}</tr>')
     if "greedy" in p:
         g = p["greedy"]
         rows.append(f'<tr data-name="greedy"><td class="name">greedy continuation (tokens agree of total; '
                     f'first mismatch)</td>{_num(g["agree"])}{_num(g["total"])}{_num(g["first_mismatch"])}</tr>')
     return f'<table class="agreement">{"".join(rows)}</table>' if rows else ""
+
+
+def _summary(report: dict) -> str:
+    """One row per prompt: verdict, first divergence, worst logits error, agreement."""
+    rows = ['<table class="summary"><tr><th>prompt</th><th>tokens</th><th>status</th>'
+            '<th class="name">first divergence (position)</th><th>max rel, logits</th>'
+            '<th>argmax agrees</th><th>greedy agrees</th></tr>']
+    for p in report["prompts"]:
+        f = p["first_divergence"]
+        logits = next((e for e in p["hidden_states"] if e["name"].startswith("logits")), None)
+        where = "-" if f is None else f'{_esc(f["name"])} ({f["position"]})'
+        a, g = ("-" if x is None else f"{x['agree']}/{x['total']}"
+                for x in (p.get("argmax"), p.get("greedy")))
+        rows.append(f'<tr class="{"ok" if p["ok"] else "bad"}" data-name="prompt-{p["prompt"]}">'
+                    f'<td><a href="#prompt-{p["prompt"]}">{p["prompt"]}</a></td>{_num(p["tokens"])}'
+                    f'<td>{"ok" if p["ok"] else "FAIL"}</td><td class="name">{where}</td>'
+                    f'{_num(None if logits is None else logits["max_rel"])}'
+                    f'<td>{a}</td><td>{g}</td></tr>')
+    rows.append("</table>")
+    return "".join(rows)
 
 
 def _provenance(name: str, side: dict) -> str:
@@ -167,13 +188,14 @@ def render(report: dict, title: str = "gemma-ref compare") -> str:
              f'<p class="note">rel = |a - b| / (|golden| + rms(golden row)), the maximum over one '
              f'hidden vector (or logits row) per position; a position fails when rel &gt; '
              f'<span id="rtol" data-value="{rtol!r}">{_g(rtol)}</span>. Hover a cell for its numbers.</p>',
-             legend(rtol)]
+             legend(rtol), _summary(report)]
     for p in report["prompts"]:
         text = f": <code>{_esc(p['text'][:120])}</code>" if p.get("text") else ""
         status = '<span class="pass">ok</span>' if p["ok"] else '<span class="fail">beyond tolerance</span>'
         parts.append(f'<h2 id="prompt-{p["prompt"]}">prompt {p["prompt"]} ({p["tokens"]} tokens){text} '
                      f'&mdash; {status}</h2>')
-        parts.append(f'<div class="heat">{heatmap(p["hidden_states"], rtol, p["first_divergence"], p["prompt"])}</div>')
+        hidden = heatmap(p["hidden_states"], rtol, p["first_divergence"], p["prompt"])
+        parts.append(f'<div class="heat">{hidden}</div>')
         f = p["first_divergence"]
         if f:
             parts.append(f'<p class="first" data-name="{_esc(f["name"])}" data-pos="{f["position"]}">'

@@ -103,6 +103,10 @@ def test_html_numbers_are_those_of_json(dumps, capsys):
         want = [(e["name"], [e["max_abs"], e["max_rel"], e["worst_position"], e["first_bad_position"]])
                 for p in report["prompts"] for e in p[key]]
         assert rows == want and rows
+    summary = [(name, v) for table, name, v in page.rows if table == "summary"]
+    assert summary == [(f"prompt-{p['prompt']}", [p["tokens"], next(
+        e["max_rel"] for e in p["hidden_states"] if e["name"].startswith("logits"))])
+        for p in report["prompts"]]
     agreement = {(name, tuple(v)) for table, name, v in page.rows if table == "agreement"}
     p0 = report["prompts"][0]
     assert ("greedy", (p0["greedy"]["agree"], p0["greedy"]["total"], p0["greedy"]["first_mismatch"])) in agreement
