@@ -95,6 +95,10 @@ def test_cli_eval_prints_lm_evals_table_and_writes_its_json(tmp_path, capsys):
     (["--tasks", "gemma_ref_tiny_mc", "--include-path", "/no/such/dir"], "not a directory"),
     (["--tasks", "gemma_ref_tiny_mc", "--limit", "0"], "--limit must be > 0"),
     (["--tasks", "gemma_ref_tiny_mc", "--log-samples"], "--log-samples needs --output-path"),
+    (["--tasks", "gemma_ref_tiny_mc", "--max-length", "1"], "--max-length must be >= 2"),
+    (["--tasks", "gemma_ref_tiny_mc", "--threads", "0"], "--threads must be >= 1"),
+    (["--tasks", "gemma_ref_tiny_mc", "--fewshot-as-multiturn"], "needs --apply-chat-template"),
+    (["--tasks", " , "], "--tasks is empty"),
 ])
 def test_cli_eval_mistakes_are_one_line(argv, message, capsys):
     code = main(["eval", "--model", str(ROOT / "tests" / "data" / "tiny" / "gemma3-gqa"),

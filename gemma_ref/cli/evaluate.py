@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import GemmaRefError
-from .common import add_model, load
+from .common import add_model, check_model_args, load
 
 EXAMPLES = """\
 examples (the tasks' datasets come from the Hugging Face Hub unless a task is local):
@@ -62,6 +62,9 @@ def cmd_eval(args) -> int:
         raise GemmaRefError("eval: --num-fewshot must be >= 0")
     if args.batch_size < 1:
         raise GemmaRefError("eval: --batch-size must be >= 1")
+    if args.max_length is not None and args.max_length < 2:
+        raise GemmaRefError("eval: --max-length must be >= 2")
+    check_model_args(args)
     if args.include_path and not Path(args.include_path).is_dir():
         raise GemmaRefError(f"eval: --include-path {args.include_path}: not a directory")
     if args.fewshot_as_multiturn and not args.apply_chat_template:
