@@ -58,6 +58,7 @@ _cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
 _max_threads = len(_cpus) if _cpus else (os.cpu_count() or 1)
 _threads = _max_threads  # threads in use now: _max_threads, or fewer on a busy machine
 _adaptive = True  # back off on a busy machine (until set_threads fixes the count)
+_free: int | None = None  # the last back-off decision
 _pool: ThreadPoolExecutor | None = None
 _blas = None
 _split = True  # products may be split between our threads (see threads_for)
@@ -70,7 +71,8 @@ def set_threads(n: int | None) -> None:
     if n is not None and n < 1:
         raise ValueError("threads must be >= 1")
     _adaptive = n is None
-    _max_threads = _threads = len(_cpus) if n is None and _cpus else n or (os.cpu_count() or 1)
+    _max_threads = len(_cpus) if n is None and _cpus else n or (os.cpu_count() or 1)
+    _threads = min(_free or _max_threads, _max_threads) if _adaptive else _max_threads
     _pool = None
 
 
@@ -120,12 +122,12 @@ _load = _Load()  # the first window starts at import (it spans loading the model
 
 def _back_off() -> None:
     """Set _threads from the load others put on our cores (at most every LOAD_CHECK s)."""
-    global _threads
+    global _threads, _free
     if not _adaptive or _max_threads == 1:
         return
     if time.monotonic() - _load.checked >= LOAD_CHECK:
         others = _load.others()
-        _threads = _max_threads if others is None else free_threads(_max_threads, others)
+        _threads = _free = _max_threads if others is None else free_threads(_max_threads, others)
 
 
 def dense(x, w):
