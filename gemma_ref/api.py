@@ -7,23 +7,56 @@ step at a time) -> `stream` (text pieces) -> `generate` (the whole answer).
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
+from . import chat_template as chat_templates
 from . import hub, vision, vision_gemma4
 from .config import GemmaConfig
 from .errors import GemmaRefError
 from .loader import gguf_as_checkpoint, load_safetensors_checkpoint
 from .model import Weights, forward, new_cache
-from .sampling import SamplingParams, sample
-from .tokenizer import Tokenizer, chat_images, chat_prompt
+from .sampling import SamplingParams, check_seed, sample
+from .tokenizer import Tokenizer, chat_images
 from .vision import IMAGE_MARKER, Preprocessing, VisionConfig
 from .vision_gemma4 import Gemma4Preprocessing, Gemma4VisionConfig
 
 PREFILL_CHUNK = 512  # prompt tokens per forward call: bounds the [T, S] score matrices
+MAX_NEW_TOKENS = 128  # the default of generate/stream/chat, and of the CLI's --max-new-tokens
 _DTYPES = {"float32": np.float32, "float64": np.float64}
+CHAT_MODEL_HINT = "3-1b-it or 3-270m-it"  # instruction-tuned aliases to suggest
+
+
+def check_dtype(dtype) -> np.dtype:
+    """The compute dtype, float32 or float64; anything else is a GemmaRefError."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or str(dt) not in _DTYPES:
+        raise GemmaRefError(f"dtype must be one of {', '.join(_DTYPES)}, not {dtype!r}")
+    return dt
+
+
+def check_messages(messages) -> None:
+    """A conversation is a list of {"role": str, "content": ...} dicts; say what is wrong."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise GemmaRefError(f"chat: messages must be a non-empty list of {{'role': ..., "
+                            f"'content': ...}} dicts, not {type(messages).__name__} "
+                            f"{str(messages)[:40]!r}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise GemmaRefError(f"chat: message {i} must be a dict with 'role' and 'content', "
+                                f"not {type(m).__name__}")
+        for key in ("role", "content"):
+            if key not in m:
+                raise GemmaRefError(f"chat: message {i} has no {key!r}")
+        if not isinstance(m["role"], str) or not isinstance(m["content"], (str, list)):
+            raise GemmaRefError(f"chat: message {i}: 'role' must be a string and 'content' text")
 
 
 class Model:
@@ -32,15 +65,17 @@ class Model:
     def __init__(self, config: GemmaConfig, weights: dict, tokenizer: Tokenizer | None = None,
                  *, source: str = "", dtype="float32", instruction_tuned: bool | None = None,
                  stop_ids: Sequence[int] = (), vision: VisionConfig | Gemma4VisionConfig | None = None,
-                 preprocessing: Preprocessing | Gemma4Preprocessing | None = None):
-        if str(np.dtype(dtype)) not in _DTYPES:
-            raise GemmaRefError(f"dtype must be one of {', '.join(_DTYPES)}, not {dtype!r}")
+                 preprocessing: Preprocessing | Gemma4Preprocessing | None = None, chat_template=None):
         self.config, self.tokenizer, self.source = config, tokenizer, source
         # Image-text checkpoints (Gemma 3 4B+, Gemma 4): the vision encoder's config, and
         # the processor's preprocessor_config.json; None for text-only models.
         self.vision, self.preprocessing = vision, preprocessing
         self.checkpoint = None  # the directory from_pretrained read, if any
-        self.dtype = np.dtype(dtype)
+        self.dtype = check_dtype(dtype)
+        self._warned_base_chat = False  # chat on a base model: warned once per model
+        # The checkpoint's chat template (from_pretrained finds it), else Google's for this generation
+        self.chat_template = chat_template or chat_templates.builtin(
+            config.model_type, chat_templates.special_tokens({}, tokenizer))
         self.weights = Weights(weights, self.dtype)
         self.instruction_tuned = (hub.is_instruction_tuned(source) if instruction_tuned is None
                                   else instruction_tuned)
@@ -74,11 +109,16 @@ class Model:
         """
         from . import default_model
 
+        check_dtype(dtype)  # before the slow part
+        if max_memory is not None and not (isinstance(max_memory, (int, np.integer))
+                                           and not isinstance(max_memory, bool) and max_memory >= 0):
+            raise GemmaRefError(f"max_memory must be a number of bytes >= 0, not {max_memory!r}")
         if source is None or str(source) == default_model.ALIAS:
             source = default_model.path(progress=progress)
         path = hub.resolve(source, cache_dir)
+        gguf_file = None
         if path.is_file() and path.suffix == ".gguf":
-            path = gguf_as_checkpoint(path, progress)
+            gguf_file, path = path, gguf_as_checkpoint(path, progress)
         elif path.is_file():
             raise GemmaRefError(f"{path}: expected a checkpoint directory or a .gguf file")
         config = GemmaConfig.from_json(path / "config.json")
@@ -93,9 +133,10 @@ class Model:
             preprocessing = Preprocessing.from_json(pre_file)
         elif vision is not None and (pre_file.exists() or (path / "processor_config.json").exists()):
             preprocessing = Gemma4Preprocessing.from_dir(path)
+        template = chat_templates.load(path, tokenizer, config.model_type, gguf_file)
         model = cls(config, weights, tokenizer, source=str(source), dtype=dtype,
                     stop_ids=_generation_config_eos(path), vision=vision,
-                    preprocessing=preprocessing)
+                    preprocessing=preprocessing, chat_template=template)
         model.checkpoint = path
         return model
 
@@ -221,19 +262,25 @@ class Model:
 
     # --- generation --------------------------------------------------------------
 
-    def generate_ids(self, prompts: list[list[int]], *, max_new_tokens: int = 256,
+    def generate_ids(self, prompts: list[list[int]], *, max_new_tokens: int = MAX_NEW_TOKENS,
                      temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                      min_p: float = 0.0, repetition_penalty: float = 1.0, seed: int | None = 0,
                      stop_ids: Sequence[int] | None = None,
-                     image_features: Sequence | None = None) -> Iterator[list[int | None]]:
+                     image_features: Sequence | None = None,
+                     stats: dict | None = None) -> Iterator[list[int | None]]:
         """Decode a batch of prompts together; yield, per step, one new id per row (None once
         that row has stopped). Rows are left-padded; each row stops on its own.
 
         image_features: per row, the soft-token embeddings [I, M, D] of its images (see
-        prompt_ids), or None."""
+        prompt_ids), or None.
+        stats: a dict to fill with prompt_tokens, prompt_seconds (prefill and the first
+        token), new_tokens, decode_steps and generation_seconds (the steps after the
+        first: one forward pass of one token per row each), as they happen."""
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
-        if max_new_tokens < 0:
-            raise GemmaRefError("max_new_tokens must be >= 0")
+        check_seed(seed)
+        if not (isinstance(max_new_tokens, (int, np.integer)) and not isinstance(max_new_tokens, bool)
+                and max_new_tokens >= 0):
+            raise GemmaRefError(f"max_new_tokens must be an integer >= 0, not {max_new_tokens!r}")
         if not prompts or any(len(p) == 0 for p in prompts):
             raise GemmaRefError("generate: empty prompt")
         stop = self._default_stop if stop_ids is None else set(stop_ids)
@@ -250,6 +297,10 @@ class Model:
         for b, p in enumerate(prompts):
             ids[b, P - len(p):] = p
             pos[b, P - len(p):] = np.arange(len(p))
+        stats = {} if stats is None else stats
+        stats.update(prompt_tokens=sum(len(p) for p in prompts), new_tokens=0, decode_steps=0,
+                     prompt_seconds=0.0, generation_seconds=0.0)
+        t0 = time.perf_counter()
         cache = self.new_cache(B, max_len)
         rows = _image_rows(image_features, B)  # per row: soft-token embeddings, in order
         for start, end in _prefill_chunks(ids, self.vision, PREFILL_CHUNK):
@@ -267,7 +318,7 @@ class Model:
         seen = [list(p) for p in prompts]
         next_pos = np.array([len(p) for p in prompts], np.int64)
         done = np.zeros(B, bool)
-        for _ in range(max_new_tokens):
+        for n in range(max_new_tokens):
             step = []
             for b in range(B):
                 if done[b]:
@@ -277,9 +328,13 @@ class Model:
                 seen[b].append(t)
                 done[b] = t in stop
                 step.append(None if done[b] else t)
+            stats["prompt_seconds" if n == 0 else "generation_seconds"] += time.perf_counter() - t0
+            stats["decode_steps"] += n > 0
             if all(t is None for t in step):
                 return
+            stats["new_tokens"] += sum(t is not None for t in step)
             yield step
+            t0 = time.perf_counter()
             new = np.array([[t if t is not None else self.config.pad_token_id] for t in step])
             step_pos = np.where(done, -1, next_pos)[:, None]
             next_pos += 1
@@ -291,7 +346,15 @@ class Model:
             if self.tokenizer is None:
                 raise GemmaRefError(f"{self.source}: no tokenizer.model; pass token ids instead")
             return self.tokenizer.encode(prompt)
-        ids = [int(i) for i in prompt]
+        try:
+            ids = None if isinstance(prompt, (bytes, bytearray)) else list(prompt)
+        except TypeError:
+            ids = None
+        if ids is None or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+                                  for i in ids):
+            raise GemmaRefError(f"prompt must be a str or a sequence of token ids (integers), not "
+                                f"{str(prompt)[:40]!r}")
+        ids = [int(i) for i in ids]
         # Image tokens may lie past the tokenizer's vocabulary (<image_soft_token> = 262144).
         extra = () if self.vision is None else (self.vision.image_token_index,
                                                 self.vision.boi_token_index, self.vision.eoi_token_index)
@@ -304,6 +367,14 @@ class Model:
         if stop is None:
             return None, []
         stop = [stop] if isinstance(stop, (str, int)) else list(stop)
+        for s in stop:
+            if not isinstance(s, (str, int, np.integer)) or isinstance(s, bool):
+                raise GemmaRefError(f"stop: expected token ids and/or strings, got {s!r}")
+            if s == "":
+                raise GemmaRefError("stop: an empty stop string would end generation before "
+                                    "its first token")
+            if not isinstance(s, str) and not 0 <= s < self.n_vocab:
+                raise GemmaRefError(f"stop: token id {s} is not in [0, {self.n_vocab})")
         return {s for s in stop if isinstance(s, (int, np.integer))}, [s for s in stop if isinstance(s, str)]
 
     def stream(self, prompt: str | Sequence[int], *, images: Sequence = (),
@@ -311,7 +382,8 @@ class Model:
         """Yield the continuation as it is decoded: text pieces for a text prompt,
         token ids for an id prompt. stop: None (eos, and end-of-turn for -it models),
         or a list of token ids and/or strings that end generation.
-        images: for a text prompt, see prompt_ids; for ids, as forward."""
+        images: for a text prompt, see prompt_ids; for ids, as forward.
+        stats={} collects timings (see generate_ids)."""
         stop_ids, stop_strings = self._stop(stop)
         # The prompt and its images are prepared now (a bad image raises here); the
         # continuation is decoded as it is iterated.
@@ -370,6 +442,14 @@ class Model:
                     out[b].append(t)
         return [self.tokenizer.decode(o) if isinstance(p, str) else o for p, o in zip(prompts, out)]
 
+    def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True, tools=None,
+                    **template_kwargs) -> str:
+        """The conversation rendered by the checkpoint's chat template: the text transformers'
+        `apply_chat_template(messages, tokenize=False, add_generation_prompt=..., tools=...)`
+        returns. Extra keywords reach the template (e.g. enable_thinking for Gemma 4)."""
+        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt,
+                                         tools=tools, **template_kwargs)
+
     def chat(self, messages: list[dict], **kwargs) -> str:
         """The model's reply to a conversation [{"role": "user", "content": ...}, ...].
 
@@ -377,13 +457,21 @@ class Model:
         {"type": "image", "image": path, PIL image or uint8 array}, as in transformers."""
         return "".join(self.stream_chat(messages, **kwargs))
 
-    def stream_chat(self, messages: list[dict], **kwargs) -> Iterator[str]:
+    def stream_chat(self, messages: list[dict], *, tools=None, **kwargs) -> Iterator[str]:
+        """The reply, as text pieces (see chat). Warns once, on stderr, on a base model."""
+        check_messages(messages)
         if self.tokenizer is None:
             raise GemmaRefError(f"{self.source}: chat needs a tokenizer")
+        prompt = self.chat_prompt(messages, tools=tools)
+        if not self.instruction_tuned and not self._warned_base_chat:
+            self._warned_base_chat = True
+            print(f"gemma-ref: warning: {self.source or 'this model'} is a base model, not "
+                  f"instruction-tuned: it continues text and will not follow the chat; for chat "
+                  f"use an instruction-tuned (-it) model, e.g. {CHAT_MODEL_HINT}", file=sys.stderr)
         if kwargs.get("stop") is None and self.tokenizer.end_of_turn_id is not None:
             kwargs["stop"] = sorted(self._default_stop | {self.tokenizer.end_of_turn_id})
-        # Image parts become <start_of_image> markers in the prompt, expanded by stream.
-        return self.stream(chat_prompt(messages), images=chat_images(messages), **kwargs)
+        # Image parts become image markers in the rendered prompt, expanded by stream.
+        return self.stream(prompt, images=chat_images(messages), **kwargs)
 
     # --- scoring (see scoring.py) ---------------------------------------------------
 

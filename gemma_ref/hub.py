@@ -38,7 +38,8 @@ ALIASES = {
 
 # The files the engine reads from a Hub repo (never the .gguf or PyTorch copies).
 FILES = ["config.json", "generation_config.json", "tokenizer.model", "*.safetensors",
-         "model.safetensors.index.json", "preprocessor_config.json", "processor_config.json"]
+         "model.safetensors.index.json", "preprocessor_config.json", "processor_config.json",
+         "tokenizer_config.json", "chat_template.jinja", "additional_chat_templates/*.jinja"]
 
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -65,13 +66,26 @@ def resolve(source: str | Path, cache_dir: str | Path | None = None) -> Path:
         f"repo id (owner/name), or one of the aliases: {', '.join(ALIASES)}, 3-270m-gguf")
 
 
+def is_remote(source) -> bool:
+    """Whether `source` names a Hub repo (an alias or owner/name) rather than a local path."""
+    name = str(source)
+    return not Path(name).expanduser().exists() and (
+        name.lower() in ALIASES or (bool(_REPO_ID.match(name)) and not name.endswith(".gguf")
+                                    and not name.startswith((".", "~"))))
+
+
+def repo_id(source) -> str:
+    name = str(source)
+    return ALIASES.get(name.lower(), name)
+
+
 def download(repo_id: str, cache_dir: str | Path | None = None) -> Path:
     """Fetch (or find in the cache) the files the engine needs from a Hub repo."""
     import huggingface_hub
-    from huggingface_hub import constants, errors
+    from huggingface_hub import constants
 
     offline = constants.HF_HUB_OFFLINE
-    try:
+    with _hub_errors(repo_id):
         path = Path(huggingface_hub.snapshot_download(
             repo_id, allow_patterns=FILES, cache_dir=cache_dir, local_files_only=offline))
         if not (path / "tokenizer.model").exists():  # Gemma 4 repos ship only tokenizer.json
@@ -79,22 +93,64 @@ def download(repo_id: str, cache_dir: str | Path | None = None) -> Path:
                 repo_id, allow_patterns=FILES + ["tokenizer.json"], cache_dir=cache_dir,
                 local_files_only=offline))
         return path
-    except errors.GatedRepoError:
-        raise GemmaRefError(
-            f"{repo_id} is gated: accept its license on huggingface.co, then set HF_TOKEN "
-            f"(or run `hf auth login`)") from None
-    except errors.RepositoryNotFoundError:
-        raise GemmaRefError(f"{repo_id}: no such repository on the Hugging Face Hub "
-                            f"(or it is private: set HF_TOKEN)") from None
-    except errors.LocalEntryNotFoundError:
-        if offline:
+
+
+def describe(repo_id: str, cache_dir: str | Path | None = None) -> tuple[Path, list[tuple[str, int]]]:
+    """config.json of a Hub repo, and the files the engine would read with their sizes,
+    fetching nothing else: online from the Hub's file list, offline from the local cache
+    (then only the files already there)."""
+    import fnmatch
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    offline = constants.HF_HUB_OFFLINE
+    with _hub_errors(repo_id):
+        config = Path(huggingface_hub.hf_hub_download(repo_id, "config.json", cache_dir=cache_dir,
+                                                      local_files_only=offline))
+    files = None
+    if not offline:
+        try:
+            info = huggingface_hub.HfApi().model_info(repo_id, files_metadata=True)
+            files = [(f.rfilename, f.size or 0) for f in info.siblings]
+        except Exception:  # noqa: BLE001 - a best-effort listing: fall back to the cache's
+            files = None
+    if files is None:  # offline, or the Hub unreachable after all: what the cache holds
+        files = [(f.name, f.stat().st_size) for f in sorted(config.parent.iterdir())]
+    wanted = [(n, b) for n, b in files if any(fnmatch.fnmatch(n, p) for p in FILES)]
+    return config, wanted
+
+
+class _hub_errors:
+    """Hugging Face Hub failures as one-line GemmaRefErrors that say what to do."""
+
+    def __init__(self, repo_id: str):
+        self.repo_id = repo_id
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb):
+        from huggingface_hub import constants, errors
+
+        repo_id = self.repo_id
+        if e is None or not isinstance(e, Exception):
+            return False
+        if isinstance(e, errors.GatedRepoError):
             raise GemmaRefError(
-                f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
-                f"download it once online, or pass a local directory") from None
-        raise GemmaRefError(
-            f"{repo_id}: could not reach the Hugging Face Hub and it is not cached: check the "
-            f"network, or pass a local directory") from None
-    except errors.HfHubHTTPError as e:
-        raise GemmaRefError(f"{repo_id}: download failed ({e})") from None
-    except OSError as e:  # network down, disk full, permissions
-        raise GemmaRefError(f"{repo_id}: download failed ({e})") from None
+                f"{repo_id} is gated: accept its license on huggingface.co, then set HF_TOKEN "
+                f"(or run `hf auth login`)") from None
+        if isinstance(e, errors.RepositoryNotFoundError):
+            raise GemmaRefError(f"{repo_id}: no such repository on the Hugging Face Hub "
+                                f"(or it is private: set HF_TOKEN)") from None
+        if isinstance(e, errors.LocalEntryNotFoundError):
+            if constants.HF_HUB_OFFLINE:
+                raise GemmaRefError(
+                    f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
+                    f"download it once online, or pass a local directory") from None
+            raise GemmaRefError(
+                f"{repo_id}: could not reach the Hugging Face Hub and it is not cached: check the "
+                f"network, or pass a local directory") from None
+        if isinstance(e, (errors.HfHubHTTPError, OSError)):  # network down, disk full, permissions
+            raise GemmaRefError(f"{repo_id}: download failed ({e})") from None
+        return False

@@ -12,14 +12,24 @@ Two ways to use 2 cores, each best for one half of the work (threads_for picks):
 
 Each output element is the same dot product either way. Also: malloc is asked to
 keep freed temporaries (reuse_freed_memory).
+
+On a shared machine both ways go wrong: a thread waiting for a core that another
+process holds stalls the whole product, and OpenBLAS's spinning threads take cores
+from the very thread they wait for (a batch of 2 took 20-30 s instead of 1.5 s with
+one core busy elsewhere). So by default the thread count backs off: before each
+forward pass, at most every LOAD_CHECK seconds, the CPU time that other processes
+used on our cores is measured (/proc/stat minus /proc/self/stat), and each core they
+keep busy is one thread fewer (free_threads). An explicit set_threads(n) is obeyed.
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -38,19 +48,86 @@ FEW_ROWS = 64
 ROW_BLOCK = 1024
 # Queries per block in prefill attention (sharded_attention).
 QUERY_BLOCK = 128
+# Busy machine (see the module docstring): re-measure others' CPU use at most this often
+# (seconds); a core that other processes keep busy more than BUSY_CORE of the time is
+# taken (so a steady busy loop takes one, a brief `ls` none).
+LOAD_CHECK = 0.5
+BUSY_CORE = 0.3
 
+_cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+_max_threads = len(_cpus) if _cpus else (os.cpu_count() or 1)
+_threads = _max_threads  # threads in use now: _max_threads, or fewer on a busy machine
+_adaptive = True  # back off on a busy machine (until set_threads fixes the count)
+_free: int | None = None  # the last back-off decision
 _pool: ThreadPoolExecutor | None = None
-_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 _blas = None
 _split = True  # products may be split between our threads (see threads_for)
 
 
-def set_threads(n: int) -> None:
-    """Use n threads for the matrix products (default: the cores this process may use)."""
-    global _pool, _threads
-    if n < 1:
+def set_threads(n: int | None) -> None:
+    """Use n threads for the matrix products, always; None: the default, the cores this
+    process may use, fewer while other processes keep some of them busy."""
+    global _pool, _threads, _max_threads, _adaptive
+    if n is not None and n < 1:
         raise ValueError("threads must be >= 1")
-    _threads, _pool = n, None
+    _adaptive = n is None
+    _max_threads = len(_cpus) if n is None and _cpus else n or (os.cpu_count() or 1)
+    _threads = min(_free or _max_threads, _max_threads) if _adaptive else _max_threads
+    _pool = None
+
+
+def free_threads(cores: int, others: float) -> int:
+    """Threads to use on `cores` cores when other processes use `others` cores' worth of CPU."""
+    taken = max(0, math.ceil(others - BUSY_CORE))
+    return max(1, cores - taken)
+
+
+class _Load:
+    """CPU time used on our cores by other processes, between two readings of /proc."""
+
+    def __init__(self):
+        self.last = self.read()
+        self.checked = time.monotonic()
+
+    @staticmethod
+    def read():
+        """(busy ticks on our cores, all ticks on our cores, this process's ticks) or None."""
+        try:
+            with open("/proc/stat") as f:
+                lines = [line.split() for line in f if line.startswith("cpu") and line[3] != " "]
+            with open("/proc/self/stat") as f:
+                own = f.read().rsplit(")", 1)[1].split()  # fields after the command name
+        except (OSError, IndexError):
+            return None
+        busy = total = 0
+        for fields in lines:
+            if _cpus is None or int(fields[0][3:]) in _cpus:
+                ticks = [int(t) for t in fields[1:9]]  # user nice system idle iowait irq softirq steal
+                total += sum(ticks)
+                busy += sum(ticks) - ticks[3] - ticks[4]  # steal counts: another VM has the core
+        return busy, total, int(own[11]) + int(own[12])  # utime + stime, all our threads
+
+    def others(self) -> float | None:
+        """Cores' worth of CPU others used since the last call (None: unknown, e.g. not Linux)."""
+        now = self.read()
+        last, self.last, self.checked = self.last, now, time.monotonic()
+        if now is None or last is None or now[1] <= last[1]:
+            return None
+        cores = len(_cpus) if _cpus else 1
+        return cores * ((now[0] - last[0]) - (now[2] - last[2])) / (now[1] - last[1])
+
+
+_load = _Load()  # the first window starts at import (it spans loading the model)
+
+
+def _back_off() -> None:
+    """Set _threads from the load others put on our cores (at most every LOAD_CHECK s)."""
+    global _threads, _free
+    if not _adaptive or _max_threads == 1:
+        return
+    if time.monotonic() - _load.checked >= LOAD_CHECK:
+        others = _load.others()
+        _threads = _free = _max_threads if others is None else free_threads(_max_threads, others)
 
 
 def dense(x, w):
@@ -209,7 +286,7 @@ def _run_tasks(fn, tasks):
 def _get_pool() -> ThreadPoolExecutor:
     global _pool
     if _pool is None:
-        _pool = ThreadPoolExecutor(_threads - 1, thread_name_prefix="gemma-ref")
+        _pool = ThreadPoolExecutor(max(_threads, _max_threads) - 1, thread_name_prefix="gemma-ref")
     return _pool
 
 
@@ -261,6 +338,7 @@ def threads_for(rows: int):
         from threadpoolctl import ThreadpoolController
 
         _blas = ThreadpoolController()
+    _back_off()
     split = _threads > 1 and rows > FEW_ROWS
     saved, _split = _split, split
     try:

@@ -13,8 +13,8 @@ T positions, D hidden, V vocab, L layers, k top-k width.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
-import hashlib
 import json
 import platform
 import zipfile
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import sha256
 from .errors import GemmaRefError
 
 FORMAT = "gemma-ref-golden/1"
@@ -49,6 +50,7 @@ class PromptDump:
     trace: dict[str, np.ndarray] = field(default_factory=dict)  # HF name -> [T, ...] (vision: [I, ...])
     text: str | None = None  # the prompt text, when it was given as text
     pixel_values: np.ndarray | None = None  # [I, 3, S, S] the prompt's preprocessed images
+    positions: np.ndarray | None = None  # [P] the positions logits/topk rows hold; None: all T
 
 
 @dataclass
@@ -127,9 +129,11 @@ def dump(model, prompts: list, *, k: int = 0, max_new_tokens: int = 16,
 def read_prompts(path: str | Path) -> list:
     """Prompts from a .jsonl file: one per line, a string, {"prompt": text} or {"input_ids": [...]};
     {"prompt": text, "images": [files]} for image-text models (relative to the file)."""
+    from .tokenizer import decode_utf8
+
     path = Path(path)
     try:
-        lines = path.read_text().splitlines()
+        lines = decode_utf8(path.read_bytes(), str(path)).splitlines()
     except (FileNotFoundError, IsADirectoryError):
         raise GemmaRefError(f"{path}: no such prompts file") from None
     prompts = []
@@ -146,9 +150,12 @@ def read_prompts(path: str | Path) -> list:
             continue
         if isinstance(item, dict):
             item = item.get("prompt", item.get("text", item.get("input_ids")))
-        if not (isinstance(item, str) or (isinstance(item, list) and all(isinstance(i, int) for i in item))):
+        if not (isinstance(item, str) or (isinstance(item, list) and all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in item))):
             raise GemmaRefError(f'{path}:{n}: expected a string, {{"prompt": "..."}} or '
-                                f'{{"input_ids": [...]}}')
+                                f'{{"input_ids": [non-negative integers]}}')
+        if isinstance(item, list) and not item:
+            raise GemmaRefError(f'{path}:{n}: empty input_ids (a prompt needs at least <bos>)')
         prompts.append(item)
     return prompts
 
@@ -181,15 +188,7 @@ def file_hashes(source: str) -> dict[str, str]:
             return {}
     files = [path] if path.is_file() else sorted(
         f for pattern in ("*.json", "*.safetensors", "tokenizer.model") for f in path.glob(pattern))
-    return {f.name: _sha256(f) for f in files}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
+    return {f.name: sha256(f) for f in files}
 
 
 # --- the file ------------------------------------------------------------------------
@@ -204,7 +203,8 @@ def save(golden: Golden, path: str | Path):
         arrays[p + "input_ids"] = np.asarray(d.input_ids, np.int64)
         if d.text is not None:
             arrays[p + "text"] = np.array(d.text)
-        for name in ("hidden_states", "logits", "topk_ids", "topk_logits", "greedy_ids", "pixel_values"):
+        for name in ("hidden_states", "logits", "topk_ids", "topk_logits", "greedy_ids",
+                     "pixel_values", "positions"):
             if getattr(d, name) is not None:
                 arrays[p + name] = getattr(d, name)
         for name, value in d.trace.items():
@@ -217,24 +217,68 @@ def save(golden: Golden, path: str | Path):
 
 
 def load(path: str | Path) -> Golden:
-    """Read a golden .npz, checking it has the keys and shapes docs/REFERENCE.md states."""
+    """Read a golden .npz, checking it has the keys, types and shapes docs/REFERENCE.md states.
+
+    Untrusted input: arrays of Python objects are refused without unpickling, and any
+    member that is not a plain .npy array is an error that names it.
+    """
     path = Path(path)
     try:
         z = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise GemmaRefError(f"{path}: no such file") from None
-    except (ValueError, OSError, zipfile.BadZipFile):
+    except IsADirectoryError:
+        raise GemmaRefError(f"{path}: a directory, not a .npz file") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
         raise GemmaRefError(f"{path}: not a .npz file") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise GemmaRefError(f"{path}: a single .npy array, not a .npz golden file")
     with z:
         keys = set(z.files)
         if "prompt_0/input_ids" not in keys:
             raise GemmaRefError(f"{path}: not a golden file: it has no 'prompt_0/input_ids' "
                                 f"(keys: {', '.join(sorted(keys)[:6])}...; see docs/REFERENCE.md)")
-        n = int(z["num_prompts"]) if "num_prompts" in keys else len(
-            {k.split("/")[0] for k in keys if k.startswith("prompt_")})
+        if "num_prompts" in keys:
+            n = _member(z, "num_prompts", path)
+            if n.ndim != 0 or n.dtype.kind not in "iu" or n < 1:
+                raise GemmaRefError(f"{path}: num_prompts must be one integer >= 1, got "
+                                    f"{n.dtype} {n.tolist()!r:.40}")
+            n = int(n)
+        else:
+            n = len({k.split("/")[0] for k in keys if k.startswith("prompt_")})
         prompts = [_read_prompt(z, keys, i, path) for i in range(n)]
-        prov = json.loads(str(z["provenance"])) if "provenance" in keys else {}
+        prov = {}
+        if "provenance" in keys:
+            raw = _member(z, "provenance", path)
+            try:
+                prov = json.loads(str(raw)) if raw.ndim == 0 and raw.dtype.kind == "U" else None
+            except json.JSONDecodeError:
+                prov = None
+            if not isinstance(prov, dict):
+                raise GemmaRefError(f"{path}: provenance must be a JSON object (as a string)")
     return Golden(prompts, prov, source=str(path))
+
+
+# member name suffix -> (dtype kinds allowed, what it is); trace/* entries are floats too.
+_KINDS = {"input_ids": ("iu", "integers"), "greedy_ids": ("iu", "integers"), "positions": ("iu", "integers"),
+          "topk_ids": ("iu", "integers"), "hidden_states": ("f", "floats"),
+          "logits": ("f", "floats"), "topk_logits": ("f", "floats"), "text": ("U", "a string")}
+
+
+def _member(z, key: str, path) -> np.ndarray:
+    """One member of the .npz as an array, or an error naming it (never unpickled)."""
+    try:
+        a = z[key]
+    except Exception as e:  # the zip member is parsed here: any failure means a damaged file
+        reason = ("it holds Python objects, which are not loaded (that would run pickled code)"
+                  if "allow_pickle" in str(e) else f"{type(e).__name__}")
+        raise GemmaRefError(f"{path}: member {key!r} is not a readable .npy array ({reason})") from None
+    if not isinstance(a, np.ndarray):
+        raise GemmaRefError(f"{path}: member {key!r} is not a .npy array")
+    kinds, what = ("f", "floats") if "/trace/" in key else _KINDS.get(key.rsplit("/", 1)[-1], (None, ""))
+    if kinds is not None and a.dtype.kind not in kinds:  # None: checked by the caller
+        raise GemmaRefError(f"{path}: {key} must hold {what}, not {a.dtype}")
+    return a
 
 
 def _read_prompt(z, keys: set, i: int, path) -> PromptDump:
@@ -243,23 +287,32 @@ def _read_prompt(z, keys: set, i: int, path) -> PromptDump:
         raise GemmaRefError(f"{path}: missing key '{p}input_ids'")
 
     def get(name):
-        return z[p + name] if p + name in keys else None
+        return _member(z, p + name, path) if p + name in keys else None
 
     d = PromptDump(input_ids=get("input_ids").astype(np.int64), hidden_states=get("hidden_states"),
                    logits=get("logits"), topk_ids=get("topk_ids"), topk_logits=get("topk_logits"),
                    greedy_ids=get("greedy_ids"), text=str(get("text")) if p + "text" in keys else None,
-                   pixel_values=get("pixel_values"))
-    d.trace = {k[len(p) + 6:]: z[k] for k in z.files if k.startswith(p + "trace/")}
-    T = len(d.input_ids)
+                   pixel_values=get("pixel_values"), positions=get("positions"))
+    d.trace = {k[len(p) + 6:]: _member(z, k, path) for k in z.files if k.startswith(p + "trace/")}
+    T = len(d.input_ids) if d.input_ids.ndim == 1 else -1
+    pos = d.positions
+    R = T if pos is None else len(pos) if pos.ndim == 1 else -1  # rows of logits / topk
     checks = [
-        (d.input_ids.ndim == 1, "input_ids must be [T]"),
+        (d.input_ids.ndim == 1 and T > 0, "input_ids must be [T], T >= 1"),
+        (pos is None or (pos.ndim == 1 and pos.size > 0 and 0 <= pos.min() and pos.max() < T
+                         and bool(np.all(np.diff(pos) > 0))),
+         "positions must be increasing positions in [0, T)"),
         (d.hidden_states is None or (d.hidden_states.ndim == 3 and d.hidden_states.shape[1] == T),
          "hidden_states must be [L+1, T, D]"),
-        (d.logits is None or (d.logits.ndim == 2 and d.logits.shape[0] == T), "logits must be [T, V]"),
+        (d.logits is None or (d.logits.ndim == 2 and d.logits.shape[0] == R),
+         "logits must be [T, V] (or [P, V] with positions [P])"),
         ((d.topk_ids is None) == (d.topk_logits is None), "topk_ids and topk_logits come together"),
-        (d.topk_ids is None or (d.topk_ids.ndim == 2 and d.topk_ids.shape[0] == T
+        (d.topk_ids is None or (d.topk_ids.ndim == 2 and d.topk_ids.shape[0] == R
                                 and d.topk_ids.shape == d.topk_logits.shape),
-         "topk_ids and topk_logits must both be [T, k]"),
+         "topk_ids and topk_logits must both be [T, k] (or [P, k] with positions [P])"),
+        (d.greedy_ids is None or d.greedy_ids.ndim == 1, "greedy_ids must be [G]"),
+        (all(t.ndim >= 1 and t.shape[0] == T for n, t in d.trace.items() if not n.startswith(VISION_TRACE)),
+         "trace entries must be [T, ...] (vision ones [I, ...])"),
     ]
     for ok, message in checks:
         if not ok:
@@ -270,33 +323,72 @@ def _read_prompt(z, keys: set, i: int, path) -> PromptDump:
 # --- comparison ----------------------------------------------------------------------
 
 
-def row_errors(golden: np.ndarray, other: np.ndarray, lead: int = 1):
+def row_errors(golden: np.ndarray, other: np.ndarray, lead: int = 1, present=None):
     """Per row (the axes after the first `lead`): max |a - b| and the max relative error.
 
     hidden_states [L+1, T, D] (lead 2), logits [T, V], a trace entry [T, ...] -> 2 x [L+1, T] or [T].
     An element's relative error is |a - b| / (|golden| + rms(golden row)): relative to
     itself where it is large, to its row where it is near zero. Not relative to the
     row's max: Gemma's residual stream has a few huge dimensions (1e5 in Gemma 3 270M)
-    that would hide an error in all the others. NaN entries (a logit one top-k file
-    lacks) are skipped. Computed in float64.
+    that would hide an error in all the others. `present` (same shape, bool) marks the
+    elements both sides hold (a top-k file lacks the others); the rest are skipped.
+    NaN or Inf on one side only is an infinite error: a broken engine never passes.
+    Computed in float64.
     """
     g = golden.reshape(*golden.shape[:lead], -1).astype(np.float64)
     o = other.reshape(g.shape).astype(np.float64)
-    present = ~np.isnan(g) & ~np.isnan(o)
-    g, diff = np.where(present, g, 0.0), np.where(present, np.abs(g - o), 0.0)
-    rms = np.sqrt((g * g).sum(axis=-1, keepdims=True) / np.maximum(present.sum(-1, keepdims=True), 1))
-    rel = diff / np.maximum(np.abs(g) + rms, 1e-30)
+    present = np.ones(g.shape, bool) if present is None else present.reshape(g.shape)
+    known = present & np.isfinite(g)
+    gk = np.where(known, g, 0.0)
+    rms = np.sqrt((gk * gk).sum(axis=-1, keepdims=True) / np.maximum(known.sum(-1, keepdims=True), 1))
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(g - o)  # [.., X]; NaN where either is NaN or both are the same infinity
+    same = (g == o) | (np.isnan(g) & np.isnan(o))
+    diff = np.where(same | ~present, 0.0, np.where(np.isnan(diff), np.inf, diff))
+    rel = np.where(np.isfinite(diff), diff / np.maximum(np.abs(gk) + rms, 1e-30), np.inf)
     return diff.max(axis=-1, initial=0.0), rel.max(axis=-1, initial=0.0)
 
 
-def _entry(name, err, rel, rtol: float, layer=None) -> dict:
-    """Summary of one compared tensor, from its per-position errors: err, rel [T] -> dict."""
+def _entry(name, err, rel, rtol: float, layer=None, positions=None) -> dict:
+    """Summary of one compared tensor, from its per-row errors: err, rel [R] -> dict.
+
+    Rows are positions 0..R-1, or the given `positions` [R]; "abs" and "rel" list the
+    errors of every position (None where not compared)."""
     bad = np.nonzero(rel > rtol)[0]
+    at = np.arange(len(rel)) if positions is None else np.asarray(positions)
+    per_position = lambda v: v.tolist() if positions is None else _spread(v, at)  # noqa: E731
     return {"name": name, "layer": layer, "max_abs": float(err.max(initial=0.0)),
             "max_rel": float(rel.max(initial=0.0)),
-            "worst_position": int(np.argmax(rel)) if rel.size else 0,
-            "first_bad_position": int(bad[0]) if bad.size else None, "ok": not bad.size,
-            "abs": err.tolist(), "rel": rel.tolist()}
+            "worst_position": int(at[np.argmax(rel)]) if rel.size else 0,
+            "first_bad_position": int(at[bad[0]]) if bad.size else None, "ok": not bad.size,
+            "abs": per_position(err), "rel": per_position(rel)}
+
+
+def _spread(values: np.ndarray, positions: np.ndarray) -> list:
+    """values [R] at positions [R] -> a list indexed by position, None elsewhere."""
+    out = [None] * (int(positions.max()) + 1)
+    for p, v in zip(positions.tolist(), values.tolist()):
+        out[p] = v
+    return out
+
+
+def shared_positions(g: PromptDump, o: PromptDump):
+    """Both dumps' logits / top-k rows restricted to the positions both hold.
+    -> g, o (new dumps), positions [R]"""
+    T = len(g.input_ids)
+    gp = np.arange(T) if g.positions is None else g.positions
+    op = np.arange(T) if o.positions is None else o.positions
+    positions = np.intersect1d(gp, op)
+
+    def rows(d, have):
+        if d.positions is None and len(positions) == T:
+            return d
+        keep = np.searchsorted(have, positions)
+        pick = lambda a: None if a is None else a[keep]  # noqa: E731
+        return dataclasses.replace(d, logits=pick(d.logits), topk_ids=pick(d.topk_ids),
+                                   topk_logits=pick(d.topk_logits), positions=positions)
+
+    return rows(g, gp), rows(o, op), positions
 
 
 def hidden_state_names(num_layers: int) -> list[tuple[str, int | None]]:
@@ -307,23 +399,32 @@ def hidden_state_names(num_layers: int) -> list[tuple[str, int | None]]:
 
 
 def aligned_logits(g: PromptDump, o: PromptDump):
-    """The two engines' logits at the same (position, token) pairs.   -> 2 x [T, X]
+    """The two engines' logits at the same (position, token) pairs.   -> 2 x [T, X], present
 
     Full vs full: every token (of the vocabulary both cover). Top-k on either side:
-    the tokens that side kept (NaN where the other top-k file lacks one).
+    the tokens that side kept; `present` ([T, X] bool, or None for all) marks those
+    the other side has (two top-k files may keep different tokens).
     """
     if g.logits is not None and o.logits is not None:
         V = min(g.logits.shape[1], o.logits.shape[1])  # HF heads may carry padding rows
-        return g.logits[:, :V], o.logits[:, :V]
+        return g.logits[:, :V], o.logits[:, :V], None
     if g.logits is None and g.topk_ids is None or o.logits is None and o.topk_ids is None:
-        return None, None
+        return None, None, None
     if o.logits is not None:
-        return g.topk_logits, np.take_along_axis(o.logits, g.topk_ids, axis=-1)
+        return g.topk_logits, _take(o.logits, g.topk_ids, "golden"), None
     if g.logits is not None:
-        return np.take_along_axis(g.logits, o.topk_ids, axis=-1), o.topk_logits
+        return _take(g.logits, o.topk_ids, "other"), o.topk_logits, None
     match = g.topk_ids[:, :, None] == o.topk_ids[:, None, :]  # [T, k_g, k_o]
-    at_g = np.where(match.any(-1), (np.where(match, o.topk_logits[:, None, :], 0)).sum(-1), np.nan)
-    return g.topk_logits, at_g
+    at_g = (np.where(match, o.topk_logits[:, None, :], 0)).sum(-1)  # [T, k_g]
+    return g.topk_logits, at_g, match.any(-1)
+
+
+def _take(logits: np.ndarray, ids: np.ndarray, side: str) -> np.ndarray:
+    """logits [T, V] at ids [T, k], which must be token ids below V."""
+    if ids.size and not (0 <= ids.min() and ids.max() < logits.shape[1]):
+        raise GemmaRefError(f"the {side} dump's topk_ids go beyond the other's vocabulary of "
+                            f"{logits.shape[1]} (a different model?)")
+    return np.take_along_axis(logits, ids, axis=-1)
 
 
 def _top_ids(d: PromptDump, k: int, V: int | None = None) -> np.ndarray | None:
@@ -374,20 +475,25 @@ def compare_prompt(i: int, g: PromptDump, o: PromptDump, rtol: float, k: int = 1
         names = hidden_state_names(g.hidden_states.shape[0] - 1)
         err, rel = row_errors(g.hidden_states, o.hidden_states, lead=2)  # [L+1, T] each
         entries = [_entry(n, e, r, rtol, layer) for (n, layer), e, r in zip(names, err, rel)]
-    gl, ol = aligned_logits(g, o)
-    if gl is not None:
+    g, o, positions = shared_positions(g, o)
+    gl, ol, present = aligned_logits(g, o)
+    if gl is not None and len(positions):
         kind = "full" if g.logits is not None and o.logits is not None else "top-k"
-        entries.append(_entry(f"logits ({kind})", *row_errors(gl, ol), rtol))
+        entries.append(_entry(f"logits ({kind})", *row_errors(gl, ol, present=present), rtol,
+                              positions=positions))
     traced = [_entry(n, *row_errors(g.trace[n], o.trace[n]), rtol)
               for n in g.trace if n in o.trace and g.trace[n].size == o.trace[n].size]
     first = next((e for e in entries if not e["ok"]), None)
     first_trace = next((e for e in traced if not e["ok"]), None)
+    agree = agreement(g, o, k)
+    if "argmax" in agree and agree["argmax"]["first_disagreement"] is not None:  # row -> position
+        agree["argmax"]["first_disagreement"] = int(positions[agree["argmax"]["first_disagreement"]])
     return {
         "prompt": i, "tokens": len(g.input_ids), "text": g.text, "ok": first is None and first_trace is None,
         "hidden_states": entries, "trace": traced,
         "first_divergence": None if first is None else _where(first),
         "first_trace_divergence": None if first_trace is None else _where(first_trace),
-        **agreement(g, o, k),
+        **agree,
     }
 
 
@@ -396,12 +502,20 @@ def _where(e: dict) -> dict:
     return {"name": e["name"], "layer": e["layer"], "position": p, "abs": e["abs"][p], "rel": e["rel"][p]}
 
 
+def check_rtol(rtol) -> None:
+    """A tolerance is a finite number > 0 (NaN would pass everything, 0 nothing)."""
+    if not (isinstance(rtol, (int, float, np.floating)) and not isinstance(rtol, bool)
+            and np.isfinite(rtol) and rtol > 0):
+        raise GemmaRefError(f"the tolerance (--rtol) must be a finite number > 0, not {rtol!r}")
+
+
 def compare(golden: Golden, other: Golden, rtol: float = RTOL, k: int = 10) -> dict:
     """Compare two dumps prompt by prompt. The result is JSON-ready; result["ok"] is the verdict.
 
     A position fails when one of its elements differs by more than
     rtol * (|golden element| + rms(golden row)) (see row_errors).
     """
+    check_rtol(rtol)
     if len(golden.prompts) != len(other.prompts):
         raise GemmaRefError(f"the dumps hold different numbers of prompts: {len(golden.prompts)} "
                             f"({golden.source}) vs {len(other.prompts)} ({other.source})")

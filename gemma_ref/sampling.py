@@ -22,9 +22,16 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # > 1 discourages tokens already seen (CTRL-style)
 
     def __post_init__(self):
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float, np.integer, np.floating))
+                    and not isinstance(value, bool) and np.isfinite(value)):
+                raise GemmaRefError(f"bad sampling argument: {name} must be a finite number, "
+                                    f"not {value!r}")
         checks = [
             (self.temperature >= 0, "temperature must be >= 0 (0 = greedy)"),
-            (isinstance(self.top_k, (int, np.integer)) and self.top_k >= 0, "top_k must be an integer >= 0"),
+            (isinstance(self.top_k, (int, np.integer)) and not isinstance(self.top_k, bool)
+             and self.top_k >= 0, "top_k must be an integer >= 0"),
             (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
             (0 <= self.min_p < 1, "min_p must be in [0, 1)"),
             (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
@@ -82,3 +89,10 @@ def _nucleus(p, ids, top_p, first=1024):
     ids = ids[np.argsort(-p[ids], kind="stable")]  # most likely first
     mass_before = np.cumsum(p[ids]) - p[ids]
     return ids[mass_before < top_p]
+
+
+def check_seed(seed) -> None:
+    """A seed is None (fresh entropy) or an integer >= 0 (NumPy's rule), checked before any work."""
+    if seed is not None and not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
+                                 and seed >= 0):
+        raise GemmaRefError(f"seed must be an integer >= 0 (or None), not {seed!r}")

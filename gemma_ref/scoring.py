@@ -100,6 +100,7 @@ def windows(n: int, max_length: int, stride: int, bos: bool = True) -> list[tupl
 
 
 def check_window(max_length: int, stride: int):
+    """Windows of >= 2 tokens, a stride that scores every token (before the slow load)."""
     if max_length < 2:
         raise GemmaRefError("perplexity: max_length must be >= 2")
     if not 1 <= stride <= max_length - 1:
@@ -107,13 +108,27 @@ def check_window(max_length: int, stride: int):
                             f"so that every token is scored, got {stride}")
 
 
-def perplexity(model, ids, max_length: int = 1024, stride: int = 512, bos: bool = True,
-               n_bytes: int | None = None) -> dict:
+MAX_LENGTH = 1024  # default window of perplexity (or the model's context, if shorter)
+
+
+def perplexity(model, ids, max_length: int | None = None, stride: int | None = None,
+               bos: bool = True, n_bytes: int | None = None) -> dict:
     """exp(mean negative log-likelihood) of tokens 1..n-1 of `ids`, with strided windows.
 
-    ids: the whole text's tokens, <bos> first. n_bytes: the text's UTF-8 length, to
-    also report bits per byte (comparable across tokenizers).
+    ids: the whole text's tokens, <bos> first. max_length: tokens per window (default
+    MAX_LENGTH, or the model's context if shorter; longer than the context is an error,
+    as positions the model was not trained on give meaningless scores). stride: default
+    max_length // 2. n_bytes: the text's UTF-8 length, to also report bits per byte
+    (comparable across tokenizers).
     """
+    context = model.config.max_position_embeddings
+    if max_length is None:
+        max_length = min(MAX_LENGTH, context)
+    elif max_length > context:
+        raise GemmaRefError(f"perplexity: max_length {max_length} exceeds the model's context of "
+                            f"{context} tokens")
+    stride = max_length // 2 if stride is None else stride
+    check_window(max_length, stride)
     ids = _check_ids(model, ids)
     if len(ids) < 2:
         raise GemmaRefError("perplexity: the text has no token to score (it needs at least one "

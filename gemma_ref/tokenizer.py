@@ -1,4 +1,4 @@
-"""Gemma's SentencePiece tokenizer, its streaming detokenizer and the chat template.
+"""Gemma's SentencePiece tokenizer, its streaming detokenizer and the built-in chat prompt.
 
 Gemma 1-3 repos ship `tokenizer.model` (SentencePiece). A repo that ships only the
 Hugging Face `tokenizer.json` (Gemma 4) is read without the `tokenizers` package: its
@@ -83,6 +83,7 @@ class Tokenizer:
         return None if i == self.sp.unk_id() and piece != self.sp.id_to_piece(i) else i
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        check_text(text)
         ids: list[int] = []
         parts = self._special.split(text) if self._special else [text]
         for k, part in enumerate(parts):
@@ -182,6 +183,36 @@ def sentencepiece_from_tokenizer_json(data, source: str = "tokenizer.json") -> b
     return proto.SerializeToString()
 
 
+def check_text(text, what: str = "text") -> str:
+    """`text` if it is a str that UTF-8 can encode, else a GemmaRefError saying where it is not.
+
+    Undecodable input bytes reach Python as lone surrogates (U+DC80-U+DCFF: how Python
+    decodes command-line arguments); gemma-ref refuses them rather than guess a
+    replacement, as a changed character changes the tokens.
+    """
+    if not isinstance(text, str):
+        raise GemmaRefError(f"{what} must be a str, not {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        c = ord(text[e.start])
+        byte = f"byte 0x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"lone surrogate U+{c:04X}"
+        raise GemmaRefError(f"{what} is not valid UTF-8 ({byte} at character {e.start}): give "
+                            f"UTF-8 text (e.g. convert it with iconv -t UTF-8)") from None
+    return text
+
+
+def decode_utf8(data: bytes, where: str) -> str:
+    """UTF-8 bytes as text; invalid UTF-8 is a GemmaRefError naming where (never replaced)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise GemmaRefError(f"{where}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset "
+                            f"{e.start}, line {line}): give UTF-8 text (e.g. convert it with "
+                            f"iconv -t UTF-8)") from None
+
+
 class StreamDecoder:
     """Turns ids, one at a time, into text pieces whose concatenation is decode(ids).
 
@@ -206,52 +237,16 @@ class StreamDecoder:
         return piece
 
 
-def chat_prompt(messages: list[dict], add_generation_prompt: bool = True) -> str:
-    """Gemma's chat template (1, 2 and 3).
+def chat_prompt(messages: list[dict], add_generation_prompt: bool = True, tools=None) -> str:
+    """A conversation in Google's Gemma 3 instruction-tuned template (the built-in copy).
 
     <bos><start_of_turn>user\\n{text}<end_of_turn>\\n<start_of_turn>model\\n ...
-    There is no system role: a system message is folded into the first user turn
-    (as Gemma 3's template does; Gemma 1/2 templates would reject it).
-    content: a string, or a list of parts (transformers' chat format): text parts
-    (trimmed, as Gemma 3's template does) and image parts, which become
-    `<start_of_image>` markers (chat_images lists their images, in order).
+    A system message is folded into the first user turn. `Model.chat_prompt` renders
+    the checkpoint's own template instead (see chat_template.py).
     """
-    messages = [dict(m, content=_content_text(m.get("content"))) for m in messages]
-    system = ""
-    if messages and messages[0].get("role") == "system":
-        system = messages.pop(0)["content"] + "\n\n"
-    out = "<bos>"
-    for k, m in enumerate(messages):
-        role = {"assistant": "model"}.get(m.get("role"), m.get("role"))
-        if role not in ("user", "model"):
-            raise GemmaRefError(f"chat: unknown role {m.get('role')!r} (use user, assistant/model, system)")
-        if (role == "user") != (k % 2 == 0):
-            raise GemmaRefError("chat: roles must alternate user/assistant/user/...")
-        text = (system + m["content"]) if k == 0 else m["content"]
-        out += f"<start_of_turn>{role}\n{text.strip() if role == 'model' else text}<end_of_turn>\n"
-    if add_generation_prompt:
-        out += "<start_of_turn>model\n"
-    return out
+    from . import chat_template
 
-
-def _content_text(content) -> str:
-    """A message's content as template text: image parts become <start_of_image>."""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise GemmaRefError(f"chat: content must be a string or a list of parts, not "
-                            f"{type(content).__name__}")
-    text = ""
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            text += part["text"].strip()
-        elif kind == "image":
-            text += "<start_of_image>"
-        else:
-            raise GemmaRefError(f"chat: unknown content part {part!r} (use "
-                                '{"type": "text", "text": ...} or {"type": "image", "image": ...})')
-    return text
+    return chat_template.builtin("gemma3").render(messages, add_generation_prompt, tools)
 
 
 def chat_images(messages: list[dict]) -> list:

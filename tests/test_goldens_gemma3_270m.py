@@ -90,3 +90,22 @@ def test_greedy_continuation(model, name):
         assert margin[first_diff] <= TOL, f"{name}: differs at step {first_diff} (margin {margin[first_diff]:.2e})"
     same = len(ref) if first_diff is None else first_diff
     print(f"{name}: {same}/{len(ref)} greedy tokens identical")
+
+
+def test_compare_against_the_committed_goldens_in_one_command(tmp_path, capsys):
+    """`gemma-ref compare tests/data/gemma3-270m/compare.npz --model 3-270m-gguf`, here on two
+    of its prompts (one with every layer's hidden states) and 4 greedy tokens, for time."""
+    from gemma_ref.cli import main
+
+    with np.load(GOLD / "compare.npz") as z:
+        members = {k: z[k] for k in z.files if not k.startswith("prompt_") or k[7] in "01"}
+    members["num_prompts"] = np.array(2)
+    for i in (0, 1):
+        members[f"prompt_{i}/greedy_ids"] = members[f"prompt_{i}/greedy_ids"][:4]
+    np.savez(tmp_path / "two.npz", **members)
+    assert main(["compare", str(tmp_path / "two.npz"), "--model", "3-270m-gguf", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["ok"] and r["golden"]["provenance"]["engine"] == "transformers"
+    assert len(r["prompts"][0]["hidden_states"]) == 19 + 1  # every layer, and the logits
+    assert r["prompts"][1]["greedy"] == {"agree": 4, "total": 4, "first_mismatch": None}
+

@@ -6,8 +6,10 @@ the thresholds are lowered here; the real model's goldens cover the default size
 
 import ctypes.util
 import os
+import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -23,7 +25,7 @@ def threads(request, monkeypatch):
     monkeypatch.setattr(P, "ROW_BLOCK", 4)  # w of 37 rows: 9 blocks and a part
     P.set_threads(request.param)
     yield request.param
-    P.set_threads(len(os.sched_getaffinity(0)))
+    P.set_threads(None)
 
 
 rng = np.random.default_rng(0)
@@ -115,3 +117,57 @@ def test_malloc_tuning_applies_once_and_can_be_turned_off():
     assert run({"GEMMA_REF_MALLOC": "default"}) == ["False", "False"]
     if "libc.so.6" in libc:
         assert run({}) == ["True", "True"]
+
+
+# --- a busy machine: fewer threads while other processes keep cores busy ------------------
+
+
+@pytest.mark.parametrize("cores, others, threads", [
+    (2, 0.0, 2), (2, 0.25, 2), (2, 0.35, 1), (2, 1.0, 1), (2, 1.9, 1), (2, 5.0, 1),
+    (8, 0.0, 8), (8, 1.0, 7), (8, 2.2, 6), (8, 2.4, 5), (1, 3.0, 1), (2, -0.05, 2),
+])
+def test_free_threads(cores, others, threads):
+    assert P.free_threads(cores, others) == threads
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="Linux /proc")
+def test_a_busy_loop_on_our_cores_is_seen_and_our_own_work_is_not():
+    load = P._Load()
+    x = np.ones(1 << 22)
+    t = time.monotonic()
+    while time.monotonic() - t < 0.3:  # our own CPU time is not "others"
+        x = x * 1.0000001
+    own_only = load.others()
+    cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    busy = subprocess.Popen(["taskset", "-c", cpus, sys.executable, "-c", "while True: pass"]) \
+        if shutil.which("taskset") else subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        load.others()  # the window starts with the loop running
+        time.sleep(0.6)
+        with_loop = load.others()
+    finally:
+        busy.kill()
+        busy.wait()
+    assert with_loop >= 0.7  # a whole core (less what the scheduler gave others)
+    assert own_only is not None and own_only < with_loop
+
+
+def test_threads_back_off_and_come_back(monkeypatch):
+    """threads_for uses the measured load (faked here); an explicit set_threads is obeyed."""
+    monkeypatch.setattr(P, "_max_threads", 2)
+    monkeypatch.setattr(P, "_adaptive", True)
+    monkeypatch.setattr(P, "LOAD_CHECK", 0.0)
+    measured = iter([1.0, 0.1])
+    monkeypatch.setattr(P._load, "others", lambda: next(measured))
+    with P.threads_for(1):
+        assert P._threads == 1
+    with P.threads_for(1):
+        assert P._threads == 2
+    P.set_threads(2)
+    try:
+        monkeypatch.setattr(P._load, "others", lambda: pytest.fail("measured with fixed threads"))
+        with P.threads_for(1):
+            assert P._threads == 2
+    finally:
+        P.set_threads(None)

@@ -182,6 +182,49 @@ def test_topk_golden_against_full_and_topk_candidates(model, golden):
     assert not r["ok"] and r["prompts"][0]["first_divergence"]["name"] == "logits (top-k)"
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", ["logits", "hidden_states", "all logits"])
+def test_nan_or_inf_where_the_golden_is_finite_fails(golden, bad, where):
+    """A broken engine never passes: before, all-NaN logits passed ("max abs 0.00e+00")."""
+    g = golden.prompts[0]
+    if where == "all logits":
+        other = dataclasses.replace(g, logits=np.full_like(g.logits, bad))
+    else:
+        a = getattr(g, where).copy()
+        a[..., 2, 7] = bad  # one element, at position 2
+        other = dataclasses.replace(g, **{where: a})
+    r = R.compare(golden, R.Golden([other], {}, "broken"))
+    p = r["prompts"][0]
+    assert not r["ok"] and p["first_divergence"]["position"] == (0 if where == "all logits" else 2)
+    assert p["first_divergence"]["rel"] == np.inf
+    assert "FAIL" in R.format_report(r)
+
+
+def test_the_same_infinity_on_both_sides_agrees(golden):
+    g = golden.prompts[0]
+    logits = g.logits.copy()
+    logits[1, 3] = -np.inf  # e.g. a masked token, in both engines
+    same = R.Golden([dataclasses.replace(g, logits=logits)], {}, "x")
+    assert R.compare(same, same)["ok"]
+    assert not R.compare(same, golden)["ok"]  # the golden's -inf against a finite value
+
+
+@pytest.mark.parametrize("rtol", [float("nan"), float("inf"), 0.0, -1e-3, "1e-3", True])
+def test_tolerance_must_be_finite_and_positive(golden, rtol):
+    with pytest.raises(GemmaRefError, match="finite number > 0"):
+        R.compare(golden, golden, rtol)
+
+
+def test_cli_compare_fails_a_nan_candidate(golden_file, tmp_path, capsys):
+    with np.load(golden_file) as z:
+        members = {k: z[k] for k in z.files}
+    members["prompt_1/logits"] = np.full_like(members["prompt_1/logits"], np.nan)
+    np.savez(tmp_path / "nan.npz", **members)
+    assert main(["compare", str(golden_file), str(tmp_path / "nan.npz")]) == 1
+    out = capsys.readouterr().out
+    assert "logits (full)" in out and "inf" in out and out.rstrip().endswith("FAIL: 1 of 3 prompts beyond tolerance")
+
+
 def test_greedy_disagreement_is_reported(golden):
     g = golden.prompts[0]
     other = dataclasses.replace(g, greedy_ids=np.r_[g.greedy_ids[:3], (g.greedy_ids[3:] + 1) % 512])
@@ -268,7 +311,7 @@ def test_cli_compare_two_files_and_tolerance(golden_file, ckpt, tmp_path, capsys
     assert "prompt 0: the two dumps have different input_ids" in capsys.readouterr().err
     assert main(dump + ["-p", "Hello world", "--prompts", str(prompts)]) == 0
     assert main(["compare", str(other), str(golden_file)]) == 0  # float32 against float64
-    assert main(["compare", str(other), str(golden_file), "--rtol", "0"]) == 1
+    assert main(["compare", str(other), str(golden_file), "--rtol", "1e-12"]) == 1
 
 
 @pytest.mark.parametrize("case", ["missing", "not npz", "no keys", "neither", "both"])
@@ -307,3 +350,22 @@ def test_read_prompts_rejects_bad_lines(tmp_path):
     f.write_text("not json\n")
     with pytest.raises(GemmaRefError, match="not a JSON line"):
         R.read_prompts(f)
+
+
+def test_committed_270m_goldens_in_compare_format_are_the_transformers_goldens_rearranged():
+    """tests/data/gemma3-270m/compare.npz is what scripts/golden_270m_for_compare.py makes
+    from transformers' golden.npz / golden.json, and compare reads it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "golden_270m_for_compare", DATA.parent.parent / "scripts" / "golden_270m_for_compare.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    made = script.convert(DATA / "gemma3-270m")
+    with np.load(DATA / "gemma3-270m" / "compare.npz") as z:
+        assert set(z.files) == set(made)
+        for k in z.files:
+            np.testing.assert_array_equal(z[k], made[k], err_msg=k)
+    g = R.load(DATA / "gemma3-270m" / "compare.npz")
+    assert len(g.prompts) == 8 and g.provenance["engine"] == "transformers"
+    assert g.prompts[0].hidden_states.shape == (19, 6, 640) and g.prompts[0].positions.tolist() == [5]

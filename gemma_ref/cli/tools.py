@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from .errors import GemmaRefError
+from ..errors import GemmaRefError
+from ..tokenizer import check_text
+from .common import add_model, check_model_args, error, load, read_text
 
 COMPARE_EXAMPLES = """\
 exit status: 0 within tolerance, 1 beyond it, 2 could not compare (bad input)
@@ -20,10 +21,11 @@ examples:
   gemma-ref compare golden.npz --model ./ckpt            # gemma-ref vs a golden
   gemma-ref compare golden.npz --model 3-270m-gguf --dtype float64
   gemma-ref compare golden.npz other.npz --json          # two dumps, for CI
+  gemma-ref compare golden.npz --model ./ckpt --html report.html   # a page to look at
 """
 
 
-def add_commands(sub, add_model):
+def add_commands(sub):
     """Register the tooling subcommands on the `gemma-ref` subparsers."""
     p = sub.add_parser("dump", help="write a golden .npz: ids, logits, hidden states, greedy ids",
                        description="Run the model on prompts and write a golden .npz "
@@ -51,36 +53,36 @@ def add_commands(sub, add_model):
                         "rtol * (|golden| + rms(golden row)) (default 1e-3)")
     p.add_argument("--top-k", type=int, default=10, help="k of the top-k overlap (default 10)")
     p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
+    p.add_argument("--html", metavar="FILE", help="also write the report as one self-contained HTML "
+                                                  "page (heatmaps of the error by layer and position)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("perplexity", help="perplexity of a text file, with strided windows")
     p.add_argument("file", help='a UTF-8 text file, or "-" for stdin')
     add_model(p)
-    p.add_argument("--max-length", type=int, default=1024,
-                   help="tokens per window, <bos> included (default 1024)")
-    p.add_argument("--stride", type=int, default=512,
-                   help="start of one window to the next (default 512); each token is scored once")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokens per window, <bos> included (default 1024, or the model's "
+                        "context if shorter; never beyond it)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="start of one window to the next (default max-length / 2); each token "
+                        "is scored once")
     p.add_argument("--no-window-bos", action="store_true",
                    help="do not put <bos> before windows after the first (as HF's guide does)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_perplexity)
 
 
-def _load(args):
-    from .cli import _load
-
-    return _load(args)
-
-
 def cmd_dump(args) -> int:
-    from . import reference
+    from .. import reference
 
-    prompts = list(args.prompt) + (reference.read_prompts(args.prompts) if args.prompts else [])
+    prompts = [check_text(p, "--prompt") for p in args.prompt]
+    prompts += reference.read_prompts(args.prompts) if args.prompts else []
     if not prompts:
         raise GemmaRefError("dump: no prompts: give --prompt TEXT (repeatable) or --prompts FILE.jsonl")
     if args.top_k < 0 or args.max_new_tokens < 0:
         raise GemmaRefError("dump: --top-k and --max-new-tokens must be >= 0")
-    model = _load(args)
+    check_model_args(args)
+    model = load(args)
     golden = reference.dump(model, prompts, k=args.top_k, max_new_tokens=args.max_new_tokens,
                             trace=args.trace)
     reference.save(golden, args.out)
@@ -95,10 +97,14 @@ def cmd_compare(args) -> int:
     """0 within tolerance, 1 beyond; 2 (not 1) for input errors, so CI can tell them apart."""
     try:
         report = _compare(args)
+        if args.html:
+            from ..report_html import write
+
+            write(report, args.html)
     except GemmaRefError as e:
-        print(f"gemma-ref: error: {e}", file=sys.stderr)
+        error(str(e))
         return 2
-    from .reference import format_report
+    from ..reference import format_report
 
     if args.json:
         print(json.dumps(report))
@@ -108,26 +114,30 @@ def cmd_compare(args) -> int:
 
 
 def _compare(args) -> dict:
-    from . import reference
+    from .. import reference
 
     if (args.other is None) == (args.model is None):
         raise GemmaRefError("compare: give either a second .npz or --model, not both or neither")
-    if args.rtol < 0 or args.top_k < 1:
-        raise GemmaRefError("compare: --rtol must be >= 0 and --top-k >= 1")
+    reference.check_rtol(args.rtol)
+    if args.top_k < 1:
+        raise GemmaRefError(f"compare: --top-k must be >= 1, got {args.top_k}")
+    check_model_args(args)
     golden = reference.load(args.golden)
     if args.other is not None:
         other = reference.load(args.other)
     else:
-        other = reference.candidate_from_model(_load(args), golden, trace=True)
+        other = reference.candidate_from_model(load(args), golden, trace=True)
     return reference.compare(golden, other, args.rtol, args.top_k)
 
 
 def cmd_perplexity(args) -> int:
-    from .scoring import check_window, perplexity
+    from ..scoring import MAX_LENGTH, check_window, perplexity
 
-    check_window(args.max_length, args.stride)  # before the (slow) load
-    text = _read_text(args.file)
-    model = _load(args)
+    length = MAX_LENGTH if args.max_length is None else args.max_length  # checked before the load
+    check_window(length, length // 2 if args.stride is None else args.stride)
+    check_model_args(args)
+    text = read_text(args.file)
+    model = load(args)
     if model.tokenizer is None:
         raise GemmaRefError(f"{model.source}: perplexity of a text needs a tokenizer.model")
     ids = model.tokenizer.encode(text)
@@ -141,17 +151,3 @@ def cmd_perplexity(args) -> int:
           f"{r['tokens_scored']} tokens, {r['bits_per_byte']:.4f} bits/byte; {r['windows']} "
           f"windows of <= {r['max_length']} tokens, stride {r['stride']})")
     return 0
-
-
-def _read_text(name: str) -> str:
-    if name == "-":
-        return sys.stdin.read()
-    try:
-        text = Path(name).read_text(encoding="utf-8")
-    except (FileNotFoundError, IsADirectoryError):
-        raise GemmaRefError(f"{name}: no such file") from None
-    except UnicodeDecodeError:
-        raise GemmaRefError(f"{name}: not UTF-8 text") from None
-    if not text:
-        raise GemmaRefError(f"{name}: empty file")
-    return text
