@@ -53,6 +53,16 @@ def main():
             else:
                 parallel.set_threads(threads)
 
+        used = {}  # threads -> forward passes, for the default configuration (if adaptive)
+        if hasattr(parallel, "_back_off"):
+            back_off = parallel._back_off
+
+            def counting():
+                back_off()
+                if parallel._adaptive:
+                    used[parallel._threads] = used.get(parallel._threads, 0) + 1
+
+            parallel._back_off = counting
         configs = [(t, b) for t in ("default", 1) for b in (1, 2)]
         times = {c: [] for c in configs}
         model.generate(prompts[0], max_new_tokens=2, stop=[])  # warm up
@@ -72,6 +82,8 @@ def main():
           f"{args.new_tokens} new tokens)")
     for (threads, batch), ts in times.items():
         print(f"{threads!s:>8} {batch:>5}  {statistics.median(ts):8.2f} {min(ts):7.2f} {max(ts):7.2f}")
+    if used:
+        print("default threads, forward passes at each count:", dict(sorted(used.items())))
     print(json.dumps({f"{t}/{b}": ts for (t, b), ts in times.items()}))
 
 
