@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Mapping
 
 import numpy as np
@@ -29,15 +30,18 @@ from .parallel import (dense, linear, reuse_freed_memory, sharded_attention, sha
 # --- primitives -------------------------------------------------------------
 
 
-def rms_norm(x, w, eps):
-    """x / sqrt(mean(x^2) + eps) * (1 + w).        [..., D], [D] -> [..., D]
+def rms_norm(x, w, eps, offset=1.0):
+    """x / sqrt(mean(x^2) + eps) * (offset + w).        [..., D], [D] -> [..., D]
 
+    offset is 1 for Gemma 1-3 (weights stored as w, applied as 1 + w) and 0 for
+    Gemma 4 (applied as w). w None: no weight (Gemma 4's value and router norms).
     Computed in x's dtype, which is float32 or wider (never float16).
     """
     # mean(x^2) as np.mean computes it (a float32 sum, then / D), minus np.mean's Python
     # overhead (~20 us a call; a decoding step of Gemma 3 270M makes 109 calls).
     mean_sq = np.add.reduce(x * x, axis=-1, keepdims=True) / x.shape[-1]  # [..., 1]
-    return x / np.sqrt(mean_sq + eps) * (1.0 + w)
+    normed = x / np.sqrt(mean_sq + eps)
+    return normed if w is None else normed * (offset + w)
 
 
 def gelu_tanh(x):
@@ -123,6 +127,87 @@ def attention(q, k, v, q_pos, k_pos, scale, window=None, cap=None):
     probs = softmax(scores)  # [B, K, G, T, S]
     out = probs @ v  # [B, K, G, T, H]   einsum("bkgts,bksh->bkgth")
     return out.transpose(0, 3, 1, 2, 4).reshape(B, T, N * H)
+
+
+# --- Gemma 3n: AltUp streams, LAuReL, sparse activations -----------------------
+# S = altup_num_inputs streams; the decoder blocks run on stream `altup_active_idx`.
+
+
+def magnitude_matched(y, target_rms):
+    """y rescaled to a root-mean-square of target_rms per token.   [..., D], [..., 1] -> [..., D]"""
+    rms = np.sqrt(np.maximum(np.mean(y * y, axis=-1, keepdims=True), 1e-5))  # [..., 1]
+    return y * target_rms / rms
+
+
+def altup_streams(x, projections):
+    """The AltUp streams made from the embedding.          [B, T, D] -> [S, B, T, D]
+
+    Stream 0 is x; stream s is x @ projections[s-1].T, rescaled to x's magnitude.
+    """
+    target = np.sqrt(np.mean(x * x, axis=-1, keepdims=True))  # [B, T, 1]
+    return np.stack([x] + [magnitude_matched(dense(x, w), target) for w in projections])
+
+
+def altup_merge(xs, unembed_projections):
+    """The streams merged into one at the end.             [S, B, T, D] -> [B, T, D]
+
+    mean(stream 0, and stream s @ unembed_projections[s-1].T rescaled to stream 0's magnitude)
+    """
+    target = np.sqrt(np.mean(xs[0] * xs[0], axis=-1, keepdims=True))  # [B, T, 1]
+    outs = [xs[0]] + [magnitude_matched(dense(x, w), target) for x, w in zip(xs[1:], unembed_projections)]
+    return np.mean(np.stack(outs), axis=0)
+
+
+def altup_router(x, w_norm, w_router, eps):
+    """Mixing weights of the streams, read from one stream.    [B, T, D] -> [B, T, S]
+
+    tanh(modality_router(router_norm(x) / D))
+    """
+    h = rms_norm(x, w_norm, eps, 0.0) * np.asarray(1.0 / x.shape[-1], x.dtype)  # [B, T, D]
+    return np.tanh(dense(h, w_router))  # [B, T, S]
+
+
+def altup_predict(xs, modalities, w_prediction):
+    """Each stream predicted from all of them.    [S, B, T, D], [B, T, S], [S*S, S] -> [S, B, T, D]
+
+    prediction_s = xs_s + sum_r c[s, r] xs_r,  c = (modalities @ w_prediction.T) as [S, S] per token.
+    """
+    S = xs.shape[0]
+    c = dense(modalities, w_prediction).reshape(*modalities.shape[:-1], S, S)  # [B, T, S, S]
+    return xs + np.einsum("btsr,rbtd->sbtd", c, xs)
+
+
+def altup_correct(predictions, activated, modalities, w_correction, active):
+    """Every stream corrected by what the block changed.  [S, B, T, D], [B, T, D], [B, T, S], [S, S]
+                                                                                 -> [S, B, T, D]
+    corrected_s = prediction_s + (1 + c_s) (activated - prediction_active),  c = modalities @ w_correction.T
+    """
+    coefs = dense(modalities, w_correction) + 1.0  # [B, T, S]
+    innovation = activated - predictions[active]  # [B, T, D]
+    return innovation * coefs.transpose(2, 0, 1)[..., None] + predictions
+
+
+def laurel(h, w_left, w_right, w_norm, eps):
+    """LAuReL, a low-rank residual branch: h + norm(right(left(h))).   [B, T, D] -> [B, T, D]"""
+    low = dense(dense(h, w_left), w_right)  # [B, T, D] -> [B, T, r] -> [B, T, D]
+    return h + rms_norm(low, w_norm, eps, 0.0)
+
+
+def gaussian_top_k(g, sparsity):
+    """Keep what lies above a per-token cutoff, shifted down by it.      [..., F] -> [..., F]
+
+    relu(g - (mean(g) + z std(g))), z = the standard normal's quantile at `sparsity`:
+    were g Gaussian, a fraction `sparsity` of it would fall below the cutoff.
+    """
+    z = np.asarray(NormalDist().inv_cdf(sparsity), g.dtype)
+    cutoff = np.mean(g, axis=-1, keepdims=True) + np.std(g, axis=-1, keepdims=True) * z  # [..., 1]
+    return np.maximum(g - cutoff, 0)
+
+
+def sparse_geglu(x, w_gate, w_up, w_down, sparsity):
+    """geglu with the gate passed through gaussian_top_k first (Gemma 3n).  [B, T, D] -> [B, T, D]"""
+    g = gaussian_top_k(dense(x, w_gate), sparsity)  # [B, T, F]
+    return dense(gelu_tanh(g) * dense(x, w_up), w_down)
 
 
 # --- weights and cache --------------------------------------------------------
