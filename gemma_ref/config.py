@@ -1,22 +1,33 @@
 """Gemma configuration: one frozen dataclass for every generation.
 
 Field names are the Hugging Face `config.json` keys, so a reader can put our
-config beside a checkpoint's and compare line by line. Gemma 1, 2 and 3 differ
+config beside a checkpoint's and compare line by line. Gemma 1, 2, 3 and 4 differ
 only in the values of these fields (grep for `model_type` to see each one):
 
-    field                      Gemma 1     Gemma 2            Gemma 3
-    sandwich_norms             False       True               True
-    qk_norm                    False       False              True
-    attn_logit_softcapping     None        50.0               None (ignored)
-    final_logit_softcapping    None        30.0               None
-    query_pre_attn_scalar      head_dim    head_dim or 144    head_dim or 168
-    layer_types                all full    local, full, ...   5 local : 1 full
-    rope_local_base_freq       -           -                  10 000 (local layers)
-    rope_scaling_factor        1           1                  8 on full layers (4B+)
+    field                      Gemma 1     Gemma 2            Gemma 3             Gemma 4
+    sandwich_norms             False       True               True                True
+    qk_norm                    False       False              True                True
+    norm_offset                1           1                  1                   0 (norms scale by w)
+    value_norm                 False       False              False               True (weightless)
+    attn_logit_softcapping     None        50.0               None (ignored)      None (ignored)
+    final_logit_softcapping    None        30.0               None                30.0
+    query_pre_attn_scalar      head_dim    head_dim or 144    head_dim or 168     1 (scores unscaled)
+    layer_types                all full    local, full, ...   5 local : 1 full    4 or 5 : 1, last full
+    rope_local_base_freq       -           -                  10 000              10 000
+    rope_scaling_factor        1           1                  8 on full (4B+)     1
+    partial_rotary_factor      1           1                  1                   0.25 on full layers
 
-`sandwich_norms` and `qk_norm` are not keys of `config.json`; transformers
-decides them by model class, so we derive them from `model_type` in
-`GemmaConfig.from_dict` (the one place that does).
+Gemma 4 adds per-layer shapes (`global_head_dim`, `num_global_key_value_heads`),
+keys shared between layers (`num_kv_shared_layers`, `attention_k_eq_v`),
+per-layer embeddings (`hidden_size_per_layer_input`) and a mixture of experts
+(`enable_moe_block`). What each layer computes is resolved once, from these
+fields, into `GemmaConfig.layers` (one `LayerSpec` per layer): model.py reads
+per-layer facts from there and never re-derives them.
+
+`sandwich_norms`, `qk_norm`, `norm_offset`, `value_norm` and `layer_scalar` are
+not keys of `config.json`; transformers decides them by model class, so we derive
+them from `model_type` in `GemmaConfig.from_dict` (the one place that does).
+`from_dict` also checks every key's type and range, naming the key.
 """
 
 from __future__ import annotations
@@ -24,27 +35,70 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import GemmaRefError
 
 FULL = "full_attention"
 SLIDING = "sliding_attention"
+LAYER_TYPES = (FULL, SLIDING)
 
-# model_type -> (sandwich_norms, qk_norm, ignores attn_logit_softcapping)
+
+class _Generation(NamedTuple):
+    """What transformers decides by model class rather than by config key."""
+
+    sandwich_norms: bool
+    qk_norm: bool
+    ignores_attn_softcap: bool
+    norm_offset: float  # RMSNorm scales by (norm_offset + w)
+    value_norm: bool  # weightless RMSNorm over each head of v
+    layer_scalar: bool  # each layer's output times a stored scalar
+
+
 _GENERATIONS = {
-    "gemma": (False, False, False),
-    "gemma2": (True, False, False),
-    "gemma3_text": (True, True, True),
+    "gemma": _Generation(False, False, False, 1.0, False, False),
+    "gemma2": _Generation(True, False, False, 1.0, False, False),
+    "gemma3_text": _Generation(True, True, True, 1.0, False, False),
+    "gemma4_text": _Generation(True, True, True, 0.0, True, True),
 }
+# Multimodal checkpoints nest the text model's config under "text_config".
+_MULTIMODAL = {"gemma3": "gemma3_text", "gemma4": "gemma4_text"}
 # Activation names that mean GeGLU with the tanh GELU. Old Gemma 1 configs say
 # "gelu"; transformers maps that to the tanh form and so do we.
 _TANH_GELU_NAMES = {"gelu_pytorch_tanh", "gelu_new", "gelu_fast", "gelu"}
 
 
+class Rope(NamedTuple):
+    """One RoPE table: angle of pair i at position p = p * theta^(-2i/head_dim) / factor
+    for the first `rotated` of the head_dim/2 pairs; the other pairs do not rotate
+    (Gemma 4's proportional RoPE: note the exponent's denominator is the full head_dim)."""
+
+    theta: float
+    factor: float  # linear position scaling (Gemma 3 4B+ full layers: 8)
+    head_dim: int
+    rotated: int  # frequency pairs that rotate, <= head_dim / 2
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What layer i computes, resolved once from the config (see GemmaConfig.layers)."""
+
+    kind: str  # FULL or SLIDING
+    window: int | None  # sliding window (None: full attention)
+    head_dim: int  # H of this layer's heads (Gemma 4 full layers: global_head_dim)
+    num_key_value_heads: int  # K of this layer
+    kv_source: int  # the layer whose keys/values this one attends with (itself unless shared)
+    shares_kv: bool  # later layers attend with this layer's keys/values
+    v_proj: bool  # False: values are the raw key projection (attention_k_eq_v)
+    intermediate_size: int  # F of its MLP (doubled on shared layers: use_double_wide_mlp)
+    rope: Rope  # its RoPE table
+
+
 @dataclass(frozen=True)
 class GemmaConfig:
-    model_type: str  # "gemma" (Gemma 1), "gemma2", "gemma3_text"
+    model_type: str  # "gemma" (Gemma 1), "gemma2", "gemma3_text", "gemma4_text"
     vocab_size: int  # rows of the embedding table (may exceed the tokenizer's vocab)
     hidden_size: int  # D
     intermediate_size: int  # F, the GeGLU width
@@ -54,17 +108,34 @@ class GemmaConfig:
     head_dim: int  # H, stated by the checkpoint (Gemma 7B: 256, not 3072 / 16)
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10_000.0  # RoPE base of full-attention layers
-    rope_local_base_freq: float = 10_000.0  # RoPE base of sliding layers (Gemma 3)
+    rope_local_base_freq: float = 10_000.0  # RoPE base of sliding layers (Gemma 3, 4)
     rope_scaling_factor: float = 1.0  # linear RoPE scaling on full layers (Gemma 3 4B+: 8)
+    partial_rotary_factor: float = 1.0  # fraction of full layers' RoPE pairs that rotate (Gemma 4: 0.25)
     query_pre_attn_scalar: float | None = None  # queries scaled by this ** -0.5; None = head_dim
     attn_logit_softcapping: float | None = None  # cap * tanh(scores / cap) (Gemma 2)
-    final_logit_softcapping: float | None = None  # cap * tanh(logits / cap) (Gemma 2)
+    final_logit_softcapping: float | None = None  # cap * tanh(logits / cap) (Gemma 2, 4)
     sliding_window: int | None = None  # w: query i sees key j iff 0 <= i - j < w
     layer_types: tuple[str, ...] = ()  # per layer, FULL or SLIDING
     max_position_embeddings: int = 8192
     hidden_activation: str = "gelu_pytorch_tanh"
-    sandwich_norms: bool = False  # post-attention / pre+post-feedforward norms (Gemma 2, 3)
-    qk_norm: bool = False  # RMSNorm over each head of q and k before RoPE (Gemma 3)
+    # Gemma 4 (defaults: off)
+    global_head_dim: int | None = None  # H of full-attention layers (None: head_dim)
+    num_global_key_value_heads: int | None = None  # K of full layers (None: num_key_value_heads)
+    attention_k_eq_v: bool = False  # full layers have no v_proj: V is the raw K projection
+    num_kv_shared_layers: int = 0  # the last this many layers reuse earlier layers' K/V
+    use_double_wide_mlp: bool = False  # those shared layers have an MLP of width 2F
+    hidden_size_per_layer_input: int = 0  # P of the per-layer embeddings (0: none)
+    vocab_size_per_layer_input: int = 0  # rows of the per-layer embedding table
+    enable_moe_block: bool = False  # a mixture of experts beside each layer's MLP
+    num_experts: int = 0  # E
+    top_k_experts: int = 0  # experts per token
+    moe_intermediate_size: int = 0  # F of each expert
+    # decided by model class in transformers (see _Generation)
+    sandwich_norms: bool = False  # post-attention / pre+post-feedforward norms (Gemma 2, 3, 4)
+    qk_norm: bool = False  # RMSNorm over each head of q and k before RoPE (Gemma 3, 4)
+    norm_offset: float = 1.0  # RMSNorm scales by (norm_offset + w): 1 for Gemma 1-3, 0 for Gemma 4
+    value_norm: bool = False  # weightless RMSNorm over each head of v (Gemma 4)
+    layer_scalar: bool = False  # each layer's output times model.layers.i.layer_scalar (Gemma 4)
     bos_token_id: int = 2
     eos_token_id: int | tuple[int, ...] = 1
     pad_token_id: int = 0
@@ -77,11 +148,54 @@ class GemmaConfig:
             )
         if SLIDING in self.layer_types and not self.sliding_window:
             raise GemmaRefError("config: sliding layers need a sliding_window")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise GemmaRefError(
-                f"config: num_attention_heads ({self.num_attention_heads}) is not a multiple of "
-                f"num_key_value_heads ({self.num_key_value_heads})"
-            )
+        for key in ("num_key_value_heads", "num_global_key_value_heads"):
+            K = getattr(self, key)
+            if K is not None and self.num_attention_heads % K:
+                raise GemmaRefError(
+                    f"config: num_attention_heads ({self.num_attention_heads}) is not a multiple of "
+                    f"{key} ({K})"
+                )
+        if not 0 <= self.num_kv_shared_layers < self.num_hidden_layers:
+            raise GemmaRefError(f"config: num_kv_shared_layers ({self.num_kv_shared_layers}) must be "
+                                f"in [0, num_hidden_layers = {self.num_hidden_layers})")
+        if self.enable_moe_block and not 1 <= self.top_k_experts <= self.num_experts:
+            raise GemmaRefError(f"config: top_k_experts ({self.top_k_experts}) must be in "
+                                f"[1, num_experts = {self.num_experts}]")
+        self.layers  # resolve (and check) the per-layer records now, not at the first forward
+
+    @cached_property
+    def layers(self) -> tuple[LayerSpec, ...]:
+        """One LayerSpec per layer: shapes, attention span, K/V source, MLP width, RoPE.
+
+        KV sharing (Gemma 4): the last num_kv_shared_layers layers compute no keys or
+        values; each attends with those of the last earlier layer of its own type.
+        """
+        L, types = self.num_hidden_layers, self.layer_types
+        first_shared = L - self.num_kv_shared_layers
+        sources = []
+        for i, kind in enumerate(types):
+            if i < first_shared:
+                sources.append(i)
+                continue
+            own = [j for j in range(first_shared) if types[j] == kind]
+            if not own:
+                raise GemmaRefError(f"config: layer {i} ({kind}) shares keys/values, but no earlier "
+                                    f"layer of that type computes them (num_kv_shared_layers)")
+            sources.append(own[-1])
+        specs = []
+        for i, kind in enumerate(types):
+            full, shared = kind == FULL, sources[i] != i
+            H = (self.global_head_dim or self.head_dim) if full else self.head_dim
+            K = (self.num_global_key_value_heads or self.num_key_value_heads) if full else self.num_key_value_heads
+            rope = (Rope(self.rope_theta, self.rope_scaling_factor, H, int(self.partial_rotary_factor * H // 2))
+                    if full else Rope(self.rope_local_base_freq, 1.0, H, H // 2))
+            specs.append(LayerSpec(
+                kind=kind, window=None if full else self.sliding_window, head_dim=H,
+                num_key_value_heads=K, kv_source=sources[i], shares_kv=i in sources[first_shared:],
+                v_proj=not (self.attention_k_eq_v and full),
+                intermediate_size=self.intermediate_size * (2 if shared and self.use_double_wide_mlp else 1),
+                rope=rope))
+        return tuple(specs)
 
     @property
     def query_scale(self) -> float:
@@ -91,63 +205,135 @@ class GemmaConfig:
     @property
     def num_parameters(self) -> int:
         """Parameter count of the text model (tied embedding counted once)."""
-        D, F, H = self.hidden_size, self.intermediate_size, self.head_dim
-        N, K, L = self.num_attention_heads, self.num_key_value_heads, self.num_hidden_layers
-        attn = D * N * H + 2 * D * K * H + N * H * D
-        norms = (4 if self.sandwich_norms else 2) * D + (2 * H if self.qk_norm else 0)
-        return self.vocab_size * D + L * (attn + 3 * D * F + norms) + D
+        D, N, P, L = self.hidden_size, self.num_attention_heads, self.hidden_size_per_layer_input, self.num_hidden_layers
+        total = self.vocab_size * D + D
+        if P:  # per-layer embeddings: table, projection of the embedding, its norm
+            total += self.vocab_size_per_layer_input * L * P + D * L * P + P
+        for i, s in enumerate(self.layers):
+            H, K, F = s.head_dim, s.num_key_value_heads, s.intermediate_size
+            total += 2 * D * N * H + 3 * D * F  # q, o; gate, up, down
+            if s.kv_source == i:
+                total += D * K * H * (2 if s.v_proj else 1) + (H if self.qk_norm else 0)  # k (v), k_norm
+            total += (4 if self.sandwich_norms else 2) * D + (H if self.qk_norm else 0)  # norms, q_norm
+            total += (1 if self.layer_scalar else 0) + (2 * D * P + D if P else 0)
+            if self.enable_moe_block:  # router (proj, scale, per-expert scale), experts, 3 norms
+                E, Fm = self.num_experts, self.moe_intermediate_size
+                total += E * D + D + E + E * 3 * D * Fm + 3 * D
+        return total
+
+    def summary(self) -> list[str]:
+        """What is special about this model, one line each (for `gemma-ref info`)."""
+        lines = []
+        shapes = sorted({(s.kind, s.head_dim, s.num_key_value_heads) for s in self.layers})
+        if len(shapes) > 1:
+            lines.append("per-layer shapes  " + "; ".join(
+                f"{kind.split('_')[0]}: head_dim {H}, {K} kv heads" for kind, H, K in shapes))
+        if self.num_kv_shared_layers:
+            first = self.num_hidden_layers - self.num_kv_shared_layers
+            wide = ", MLP 2x wide" if self.use_double_wide_mlp else ""
+            lines.append(f"shared K/V        layers {first}-{self.num_hidden_layers - 1} attend with the "
+                         f"K/V of layers {sorted({s.kv_source for s in self.layers[first:]})} "
+                         f"(no cache of their own{wide})")
+        if self.attention_k_eq_v:
+            lines.append("K = V             full-attention layers take V from the K projection")
+        if self.hidden_size_per_layer_input:
+            V, L, P = self.vocab_size_per_layer_input, self.num_hidden_layers, self.hidden_size_per_layer_input
+            lines.append(f"per-layer embed.  {V} x {L} x {P} = {V * L * P / 1e9:.2f} G values "
+                         f"(memory-mapped, rows read per token)")
+        if self.enable_moe_block:
+            lines.append(f"experts           {self.num_experts} per layer, top {self.top_k_experts}, "
+                         f"width {self.moe_intermediate_size}, beside a dense MLP of {self.intermediate_size}")
+        if self.partial_rotary_factor != 1.0:
+            lines.append(f"RoPE              full layers rotate {self.partial_rotary_factor:g} of their pairs")
+        return lines
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config.json") -> "GemmaConfig":
-        """Read a Hugging Face config dict (either spelling transformers accepts)."""
-        if d.get("model_type") == "gemma3" or "text_config" in d:
-            # Multimodal Gemma 3 (Gemma3ForConditionalGeneration): the text model's
-            # config is nested; its model_type may be omitted in older files.
-            d = {"model_type": "gemma3_text", **d.get("text_config", {})}
+        """Read a Hugging Face config dict (either spelling transformers accepts).
+
+        Every key is checked for its type and range; a bad one raises a GemmaRefError
+        that names it.
+        """
+        r = _Reader(d, source)
+        if d.get("model_type") in _MULTIMODAL or "text_config" in d:
+            # Multimodal Gemma 3/4 (...ForConditionalGeneration): the text model's config
+            # is nested; its model_type may be omitted in older files.
+            text = _Reader(d.get("text_config", {}), source, "text_config.").object_itself()
+            default_type = _MULTIMODAL.get(d.get("model_type"), "gemma3_text")
+            carried = {k: d[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in d}
+            d = {"model_type": default_type, **carried, **text}
+            r = _Reader(d, source, "text_config.")
         model_type = d.get("model_type")
         if model_type not in _GENERATIONS:
             raise GemmaRefError(
                 f"{source}: model_type {model_type!r} is not supported "
-                f"(supported: {', '.join(_GENERATIONS)}, and multimodal 'gemma3')"
+                f"(supported: {', '.join(_GENERATIONS)}, and multimodal {', '.join(_MULTIMODAL)})"
             )
-        sandwich, qk_norm, ignores_attn_cap = _GENERATIONS[model_type]
-        try:
-            L = int(d["num_hidden_layers"])
-            activation = d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh"
-            if activation not in _TANH_GELU_NAMES:
-                raise GemmaRefError(f"{source}: activation {activation!r} is not Gemma's GeGLU")
-            full_rope, local_rope = _rope(d, model_type)
-            eos = d.get("eos_token_id", 1)
-            return cls(
-                model_type=model_type,
-                vocab_size=int(d["vocab_size"]),
-                hidden_size=int(d["hidden_size"]),
-                intermediate_size=int(d["intermediate_size"]),
-                num_hidden_layers=L,
-                num_attention_heads=int(d["num_attention_heads"]),
-                num_key_value_heads=int(d.get("num_key_value_heads") or d["num_attention_heads"]),
-                head_dim=int(d["head_dim"]),
-                rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-                rope_theta=full_rope[0],
-                rope_scaling_factor=full_rope[1],
-                rope_local_base_freq=local_rope[0],
-                query_pre_attn_scalar=d.get("query_pre_attn_scalar"),
-                attn_logit_softcapping=None if ignores_attn_cap else d.get("attn_logit_softcapping"),
-                final_logit_softcapping=d.get("final_logit_softcapping"),
-                sliding_window=d.get("sliding_window") if model_type != "gemma" else None,
-                layer_types=_layer_types(d, model_type, L),
-                max_position_embeddings=int(d.get("max_position_embeddings", 8192)),
-                hidden_activation=activation,
-                sandwich_norms=sandwich,
-                qk_norm=qk_norm,
-                bos_token_id=int(d.get("bos_token_id", 2)),
-                eos_token_id=tuple(eos) if isinstance(eos, list) else int(eos),
-                pad_token_id=int(d.get("pad_token_id") or 0),
-            )
-        except KeyError as e:
-            raise GemmaRefError(f"{source}: missing required key {e.args[0]!r}") from None
-        except (TypeError, ValueError) as e:
-            raise GemmaRefError(f"{source}: invalid value ({e})") from None
+        gen = _GENERATIONS[model_type]
+        gemma4 = model_type == "gemma4_text"
+        L = r.int("num_hidden_layers")
+        activation = d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh"
+        if activation not in _TANH_GELU_NAMES:
+            raise GemmaRefError(f"{source}: activation {activation!r} is not Gemma's GeGLU")
+        if gemma4 and d.get("use_bidirectional_attention") not in (None, "vision"):
+            raise GemmaRefError(f"{source}: use_bidirectional_attention "
+                                f"{d['use_bidirectional_attention']!r} is not supported (causal text only)")
+        full_rope, local_rope = _rope(r, model_type)
+        layer_types = _layer_types(r, model_type, L)
+        N = r.int("num_attention_heads")
+        K = r.int("num_key_value_heads", N)
+        H = r.int("head_dim")
+        global_head_dim, global_kv = _full_layer_shapes(r, layer_types, H, K) if gemma4 else (None, None)
+        moe = r.bool("enable_moe_block", False) if gemma4 else False
+        ple = r.int("hidden_size_per_layer_input", 0, minimum=0) if gemma4 else 0
+        eos = d.get("eos_token_id", 1)
+        if isinstance(eos, list):
+            eos = tuple(r.int_list("eos_token_id"))
+        else:
+            eos = r.int("eos_token_id", 1, minimum=0)
+        return cls(
+            model_type=model_type,
+            vocab_size=r.int("vocab_size"),
+            hidden_size=r.int("hidden_size"),
+            intermediate_size=r.int("intermediate_size"),
+            num_hidden_layers=L,
+            num_attention_heads=N,
+            num_key_value_heads=K,
+            head_dim=H,
+            rms_norm_eps=r.float("rms_norm_eps", 1e-6),
+            rope_theta=full_rope[0],
+            rope_scaling_factor=full_rope[1],
+            partial_rotary_factor=full_rope[2],
+            rope_local_base_freq=local_rope[0],
+            # Gemma 4 multiplies scores by 1.0 (transformers' `scaling = 1.0`), whatever
+            # query_pre_attn_scalar says: 1 ** -0.5 = 1.
+            query_pre_attn_scalar=1.0 if gemma4 else r.opt_float("query_pre_attn_scalar"),
+            attn_logit_softcapping=None if gen.ignores_attn_softcap else r.opt_float("attn_logit_softcapping"),
+            final_logit_softcapping=r.opt_float("final_logit_softcapping"),
+            sliding_window=r.int("sliding_window", None) if model_type != "gemma" else None,
+            layer_types=layer_types,
+            max_position_embeddings=r.int("max_position_embeddings", 8192),
+            hidden_activation=activation,
+            global_head_dim=global_head_dim,
+            num_global_key_value_heads=global_kv,
+            attention_k_eq_v=r.bool("attention_k_eq_v", False) if gemma4 else False,
+            num_kv_shared_layers=r.int("num_kv_shared_layers", 0, minimum=0) if gemma4 else 0,
+            use_double_wide_mlp=r.bool("use_double_wide_mlp", False) if gemma4 else False,
+            hidden_size_per_layer_input=ple,
+            vocab_size_per_layer_input=r.int("vocab_size_per_layer_input", 262_144) if ple else 0,
+            enable_moe_block=moe,
+            num_experts=r.int("num_experts") if moe else 0,
+            top_k_experts=r.int("top_k_experts") if moe else 0,
+            moe_intermediate_size=r.int("moe_intermediate_size") if moe else 0,
+            sandwich_norms=gen.sandwich_norms,
+            qk_norm=gen.qk_norm,
+            norm_offset=gen.norm_offset,
+            value_norm=gen.value_norm,
+            layer_scalar=gen.layer_scalar,
+            bos_token_id=r.int("bos_token_id", 2, minimum=0),
+            eos_token_id=eos,
+            pad_token_id=r.int("pad_token_id", 0, minimum=0),
+        )
 
     @classmethod
     def from_json(cls, path: str | Path) -> "GemmaConfig":
@@ -158,6 +344,9 @@ class GemmaConfig:
             raise GemmaRefError(f"{path}: not found (a checkpoint directory needs config.json)") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise GemmaRefError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise GemmaRefError(f"{path}: expected a JSON object {{key: value}}, got a "
+                                f"{_json_type(d)}")
         return cls.from_dict(d, source=str(path))
 
     def to_dict(self) -> dict:
@@ -166,45 +355,171 @@ class GemmaConfig:
         return d
 
 
-def _rope(d: dict, model_type: str) -> tuple[tuple[float, float], tuple[float, float]]:
-    """(theta, linear factor) for full layers and for sliding layers.
+# --- reading config.json, checked ---------------------------------------------------
 
-    transformers 5 writes `rope_parameters` (one dict per layer type for Gemma 3);
+_REQUIRED = object()
+
+
+def _json_type(v) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null",
+            int: "number", float: "number"}.get(type(v), type(v).__name__)
+
+
+class _Reader:
+    """Typed reads of config.json keys: a missing key, a wrong type or an out-of-range
+    value raises a GemmaRefError naming the key (`text_config.hidden_size`)."""
+
+    def __init__(self, d, source: str, prefix: str = ""):
+        self.d, self.source, self.prefix = d, source, prefix
+
+    def object_itself(self) -> dict:
+        if not isinstance(self.d, dict):
+            raise GemmaRefError(f"{self.source}: {self.prefix.rstrip('.')} must be a JSON object, "
+                                f"got a {_json_type(self.d)}")
+        return self.d
+
+    def _bad(self, key, what, value):
+        return GemmaRefError(f"{self.source}: {self.prefix}{key} must be {what}, got {value!r}")
+
+    def get(self, key, default=_REQUIRED):
+        if key not in self.d or (self.d[key] is None and default is not _REQUIRED):
+            if default is _REQUIRED:
+                raise GemmaRefError(f"{self.source}: missing required key {self.prefix}{key!r}")
+            return default
+        return self.d[key]
+
+    def int(self, key, default=_REQUIRED, minimum=1):
+        v = self.get(key, default)
+        if v is None and default is None:
+            return None
+        if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+            raise self._bad(key, "a positive integer" if minimum == 1 else f"an integer >= {minimum}", v)
+        return v
+
+    def int_list(self, key) -> list[int]:
+        v = self.get(key)
+        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v):
+            raise self._bad(key, "an integer or a list of integers >= 0", v)
+        return v
+
+    def float(self, key, default=_REQUIRED):
+        v = self.get(key, default)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0 or v == float("inf"):
+            raise self._bad(key, "a positive number", v)
+        return float(v)
+
+    def opt_float(self, key):
+        return None if self.d.get(key) is None else self.float(key)
+
+    def fraction(self, key, default):
+        v = self.get(key, default)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1:
+            raise self._bad(key, "a number in [0, 1]", v)
+        return float(v)
+
+    def bool(self, key, default):
+        v = self.get(key, default)
+        if not isinstance(v, bool):
+            raise self._bad(key, "true or false", v)
+        return v
+
+    def obj(self, key) -> "_Reader":
+        v = self.get(key, {})
+        if not isinstance(v, dict):
+            raise self._bad(key, "a JSON object", v)
+        return _Reader(v, self.source, f"{self.prefix}{key}.")
+
+
+def _rope(r: _Reader, model_type: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(theta, linear factor, rotated fraction) for full layers and for sliding layers.
+
+    transformers 5 writes `rope_parameters` (one dict per layer type for Gemma 3 and 4);
     older files write `rope_theta`, `rope_local_base_freq` and `rope_scaling`.
     """
-    params = d.get("rope_parameters")
-    if params and FULL in params:  # per layer type (Gemma 3, transformers >= 5)
-        full, local = params[FULL], params.get(SLIDING, {})
-    elif params:  # one dict for every layer (Gemma 1, 2)
+    params = r.obj("rope_parameters")
+    if model_type == "gemma4_text" and not params.d:  # transformers' defaults for Gemma 4
+        params = _Reader({FULL: {"rope_type": "proportional", "partial_rotary_factor": 0.25,
+                                 "rope_theta": 1_000_000.0},
+                          SLIDING: {"rope_type": "default", "rope_theta": 10_000.0}}, r.source,
+                         r.prefix + "rope_parameters.")
+    if FULL in params.d or SLIDING in params.d:  # per layer type (Gemma 3, 4, transformers >= 5)
+        full, local = params.obj(FULL), params.obj(SLIDING)
+    elif params.d:  # one dict for every layer (Gemma 1, 2)
         full = local = params
     else:
-        full = {"rope_theta": d.get("rope_theta"), **(d.get("rope_scaling") or {})}
-        local = {"rope_theta": d.get("rope_local_base_freq")}
-    default_full = 1_000_000.0 if model_type == "gemma3_text" else 10_000.0
-    return (
-        (float(full.get("rope_theta") or default_full), _linear_factor(full)),
-        (float(local.get("rope_theta") or 10_000.0), _linear_factor(local)),
-    )
+        full = _Reader({"rope_theta": r.d.get("rope_theta"), **(r.obj("rope_scaling").d)}, r.source, r.prefix)
+        local = _Reader({"rope_theta": r.d.get("rope_local_base_freq")}, r.source, r.prefix)
+    default_full = 1_000_000.0 if model_type in ("gemma3_text", "gemma4_text") else 10_000.0
+    full_rope = (full.float("rope_theta", default_full), *_scaling(full))
+    local_rope = (local.float("rope_theta", 10_000.0), *_scaling(local))
+    if local_rope[2] != 1.0:
+        raise GemmaRefError(f"{r.source}: partial RoPE on sliding layers is not supported")
+    return full_rope, local_rope
 
 
-def _linear_factor(p: dict) -> float:
-    kind = p.get("rope_type", p.get("type", "default"))
+def _scaling(p: _Reader) -> tuple[float, float]:
+    """(linear factor, fraction of the pairs that rotate) of one rope_parameters dict."""
+    kind = p.d.get("rope_type", p.d.get("type", "default"))
     if kind in (None, "default"):
-        return 1.0
-    if kind != "linear":
-        raise GemmaRefError(f"config: RoPE type {kind!r} is not supported (Gemma uses default or linear)")
-    return float(p["factor"])
+        return 1.0, 1.0
+    if kind == "linear":
+        return p.float("factor"), 1.0
+    if kind == "proportional":  # Gemma 4: the first fraction of the pairs rotate, the rest do not
+        return p.float("factor", 1.0), p.fraction("partial_rotary_factor", 1.0)
+    raise GemmaRefError(f"{p.source}: RoPE type {kind!r} is not supported "
+                        f"(Gemma uses default, linear or proportional)")
 
 
-def _layer_types(d: dict, model_type: str, L: int) -> tuple[str, ...]:
-    if d.get("layer_types"):
-        return tuple(d["layer_types"])
+def _layer_types(r: _Reader, model_type: str, L: int) -> tuple[str, ...]:
+    if r.d.get("layer_types"):
+        types = r.d["layer_types"]
+        if not isinstance(types, list):
+            raise r._bad("layer_types", "a list of layer types", types)
+        for i, t in enumerate(types):
+            if t not in LAYER_TYPES:
+                raise GemmaRefError(f"{r.source}: {r.prefix}layer_types[{i}] is {t!r}; gemma-ref knows "
+                                    f"{' and '.join(LAYER_TYPES)}")
+        types = tuple(types)
+        if model_type == "gemma4_text" and types[-1] != FULL:
+            types = types[:-1] + (FULL,)  # as transformers: Gemma 4's last layer is always full
+        return types
     if model_type == "gemma":
         return (FULL,) * L
     if model_type == "gemma2":  # local, global, local, ... (layer 0 local)
         return tuple(SLIDING if i % 2 == 0 else FULL for i in range(L))
-    pattern = int(d.get("sliding_window_pattern", 6))  # Gemma 3: every 6th layer is global
-    return tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(L))
+    pattern = r.int("sliding_window_pattern", 6)  # Gemma 3, 4: every 6th layer is global
+    types = tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(L))
+    return types[:-1] + (FULL,) if model_type == "gemma4_text" else types
+
+
+def _full_layer_shapes(r: _Reader, layer_types, H: int, K: int) -> tuple[int, int | None]:
+    """(head_dim, kv heads) of Gemma 4's full-attention layers.
+
+    Hub files state `global_head_dim` (default 512) and `num_global_key_value_heads`
+    (used only with attention_k_eq_v); transformers >= 5.24 writes instead the
+    overrides per layer, `per_layer_config: {"04": {"head_dim": 512}, ...}`.
+    Either way every full layer has one shape and every sliding layer the global one.
+    """
+    if "per_layer_config" not in r.d:
+        kv = r.int("num_global_key_value_heads", None) if r.bool("attention_k_eq_v", False) else None
+        return r.int("global_head_dim", 512), kv
+    per_layer = r.obj("per_layer_config")
+    shapes = {}
+    for key, over in per_layer.d.items():
+        if not (isinstance(key, str) and key.isdigit() and int(key) < len(layer_types)):
+            raise per_layer._bad(key, "keyed by a layer index", key)
+        if not isinstance(over, dict) or set(over) - {"head_dim", "num_key_value_heads"}:
+            raise GemmaRefError(f"{r.source}: {per_layer.prefix}{key}: only head_dim and "
+                                f"num_key_value_heads overrides are supported, got {over!r}")
+        o = _Reader(over, r.source, f"{per_layer.prefix}{key}.")
+        shapes[int(key)] = (o.int("head_dim", H), o.int("num_key_value_heads", K))
+    full = {shapes.get(i, (H, K)) for i, t in enumerate(layer_types) if t == FULL}
+    sliding = {shapes.get(i, (H, K)) for i, t in enumerate(layer_types) if t == SLIDING}
+    if len(full) > 1 or sliding - {(H, K)}:
+        raise GemmaRefError(f"{r.source}: {per_layer.prefix.rstrip('.')}: every full-attention layer "
+                            f"must have one shape and sliding layers the global one")
+    (Hf, Kf), = full or {(H, K)}
+    return Hf, Kf
 
 
 def _preset(**kw) -> GemmaConfig:
@@ -218,6 +533,19 @@ _G3 = dict(model_type="gemma3_text", vocab_size=262_144, head_dim=256, rope_thet
            rope_local_base_freq=10_000.0, query_pre_attn_scalar=256)
 _G3_BIG = dict(_G3, vocab_size=262_208, sliding_window=1024,
                rope_scaling={"rope_type": "linear", "factor": 8.0})
+# Gemma 4: rope_parameters default to transformers' (sliding: default, 1e4; full:
+# proportional, 0.25 of the pairs, 1e6); full layers have head_dim 512.
+_G4 = dict(model_type="gemma4_text", vocab_size=262_144, head_dim=256, global_head_dim=512,
+           final_logit_softcapping=30.0)
+_G4_SMALL = dict(_G4, sliding_window=512, max_position_embeddings=131_072, num_attention_heads=8,
+                 hidden_size_per_layer_input=256, vocab_size_per_layer_input=262_144)
+_G4_BIG = dict(_G4, sliding_window=1024, max_position_embeddings=262_144, attention_k_eq_v=True)
+
+
+def _every(n: int, L: int) -> list[str]:
+    """n - 1 sliding layers, then one full, repeated over L layers."""
+    return [FULL if (i + 1) % n == 0 else SLIDING for i in range(L)]
+
 
 # Architecture presets (the text model). Parameter counts from `num_parameters`.
 PRESETS: dict[str, GemmaConfig] = {
@@ -242,4 +570,17 @@ PRESETS: dict[str, GemmaConfig] = {
     "3-27b": _preset(**dict(_G3_BIG, query_pre_attn_scalar=168, head_dim=128),  # 27.0 B
                      hidden_size=5376, intermediate_size=21504, num_hidden_layers=62,
                      num_attention_heads=32, num_key_value_heads=16),
+    # Gemma 4 (E = "effective": most of E2B's parameters are its per-layer embedding table)
+    "4-e2b": _preset(**_G4_SMALL, hidden_size=1536, intermediate_size=6144, num_hidden_layers=35,  # 4.63 B
+                     num_key_value_heads=1, num_kv_shared_layers=20, use_double_wide_mlp=True,
+                     layer_types=_every(5, 35)),
+    "4-e4b": _preset(**_G4_SMALL, hidden_size=2560, intermediate_size=10240, num_hidden_layers=42,  # 7.46 B
+                     num_key_value_heads=2, num_kv_shared_layers=18, layer_types=_every(6, 42)),
+    "4-26b-a4b": _preset(**_G4_BIG, hidden_size=2816, intermediate_size=2112, num_hidden_layers=30,  # 25.2 B
+                         num_attention_heads=16, num_key_value_heads=8, num_global_key_value_heads=2,
+                         enable_moe_block=True, num_experts=128, top_k_experts=8,
+                         moe_intermediate_size=704, layer_types=_every(6, 30)),
+    "4-31b": _preset(**_G4_BIG, hidden_size=5376, intermediate_size=21504, num_hidden_layers=60,  # 30.7 B
+                     num_attention_heads=32, num_key_value_heads=16, num_global_key_value_heads=4,
+                     layer_types=_every(6, 60)),
 }

@@ -29,6 +29,11 @@ ALIASES = {
     "3-4b": "google/gemma-3-4b-pt", "3-4b-it": "google/gemma-3-4b-it",
     "3-12b": "google/gemma-3-12b-pt", "3-12b-it": "google/gemma-3-12b-it",
     "3-27b": "google/gemma-3-27b-pt", "3-27b-it": "google/gemma-3-27b-it",
+    # Gemma 4 (text; all are multimodal checkpoints, of which we run the text part)
+    "4-e2b": "google/gemma-4-E2B", "4-e2b-it": "google/gemma-4-E2B-it",
+    "4-e4b": "google/gemma-4-E4B", "4-e4b-it": "google/gemma-4-E4B-it",
+    "4-26b-a4b": "google/gemma-4-26B-A4B", "4-26b-a4b-it": "google/gemma-4-26B-A4B-it",
+    "4-31b": "google/gemma-4-31B", "4-31b-it": "google/gemma-4-31B-it",
 }
 
 # The files the engine reads from a Hub repo (never the .gguf or PyTorch copies).

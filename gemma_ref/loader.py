@@ -23,29 +23,36 @@ from .errors import GemmaRefError
 # safetensors dtype tag -> NumPy dtype (bfloat16 comes from ml_dtypes).
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64}
 
-# Multimodal Gemma 3 checkpoints nest the text model. Hub files (older transformers)
-# use the first spellings, transformers >= 5 the second. Text keys are renamed to
-# the plain text-model keys; vision keys are skipped.
+# Multimodal Gemma 3 and 4 checkpoints nest the text model. Hub files (older
+# transformers) use the first spellings, transformers >= 5 the second. Text keys are
+# renamed to the plain text-model keys; vision and audio keys are skipped.
 _PREFIXES = {
     "language_model.model.": "model.",
     "language_model.lm_head.": "lm_head.",
     "model.language_model.": "model.",
 }
 _VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
-                    "model.multi_modal_projector.")
+                    "model.multi_modal_projector.", "model.embed_vision.", "model.audio_tower.",
+                    "model.embed_audio.")
+# Tables read a few rows at a time (the rows of the tokens in a step), never whole:
+# they stay memory-mapped in their stored dtype, outside the float32 budget. Gemma 4
+# E2B's per-layer embeddings are 262144 x 8960 values (4.7 GB in bfloat16).
+ROW_TABLES = ("model.embed_tokens_per_layer.weight",)
 
 
 def expected_shapes(config: GemmaConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor the text model needs, with its shape ([out, in] for projections)."""
-    D, F, H = config.hidden_size, config.intermediate_size, config.head_dim
-    N, K = config.num_attention_heads, config.num_key_value_heads
+    D, N, P, L = config.hidden_size, config.num_attention_heads, config.hidden_size_per_layer_input, config.num_hidden_layers
     shapes = {"model.embed_tokens.weight": (config.vocab_size, D), "model.norm.weight": (D,)}
-    for i in range(config.num_hidden_layers):
+    if P:  # Gemma 4 per-layer embeddings
+        shapes["model.embed_tokens_per_layer.weight"] = (config.vocab_size_per_layer_input, L * P)
+        shapes["model.per_layer_model_projection.weight"] = (L * P, D)
+        shapes["model.per_layer_projection_norm.weight"] = (P,)
+    for i, s in enumerate(config.layers):
         p = f"model.layers.{i}."
+        H, K, F = s.head_dim, s.num_key_value_heads, s.intermediate_size
         shapes.update({
             p + "self_attn.q_proj.weight": (N * H, D),
-            p + "self_attn.k_proj.weight": (K * H, D),
-            p + "self_attn.v_proj.weight": (K * H, D),
             p + "self_attn.o_proj.weight": (D, N * H),
             p + "mlp.gate_proj.weight": (F, D),
             p + "mlp.up_proj.weight": (F, D),
@@ -53,13 +60,47 @@ def expected_shapes(config: GemmaConfig) -> dict[str, tuple[int, ...]]:
             p + "input_layernorm.weight": (D,),
             p + "post_attention_layernorm.weight": (D,),
         })
+        if s.kv_source == i:  # a layer sharing another's keys and values has no k/v weights
+            shapes[p + "self_attn.k_proj.weight"] = (K * H, D)
+            if s.v_proj:
+                shapes[p + "self_attn.v_proj.weight"] = (K * H, D)
         if config.sandwich_norms:
             shapes[p + "pre_feedforward_layernorm.weight"] = (D,)
             shapes[p + "post_feedforward_layernorm.weight"] = (D,)
         if config.qk_norm:
             shapes[p + "self_attn.q_norm.weight"] = (H,)
-            shapes[p + "self_attn.k_norm.weight"] = (H,)
+            if s.kv_source == i:
+                shapes[p + "self_attn.k_norm.weight"] = (H,)
+        if config.layer_scalar:
+            shapes[p + "layer_scalar"] = (1,)
+        if P:
+            shapes[p + "per_layer_input_gate.weight"] = (P, D)
+            shapes[p + "per_layer_projection.weight"] = (D, P)
+            shapes[p + "post_per_layer_input_norm.weight"] = (D,)
+        if config.enable_moe_block:
+            E, Fm = config.num_experts, config.moe_intermediate_size
+            shapes.update({
+                p + "router.proj.weight": (E, D),
+                p + "router.scale": (D,),
+                p + "router.per_expert_scale": (E,),
+                p + "experts.gate_up_proj": (E, 2 * Fm, D),  # gate and up, fused
+                p + "experts.down_proj": (E, D, Fm),
+                p + "pre_feedforward_layernorm_2.weight": (D,),
+                p + "post_feedforward_layernorm_1.weight": (D,),
+                p + "post_feedforward_layernorm_2.weight": (D,),
+            })
     return shapes
+
+
+def unused_shapes(config: GemmaConfig) -> set[str]:
+    """Tensors a checkpoint may hold that the model does not use, skipped at load.
+
+    Gemma 4 Hub checkpoints keep k/v weights for the layers that share another
+    layer's keys and values (transformers ignores them too).
+    """
+    return {f"model.layers.{i}.self_attn.{name}.weight"
+            for i, s in enumerate(config.layers) if s.kv_source != i
+            for name in ("k_proj", "v_proj", "k_norm", "v_norm")}
 
 
 @dataclass(frozen=True)
@@ -79,6 +120,14 @@ class StoredTensor:
         """A private float32 copy in RAM (plain reads: no mapping, so RSS holds it once)."""
         a = np.fromfile(self.path, dtype=self.dtype, count=self.size, offset=self.offset)
         return a.reshape(self.shape).astype(np.float32, copy=False)  # bf16/f16 -> f32 is exact
+
+    def memmap(self) -> np.ndarray:
+        """The tensor as a read-only memory map, in its stored dtype (nothing read yet)."""
+        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape)
+
+    def __getitem__(self, index) -> np.ndarray:
+        """Some rows (t[ids], t[expert]), read through a memory map, in the stored dtype."""
+        return self.memmap()[index]
 
     def __array__(self, dtype=None, copy=None):
         """np.asarray(t) reads it: a tensor left on disk is read (from the page cache,
@@ -182,7 +231,7 @@ def load_safetensors_checkpoint(directory: Path, config: GemmaConfig,
                     break
             found[name] = tensor
     if skipped_vision:
-        print(f"gemma-ref: text model only; ignoring {skipped_vision} vision-tower tensors",
+        print(f"gemma-ref: text model only; ignoring {skipped_vision} vision/audio tensors",
               file=sys.stderr)
     # A stored output head is the embedding again (Gemma ties them); we use the embedding.
     found.pop("lm_head.weight", None)
@@ -198,6 +247,7 @@ def check_and_widen(found: dict[str, StoredTensor | np.ndarray], config: GemmaCo
     as StoredTensor records, read and widened each time they are used.
     """
     expected = expected_shapes(config)
+    found = {n: t for n, t in found.items() if n not in unused_shapes(config)}
     missing = [n for n in expected if n not in found]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -210,10 +260,14 @@ def check_and_widen(found: dict[str, StoredTensor | np.ndarray], config: GemmaCo
             raise GemmaRefError(f"{_where(found[name], source)}: tensor {name} has shape "
                                 f"{tuple(found[name].shape)}, config.json implies {shape}")
 
-    budget = default_max_memory(found) if max_memory is None else max_memory
+    budget = (default_max_memory({n: t for n, t in found.items() if n not in ROW_TABLES})
+              if max_memory is None else max_memory)
     weights, used = {}, 0
     for name in _progress(list(expected), source, progress):
         t = found[name]
+        if name in ROW_TABLES:  # read row by row as used: mapped, never widened whole
+            weights[name] = t.memmap() if isinstance(t, StoredTensor) else t
+            continue
         used += int(np.prod(t.shape)) * 4
         if isinstance(t, np.ndarray):
             weights[name] = t

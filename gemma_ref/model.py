@@ -1,10 +1,13 @@
-"""The Gemma forward pass, in NumPy, for every generation (1, 2, 3 text).
+"""The Gemma forward pass, in NumPy, for every generation (1, 2, 3, 4 text).
 
 One function per equation, each with its shapes. Generations differ only by
-config values (see config.py). Axis legend, used everywhere:
+config values (see config.py); what differs between the layers of one model
+(head size, kv heads, K/V source, MLP width, RoPE table) is read from its
+`config.layers[i]` record. Axis legend, used everywhere:
 
     B batch   T query length   S key length   D hidden   N query heads
     K kv heads   G = N / K   H head_dim   F ffn width   V vocab   C cache slots
+    L layers   P per-layer embedding width (Gemma 4)   E experts   M tokens (B*T)
 
 Parameters are a mapping from Hugging Face checkpoint keys to arrays
 (`model.layers.3.self_attn.q_proj.weight`, shape [out, in]). Precision: the
@@ -21,7 +24,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .config import SLIDING, GemmaConfig
+from .config import GemmaConfig, LayerSpec
 from .errors import GemmaRefError
 from .parallel import (dense, linear, reuse_freed_memory, sharded_attention, sharded_geglu,
                        split_tokens, threads_for)
@@ -70,14 +73,18 @@ def softmax(x):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def rope_angles(positions, head_dim, theta, scaling_factor, dtype):
+def rope_angles(positions, head_dim, theta, scaling_factor, dtype, rotated=None):
     """cos, sin of position * theta^(-2i/H) / factor.   [B, T] -> 2 x [B, T, H/2]
 
+    Only the first `rotated` pairs i turn (default: all H/2); the others get angle 0
+    (cos 1, sin 0): Gemma 4's proportional RoPE, whose exponent keeps the full H.
     Computed in the activation dtype, as transformers does in float32: at long
     positions a float64 angle would differ from the float32 one by ~1e-4 rad.
     """
-    inv_freq = (theta ** -(np.arange(0, head_dim, 2) / head_dim) / scaling_factor).astype(dtype)
-    angles = positions.astype(dtype)[..., None] * inv_freq  # [B, T, H/2]
+    rotated = head_dim // 2 if rotated is None else rotated
+    inv_freq = np.zeros(head_dim // 2)  # [H/2]
+    inv_freq[:rotated] = theta ** -(np.arange(0, 2 * rotated, 2) / head_dim) / scaling_factor
+    angles = positions.astype(dtype)[..., None] * inv_freq.astype(dtype)  # [B, T, H/2]
     return np.cos(angles), np.sin(angles)
 
 
@@ -217,7 +224,8 @@ class Weights:
     """Read-only view of the checkpoint: HF key -> array widened to the compute dtype.
 
     Arrays already in the compute dtype are returned as they are (no copy); narrower
-    ones (bfloat16, float16, memory-mapped) are widened on each use.
+    ones (bfloat16, float16, memory-mapped) are widened on each use. `rows` reads and
+    widens only some rows of a big table (per-layer embeddings, one expert).
     """
 
     def __init__(self, arrays: Mapping[str, np.ndarray], dtype=np.float32):
@@ -225,6 +233,10 @@ class Weights:
 
     def __getitem__(self, name: str) -> np.ndarray:
         return np.asarray(self.arrays[name]).astype(self.dtype, copy=False)
+
+    def rows(self, name: str, index) -> np.ndarray:
+        """self[name][index], widening only the rows taken.     [R, ...] -> [index.shape..., ...]"""
+        return np.asarray(self.arrays[name][index]).astype(self.dtype, copy=False)
 
 
 @dataclass
@@ -245,12 +257,23 @@ class LayerCache:
         return self.k.nbytes + self.v.nbytes + self.pos.nbytes
 
 
-def new_cache(config: GemmaConfig, batch: int, max_len: int, dtype=np.float32) -> list[LayerCache]:
-    """An empty KV cache for `batch` sequences of at most `max_len` positions."""
-    K, H = config.num_key_value_heads, config.head_dim
+def _slots(spec: LayerSpec, max_len: int) -> int:
+    """C: cache slots of a layer (a sliding layer never needs more than its window)."""
+    return min(spec.window, max_len) if spec.window else max_len
+
+
+def new_cache(config: GemmaConfig, batch: int, max_len: int, dtype=np.float32) -> list[LayerCache | None]:
+    """An empty KV cache for `batch` sequences of at most `max_len` positions.
+
+    One LayerCache per layer, shaped by its LayerSpec; None for a layer that attends
+    with another layer's keys and values (Gemma 4 KV sharing): it owns no cache.
+    """
     cache = []
-    for kind in config.layer_types:
-        C = min(config.sliding_window, max_len) if kind == SLIDING else max_len
+    for i, s in enumerate(config.layers):
+        if s.kv_source != i:
+            cache.append(None)
+            continue
+        C, K, H = _slots(s, max_len), s.num_key_value_heads, s.head_dim
         cache.append(LayerCache(
             k=np.zeros((batch, C, K, H), dtype), v=np.zeros((batch, C, K, H), dtype),
             pos=np.full((batch, C), -1, np.int64),
@@ -260,10 +283,9 @@ def new_cache(config: GemmaConfig, batch: int, max_len: int, dtype=np.float32) -
 
 def cache_nbytes(config: GemmaConfig, max_len: int, batch: int = 1, dtype=np.float32) -> int:
     """Bytes of `new_cache(config, batch, max_len, dtype)`: keys, values and positions."""
-    per_slot = 2 * config.num_key_value_heads * config.head_dim * np.dtype(dtype).itemsize + 8
-    slots = sum(min(config.sliding_window, max_len) if kind == SLIDING else max_len
-                for kind in config.layer_types)
-    return batch * slots * per_slot
+    item = np.dtype(dtype).itemsize
+    return batch * sum(_slots(s, max_len) * (2 * s.num_key_value_heads * s.head_dim * item + 8)
+                       for i, s in enumerate(config.layers) if s.kv_source == i)
 
 
 def cache_write(c: LayerCache, k, v, pos):
@@ -279,102 +301,219 @@ def cache_write(c: LayerCache, k, v, pos):
     c.end = max(c.end, int(pos.max()) + 1)
 
 
+def attended_kv(c: LayerCache | None, k, v, positions, ring: bool):
+    """The keys and values this step's queries attend over, the new ones stored in c.
+
+    k, v [B, T, K, H], positions [B, T] -> k, v [B, S, K, H], their positions [B, S]
+    Without a cache: the step's own. `ring`: c is a sliding layer's ring buffer.
+    """
+    if c is None:
+        return k, v, positions
+    if not ring or k.shape[1] == 1:
+        # Storing first evicts nothing still visible (a full layer never evicts; a
+        # ring evicts position p - window, just out of the new query's reach), so
+        # attend over the cache in place.
+        cache_write(c, k, v, positions)
+        used = min(c.end, c.pos.shape[1])
+        return c.k[:, :used], c.v[:, :used], c.pos[:, :used]  # [B, S, ...]
+    # A chunk on a ring: its last keys may evict ones its first queries need, so
+    # attend over what the ring held plus the chunk, then store.
+    used = min(c.end, c.pos.shape[1])
+    k_all = np.concatenate([c.k[:, :used], k], axis=1)  # [B, S, K, H]
+    v_all = np.concatenate([c.v[:, :used], v], axis=1)
+    k_pos = np.concatenate([c.pos[:, :used], positions], axis=1)  # [B, S]
+    cache_write(c, k, v, positions)
+    return k_all, v_all, k_pos
+
+
 # --- the network --------------------------------------------------------------
 
 
-def qkv(x, cos, sin, W, pre, config, trace=None):
-    """Queries, keys and values of each token, normed (Gemma 3) and rotated.
+def qkv(x, cos, sin, W, pre, config, spec, own_kv=True, trace=None):
+    """Queries, keys and values of each token, normed (Gemma 3, 4) and rotated.
 
     x [B, T, D], cos/sin [B, T, H/2] -> q [B, T, N, H], k and v [B, T, K, H]
+    (k, v None when the layer attends with another layer's: not own_kv).
+    Gemma 4: v is normed without a weight, and with attention_k_eq_v (no v_proj)
+    v is the raw key projection, before k's norm and RoPE.
     """
     B, T, _ = x.shape
-    N, K, H = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    N, K, H = config.num_attention_heads, spec.num_key_value_heads, spec.head_dim
+    eps, off = config.rms_norm_eps, config.norm_offset
     q = dense(x, W[pre + "q_proj.weight"]).reshape(B, T, N, H)  # [B, T, N, H]
-    k = dense(x, W[pre + "k_proj.weight"]).reshape(B, T, K, H)  # [B, T, K, H]
-    v = dense(x, W[pre + "v_proj.weight"]).reshape(B, T, K, H)  # [B, T, K, H]
-    record(trace, pre + "q_proj", q, pre + "k_proj", k, pre + "v_proj", v)
-    if config.qk_norm:  # Gemma 3: RMSNorm over each head, before RoPE
-        q = rms_norm(q, W[pre + "q_norm.weight"], config.rms_norm_eps)
-        k = rms_norm(k, W[pre + "k_norm.weight"], config.rms_norm_eps)
-        record(trace, pre + "q_norm", q, pre + "k_norm", k)
-    q, k = rope(q, cos, sin), rope(k, cos, sin)
-    record(trace, pre + "q_rope", q, pre + "k_rope", k)
+    k = v = None
+    if own_kv:
+        k = dense(x, W[pre + "k_proj.weight"]).reshape(B, T, K, H)  # [B, T, K, H]
+        v = dense(x, W[pre + "v_proj.weight"]).reshape(B, T, K, H) if spec.v_proj else k
+        record(trace, pre + "k_proj", k, pre + "v_proj", v)
+    record(trace, pre + "q_proj", q)
+    if config.qk_norm:  # Gemma 3, 4: RMSNorm over each head, before RoPE
+        q = rms_norm(q, W[pre + "q_norm.weight"], eps, off)
+        record(trace, pre + "q_norm", q)
+        if own_kv:
+            k = rms_norm(k, W[pre + "k_norm.weight"], eps, off)
+            record(trace, pre + "k_norm", k)
+    if own_kv and config.value_norm:  # Gemma 4
+        v = rms_norm(v, None, eps)
+        record(trace, pre + "v_norm", v)
+    q = rope(q, cos, sin)
+    record(trace, pre + "q_rope", q)
+    if own_kv:
+        k = rope(k, cos, sin)
+        record(trace, pre + "k_rope", k)
     return q, k, v
 
 
-def attention_block(x, W, i, config, cos_sin, positions, cache, trace, keep=slice(None)):
+def attention_block(x, W, i, config, cos_sin, positions, cache, shared, trace, keep=slice(None)):
     """Self-attention of layer i.                     [B, T, D] -> [B, T', D]
 
     Every token's keys and values are computed (and cached); outputs only for the
-    queries x[:, keep] (T' of them).
+    queries x[:, keep] (T' of them). A layer that shares keys and values (Gemma 4)
+    computes queries only and attends over what its source layer, earlier in this
+    pass, left in `shared` (layer -> k, v, positions).
 
     split_tokens / sharded_attention / linear compute the same values on all
     cores when that pays (parallel.py).
     """
-    pre = f"model.layers.{i}.self_attn."
+    pre, spec = f"model.layers.{i}.self_attn.", config.layers[i]
+    own_kv = spec.kv_source == i
     if trace is None:  # token by token, so the prompt's tokens are split between cores
-        q, k, v = split_tokens(lambda x, cos, sin: qkv(x, cos, sin, W, pre, config), x, *cos_sin)
+        q, k, v = split_tokens(lambda x, cos, sin: qkv(x, cos, sin, W, pre, config, spec, own_kv),
+                               x, *cos_sin)
     else:
-        q, k, v = qkv(x, *cos_sin, W, pre, config, trace)
+        q, k, v = qkv(x, *cos_sin, W, pre, config, spec, own_kv, trace)
 
-    sliding = config.layer_types[i] == SLIDING
-    k_all, v_all, k_pos = k, v, positions
-    if cache is not None:
-        c = cache[i]
-        if not sliding or x.shape[1] == 1:
-            # Storing first evicts nothing still visible (a full layer never evicts; a
-            # ring evicts position p - window, just out of the new query's reach), so
-            # attend over the cache in place.
-            cache_write(c, k, v, positions)
-            used = min(c.end, c.pos.shape[1])
-            k_all, v_all, k_pos = c.k[:, :used], c.v[:, :used], c.pos[:, :used]  # [B, S, ...]
-        else:
-            # A chunk on a ring: its last keys may evict ones its first queries need, so
-            # attend over what the ring held plus the chunk, then store.
-            used = min(c.end, c.pos.shape[1])
-            k_all = np.concatenate([c.k[:, :used], k], axis=1)  # [B, S, K, H]
-            v_all = np.concatenate([c.v[:, :used], v], axis=1)
-            k_pos = np.concatenate([c.pos[:, :used], positions], axis=1)  # [B, S]
-            cache_write(c, k, v, positions)
+    if own_kv:
+        kv = attended_kv(None if cache is None else cache[i], k, v, positions, spec.window is not None)
+        if spec.shares_kv:
+            shared[i] = kv
+    else:
+        kv = shared[spec.kv_source]  # [B, S, K, H] x 2, [B, S]: the source layer's span
+    k_all, v_all, k_pos = kv
     q, q_pos = q[:, keep], positions[:, keep]
     out = sharded_attention(attention, visible, q, k_all, v_all, q_pos, k_pos, config.query_scale,
-                            window=config.sliding_window if sliding else None,
-                            cap=config.attn_logit_softcapping)  # [B, T', N*H], on all cores
+                            window=spec.window, cap=config.attn_logit_softcapping)  # [B, T', N*H]
     record(trace, pre + "attn", out)
     out = linear(out, W[pre + "o_proj.weight"])  # [B, T', N*H] -> [B, T', D]
     record(trace, pre + "o_proj", out)
     return out
 
 
-def decoder_layer(x, W, i, config, cos_sin, positions, cache, trace, keep=slice(None)):
+def route(x, w_router, scale, per_expert_scale, top_k, eps):
+    """Which experts each token goes to, and with what weight.    [M, D] -> 2 x [M, top_k]
+
+    p = softmax(W_r (rms(x) * scale / sqrt(D)))              over all E experts
+    experts = the top_k largest p;  weight = p / sum(p of those) * per_expert_scale
+    """
+    D = x.shape[-1]
+    h = rms_norm(x, None, eps) * scale * D ** -0.5  # [M, D]
+    p = softmax(dense(h, w_router))  # [M, E]
+    experts = np.argpartition(-p, top_k - 1, axis=-1)[:, :top_k]  # [M, top_k] (any order)
+    weights = np.take_along_axis(p, experts, axis=-1)  # [M, top_k]
+    return experts, weights / weights.sum(axis=-1, keepdims=True) * per_expert_scale[experts]
+
+
+def moe(x, experts, weights, gate_up, down):
+    """sum over k of weights[m, k] * expert_{experts[m, k]}(x[m]).        [M, D] -> [M, D]
+
+    expert_e(x) = down_e(gelu_tanh(gate_e x) * up_e x), gate_e and up_e fused in
+    gate_up(e) [2F, D]; down(e) [D, F]. Each token goes through its top_k experts
+    only, and tokens are batched by expert: one product per expert used.
+    """
+    out = np.zeros_like(x)
+    for e in np.unique(experts):
+        rows, k = np.nonzero(experts == e)  # the tokens routed to e, and which of their picks it is
+        gate, up = np.split(dense(x[rows], gate_up(e)), 2, axis=-1)  # [m, F] x 2
+        out[rows] += dense(gelu_tanh(gate) * up, down(e)) * weights[rows, k, None]  # [m, D]
+    return out
+
+
+def moe_block(x, W, pre, config, trace=None):
+    """Gemma 4's mixture of experts, beside the dense MLP.          [B, T, D] -> [B, T, D]
+
+    The router reads the residual stream x; the experts, pre_feedforward_layernorm_2(x).
+    """
+    B, T, D = x.shape
+    flat = x.reshape(B * T, D)  # [M, D]
+    experts, weights = route(flat, W[pre + "router.proj.weight"], W[pre + "router.scale"],
+                             W[pre + "router.per_expert_scale"], config.top_k_experts, config.rms_norm_eps)
+    h = rms_norm(flat, W[pre + "pre_feedforward_layernorm_2.weight"], config.rms_norm_eps, config.norm_offset)
+    record(trace, pre + "pre_feedforward_layernorm_2", h)
+    out = moe(h, experts, weights, lambda e: W.rows(pre + "experts.gate_up_proj", e),
+              lambda e: W.rows(pre + "experts.down_proj", e))  # [M, D]
+    record(trace, pre + "experts", out)
+    return out.reshape(B, T, D)
+
+
+def per_layer_inputs(W, config, ids, x):
+    """Gemma 4's per-layer embeddings (PLE): a small input for each layer.
+
+    ids [B, T], x [B, T, D] (the scaled embeddings) -> [B, T, L, P]
+    (rms_norm(x W_p / sqrt(D)) + E_p[ids] * sqrt(P)) / sqrt(2)
+    E_p is a [V, L*P] table (E2B: 2.35 G values, more than the rest of the model): only
+    the rows of `ids` are read from it and widened; it stays stored, memory-mapped.
+    """
+    B, T, D = x.shape
+    L, P = config.num_hidden_layers, config.hidden_size_per_layer_input
+    # sqrt(P) rounded to the activation dtype first, as for the main embedding
+    rows = W.rows("model.embed_tokens_per_layer.weight", ids) * np.asarray(math.sqrt(P), x.dtype)
+    proj = dense(x, W["model.per_layer_model_projection.weight"]) * D ** -0.5  # [B, T, L*P]
+    proj = rms_norm(proj.reshape(B, T, L, P), W["model.per_layer_projection_norm.weight"],
+                    config.rms_norm_eps, config.norm_offset)  # [B, T, L, P]
+    return (proj + rows.reshape(B, T, L, P)) * 2 ** -0.5
+
+
+def per_layer_mix(x, ple, W, pre):
+    """What a layer takes from its per-layer input.          [B, T, D], [B, T, P] -> [B, T, D]
+
+    per_layer_projection(gelu_tanh(per_layer_input_gate(x)) * ple)
+    """
+    g = gelu_tanh(dense(x, W[pre + "per_layer_input_gate.weight"])) * ple  # [B, T, P]
+    return dense(g, W[pre + "per_layer_projection.weight"])  # [B, T, D]
+
+
+def decoder_layer(x, W, i, config, cos_sin, positions, cache, shared, trace, keep=slice(None),
+                  ple=None):
     """One block.                                     [B, T, D] -> [B, T', D]
 
     Gemma 1:   h = x + attn(norm(x));                out = h + mlp(norm(h))
     Gemma 2/3: h = x + norm(attn(norm(x)));          out = h + norm(mlp(norm(h)))
+    Gemma 4:   as Gemma 3, where (26B) mlp(norm(h)) becomes
+               norm(mlp(norm(h))) + norm(moe(norm(h)));  then (E2B, E4B)
+               out += norm(per_layer_mix(out, ple)); and out *= layer_scalar
 
-    Outputs for the tokens x[:, keep] only (all of them by default).
+    Outputs for the tokens x[:, keep] only (all of them by default). ple [B, T, P]:
+    this layer's per-layer input (Gemma 4), or None.
     """
-    pre, eps = f"model.layers.{i}.", config.rms_norm_eps
-    h = rms_norm(x, W[pre + "input_layernorm.weight"], eps)
-    record(trace, pre + "input_layernorm", h)
-    a = attention_block(h, W, i, config, cos_sin, positions, cache, trace, keep)
+    pre, eps, off = f"model.layers.{i}.", config.rms_norm_eps, config.norm_offset
+
+    def norm(h, name):  # RMSNorm with this layer's weight `name`, traced under that name
+        h = rms_norm(h, W[pre + name + ".weight"], eps, off)
+        record(trace, pre + name, h)
+        return h
+
+    h = norm(x, "input_layernorm")
+    a = attention_block(h, W, i, config, cos_sin, positions, cache, shared, trace, keep)
     if config.sandwich_norms:
-        a = rms_norm(a, W[pre + "post_attention_layernorm.weight"], eps)
-        record(trace, pre + "post_attention_layernorm", a)
+        a = norm(a, "post_attention_layernorm")
     x = x[:, keep] + a  # from here on, the tokens x[:, keep] only
     # Gemma 1 calls its pre-MLP norm "post_attention_layernorm".
-    mlp_norm = "pre_feedforward_layernorm" if config.sandwich_norms else "post_attention_layernorm"
-    h = rms_norm(x, W[pre + mlp_norm + ".weight"], eps)
-    record(trace, pre + mlp_norm, h)
+    h = norm(x, "pre_feedforward_layernorm" if config.sandwich_norms else "post_attention_layernorm")
     m = sharded_geglu(geglu, h, W[pre + "mlp.gate_proj.weight"], W[pre + "mlp.up_proj.weight"],
                       W[pre + "mlp.down_proj.weight"])  # geglu(h, ...) on all cores
     record(trace, pre + "mlp", m)
+    if config.enable_moe_block:
+        m = norm(m, "post_feedforward_layernorm_1") + norm(moe_block(x, W, pre, config, trace),
+                                                           "post_feedforward_layernorm_2")
     if config.sandwich_norms:
-        m = rms_norm(m, W[pre + "post_feedforward_layernorm.weight"], eps)
-        record(trace, pre + "post_feedforward_layernorm", m)
-    out = x + m
-    record(trace, f"model.layers.{i}", out)
-    return out
+        m = norm(m, "post_feedforward_layernorm")
+    x = x + m
+    if ple is not None:
+        x = x + norm(per_layer_mix(x, ple[:, keep], W, pre), "post_per_layer_input_norm")
+    if config.layer_scalar:
+        x = x * W[pre + "layer_scalar"]
+    record(trace, f"model.layers.{i}", x)
+    return x
 
 
 def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *,
@@ -400,10 +539,12 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *,
         positions = np.broadcast_to(np.arange(start, start + T), (B, T))
     positions = np.asarray(positions, dtype=np.int64)
     V_table = W.arrays["model.embed_tokens.weight"].shape[0]
+    if config.hidden_size_per_layer_input:
+        V_table = min(V_table, config.vocab_size_per_layer_input)
     if ids.size and (ids.min() < 0 or ids.max() >= V_table):
         raise GemmaRefError(f"token id out of range: ids must be in [0, {V_table})")
     if cache is not None:
-        full = [c for c, kind in zip(cache, config.layer_types) if kind != SLIDING]
+        full = [c for c, s in zip(cache, config.layers) if c is not None and s.window is None]
         if full and positions.max() >= full[0].pos.shape[1]:
             raise GemmaRefError(
                 f"context too long: position {int(positions.max())} does not fit a cache of "
@@ -413,25 +554,33 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *,
     E = W["model.embed_tokens.weight"]  # [V, D]
     x = E[ids] * np.asarray(np.sqrt(config.hidden_size), dtype)  # [B, T, D]
     record(trace, "model.embed_tokens", x)
+    ple = per_layer_inputs(W, config, ids, x) if config.hidden_size_per_layer_input else None
 
-    # RoPE tables, one per layer kind (sliding layers: local base, no scaling).
-    rope_tables = {
-        SLIDING: rope_angles(positions, config.head_dim, config.rope_local_base_freq, 1.0, dtype),
-        "full_attention": rope_angles(positions, config.head_dim, config.rope_theta,
-                                      config.rope_scaling_factor, dtype),
-    }
+    # RoPE tables, one per kind of layer (config.layers[i].rope).
+    rope_tables = {r: rope_angles(positions, r.head_dim, r.theta, r.factor, dtype, r.rotated)
+                   for r in {s.rope for s in config.layers}}
+    shared = {}  # layer -> (k, v, positions) that later layers attend with (Gemma 4)
     reuse_freed_memory()  # once per process: fewer page faults (parallel.py)
     with threads_for(B * T):  # prefill: our threads split the products; decoding: BLAS's (parallel.py)
-        last = len(config.layer_types) - 1
-        for i, kind in enumerate(config.layer_types):
+        last = len(config.layers) - 1
+        first_shared = config.num_hidden_layers - config.num_kv_shared_layers
+        for i, spec in enumerate(config.layers):
+            if last_only and trace is None and i == first_shared and 0 < i <= last:
+                # From here on no layer computes keys or values (they reuse earlier
+                # layers'), so for the last position's logits only the last token
+                # goes on (as transformers does).
+                x, positions = x[:, -1:], positions[:, -1:]
+                ple = None if ple is None else ple[:, -1:]
+                rope_tables = {r: (cos[:, -1:], sin[:, -1:]) for r, (cos, sin) in rope_tables.items()}
             # For last_only, the last layer needs every token's keys and values (for its
             # attention and the cache) but the rest of its work for the last token only.
             keep = slice(-1, None) if last_only and i == last and trace is None else slice(None)
-            x = decoder_layer(x, W, i, config, rope_tables[kind], positions, cache, trace, keep)
+            x = decoder_layer(x, W, i, config, rope_tables[spec.rope], positions, cache, shared, trace,
+                              keep, None if ple is None else ple[:, :, i])
 
         if last_only:
             x = x[:, -1:]
-        x = rms_norm(x, W["model.norm.weight"], config.rms_norm_eps)  # [B, T, D]
+        x = rms_norm(x, W["model.norm.weight"], config.rms_norm_eps, config.norm_offset)  # [B, T, D]
         record(trace, "model.norm", x)
         head = E if n_vocab is None else E[:n_vocab]  # tied output head
         logits = linear(x, head)  # [B, T, D] -> [B, T, V]

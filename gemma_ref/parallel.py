@@ -160,12 +160,13 @@ def split_tokens(fn, *arrays):
 
     For functions that treat every token on its own (projections, norms, RoPE):
     one hand-off covers the whole chain. Prefill only; a few tokens run as they are.
+    An output that is None (a layer without keys and values of its own) stays None.
     """
     T = arrays[0].shape[1]
     if not _split or _threads == 1 or T < 32 * _threads:
         return fn(*arrays)
     parts = _run_shards(lambda lo, hi: fn(*(a[:, lo:hi] for a in arrays)), T)
-    return tuple(np.concatenate(outs, axis=1) for outs in zip(*parts))
+    return tuple(None if outs[0] is None else np.concatenate(outs, axis=1) for outs in zip(*parts))
 
 
 def _worth_splitting(x, w) -> bool:

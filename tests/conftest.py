@@ -31,6 +31,21 @@ VARIANTS = {
                        rope_scaling={"rope_type": "linear", "factor": 8.0},
                        layer_types=["sliding_attention", "sliding_attention", "full_attention",
                                     "sliding_attention", "full_attention", "sliding_attention"]),
+    # Gemma 4: per-layer embeddings, the last 2 layers sharing K/V (one of each type) with a
+    # double-wide MLP, bigger heads on full layers, proportional RoPE.
+    "gemma4-ple-shared": dict(BASE, model_type="gemma4_text", num_hidden_layers=5, head_dim=16,
+                              global_head_dim=32, sliding_window=8, num_kv_shared_layers=2,
+                              use_double_wide_mlp=True, hidden_size_per_layer_input=8,
+                              vocab_size_per_layer_input=512, final_logit_softcapping=30.0,
+                              layer_types=["sliding_attention", "full_attention", "sliding_attention",
+                                           "sliding_attention", "full_attention"]),
+    # Gemma 4: experts beside the MLP, K = V on full layers (with their own kv heads).
+    "gemma4-moe-kv": dict(BASE, model_type="gemma4_text", num_hidden_layers=4, num_key_value_heads=2,
+                          head_dim=16, global_head_dim=32, num_global_key_value_heads=1,
+                          attention_k_eq_v=True, sliding_window=8, enable_moe_block=True,
+                          num_experts=6, top_k_experts=2, moe_intermediate_size=24,
+                          layer_types=["sliding_attention", "full_attention", "sliding_attention",
+                                       "full_attention"]),
 }
 
 
@@ -39,11 +54,15 @@ def write_checkpoint(directory: Path, config: dict, seed: int = 0, dtype=np.floa
     """A random checkpoint in Hugging Face layout (config.json + model.safetensors)."""
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    shapes = expected_shapes(GemmaConfig.from_dict(config))
+    cfg = GemmaConfig.from_dict(config)
+    shapes = expected_shapes(cfg)
     tensors = {}
     for name, shape in shapes.items():
-        std = 0.3 if name.endswith("norm.weight") else (1.0 if "embed" in name else 0.15)
-        tensors[name] = (rng.standard_normal(shape) * std).astype(np.float32).astype(dtype)
+        scale = name.endswith(("norm.weight", "layer_scalar", "scale"))
+        std = 0.3 if scale else (1.0 if "embed" in name else 0.15)
+        # Gemma 4 norms (and scalars) multiply by w, not 1 + w: centre them on 1
+        mean = 1.0 if scale and cfg.norm_offset == 0 else 0.0
+        tensors[name] = (rng.standard_normal(shape) * std + mean).astype(np.float32).astype(dtype)
     save_file(tensors, str(directory / "model.safetensors"))
     (directory / "config.json").write_text(json.dumps(config))
     if tokenizer:

@@ -109,20 +109,31 @@ def test_weights_over_budget_stay_mapped_and_give_same_logits(tiny_dirs):
     np.testing.assert_array_equal(held.forward(ids), mapped.forward(ids))
 
 
-@pytest.mark.parametrize("name", ["gemma2-gqa", "gemma3-mqa"])
+@pytest.mark.parametrize("name", ["gemma2-gqa", "gemma3-mqa", "gemma4-ple-shared", "gemma4-moe-kv"])
 def test_sliding_cache_is_bounded_and_exact_past_the_window(tiny_models, name):
     m = tiny_models[name]
     W = m.config.sliding_window
     cache = m.new_cache(1, 64)
     for c, kind in zip(cache, m.config.layer_types):
-        assert c.k.shape[1] == (W if kind == SLIDING else 64)
+        assert c is None or c.k.shape[1] == (W if kind == SLIDING else 64)
     ids = ids_for(m, seed=4, B=1, T=40)
     full = m.forward(ids)
     logits = through_cache(m, ids, cache, 1)
     np.testing.assert_allclose(np.concatenate(logits, 1), full, atol=1e-4, rtol=0)
     for c, kind in zip(cache, m.config.layer_types):
-        if kind == SLIDING:  # the ring holds exactly the last W positions
+        if c is not None and kind == SLIDING:  # the ring holds exactly the last W positions
             assert sorted(c.pos[0].tolist()) == list(range(40 - W, 40))
+
+
+def test_shared_layers_own_no_cache_and_per_layer_shapes(tiny_models):
+    """Gemma 4: KV-sharing layers get no cache; full layers' caches have their own H and K."""
+    m = tiny_models["gemma4-ple-shared"]
+    cache = m.new_cache(1, 16)
+    assert [c is None for c in cache] == [False, False, False, True, True]
+    assert [c.k.shape[2:] for c in cache[:3]] == [(1, 16), (1, 32), (1, 16)]  # [K, H]
+    assert [s.kv_source for s in m.config.layers] == [0, 1, 2, 2, 1]
+    moe = tiny_models["gemma4-moe-kv"]
+    assert [c.k.shape[2:] for c in moe.new_cache(1, 16)] == [(2, 16), (1, 32), (2, 16), (1, 32)]
 
 
 def test_window_matters(tiny_models):
@@ -147,14 +158,34 @@ def test_float64_close_to_float32(tiny_dirs):
     assert np.abs(m32.forward(ids) - out64).max() < 1e-4
 
 
-@pytest.mark.parametrize("preset", ["2b", "2-2b", "3-270m", "3-1b", "3-27b"])
+@pytest.mark.parametrize("preset", ["2b", "2-2b", "3-270m", "3-1b", "3-27b", "4-e2b", "4-26b-a4b"])
 def test_cache_nbytes_matches_allocation(preset):
     from gemma_ref import PRESETS
     from gemma_ref.model import cache_nbytes, new_cache
 
     config = PRESETS[preset]
     cache = new_cache(config, 1, 2048)  # np.zeros: allocated lazily, cheap
-    assert cache_nbytes(config, 2048) == sum(c.nbytes for c in cache)
+    assert cache_nbytes(config, 2048) == sum(c.nbytes for c in cache if c is not None)
+
+
+def test_gemma4_e2b_cache_by_hand():
+    """E2B at 4096 positions: 15 layers own a cache (20 share); full layers H 512, sliding
+    256, one kv head; 12 sliding rings of 512 slots, 3 full caches of 4096."""
+    from gemma_ref import PRESETS
+    from gemma_ref.model import cache_nbytes
+
+    c = PRESETS["4-e2b"]
+    per_slot = lambda H: 2 * 1 * H * 4 + 8  # k and v in float32, plus the position
+    assert cache_nbytes(c, 4096) == 12 * 512 * per_slot(256) + 3 * 4096 * per_slot(512)
+
+
+@pytest.mark.parametrize("preset", ["2b", "2-27b", "3-270m", "3-27b", "4-e2b", "4-e4b", "4-26b-a4b", "4-31b"])
+def test_num_parameters_counts_every_tensor(preset):
+    from gemma_ref import PRESETS
+    from gemma_ref.loader import expected_shapes
+
+    config = PRESETS[preset]
+    assert config.num_parameters == sum(int(np.prod(s)) for s in expected_shapes(config).values())
 
 
 def test_sliding_layers_do_not_grow_with_context():
