@@ -166,6 +166,8 @@ def cmd_info(args) -> int:
         print(f"converted   {info['checkpoint']}")
     print(f"parameters  {c.num_parameters:,} ({c.num_parameters / 1e9:.2f} B)")
     print(f"tokenizer   {info['tokenizer_vocab'] or 'none'} tokens")
+    for line in c.summary():  # what this generation adds: AltUp, shared K/V, PLE, ...
+        print(line)
     for key, value in c.to_dict().items():
         print(f"  {key:<26}{value}")
     return 0
