@@ -32,9 +32,9 @@ from gemma_ref.loader import expected_shapes  # noqa: E402
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 # The real models' context lengths (the presets default to 8192 for every family).
-CONTEXT = {"3-270m": 32768, "3-1b": 32768, "3-4b": 131072, "3-12b": 131072, "3-27b": 131072}
+CONTEXT = {"3n-e2b": 32768, "3n-e4b": 32768, "3-270m": 32768, "3-1b": 32768, "3-4b": 131072, "3-12b": 131072, "3-27b": 131072}
 ARCH = {"gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
-        "gemma3_text": "Gemma3ForCausalLM"}
+        "gemma3_text": "Gemma3ForCausalLM", "gemma3n_text": "Gemma3nForCausalLM"}
 BLOCK_ELEMS = 1 << 26  # fill big tensors 64 Mi elements (256 MB of float32) at a time
 
 
@@ -68,22 +68,29 @@ def hf_config(cfg: GemmaConfig, dtype: str, max_pos: int) -> dict:
         if cfg.rope_scaling_factor != 1.0:
             full = {"rope_type": "linear", "rope_theta": cfg.rope_theta,
                     "factor": cfg.rope_scaling_factor}
-        if cfg.model_type == "gemma3_text":
+        if cfg.model_type in ("gemma3_text", "gemma3n_text"):
             d["rope_parameters"] = {FULL: full, SLIDING: {"rope_type": "default",
                                                           "rope_theta": cfg.rope_local_base_freq}}
         else:
             d["rope_theta"] = cfg.rope_theta
+    if cfg.model_type == "gemma3n_text":
+        d.update({k: getattr(cfg, k) for k in (
+            "altup_num_inputs", "altup_active_idx", "altup_correct_scale", "laurel_rank",
+            "num_kv_shared_layers", "hidden_size_per_layer_input", "vocab_size_per_layer_input")})
+        d["intermediate_size"] = [s.intermediate_size for s in cfg.layers]
+        d["activation_sparsity_pattern"] = [s.activation_sparsity for s in cfg.layers]
     return d
 
 
-def random_tensor(shape, dtype, std, rng) -> np.ndarray:
-    """normal(0, std) in `dtype`, filled in row blocks (no full-size float32 temporary)."""
+def random_tensor(shape, dtype, std, rng, mean=0.0) -> np.ndarray:
+    """normal(mean, std) in `dtype`, filled in row blocks (no full-size float32 temporary)."""
     out = np.empty(shape, dtype)
     flat = out.reshape(shape[0], -1) if len(shape) > 1 else out.reshape(1, -1)
     rows = max(1, BLOCK_ELEMS // flat.shape[1])
     for r in range(0, flat.shape[0], rows):
         block = rng.standard_normal((min(rows, flat.shape[0] - r), flat.shape[1]), np.float32)
         block *= std
+        block += mean
         flat[r:r + rows] = block.astype(dtype)
     return out
 
@@ -133,8 +140,11 @@ def main(argv=None):
         fname = f"model-{i:05d}-of-{n:05d}.safetensors"
         tensors = {}
         for name in names:
-            std = args.norm_std if name.endswith("norm.weight") else args.std
-            tensors[name] = random_tensor(shapes[name], dtype, std, rng)
+            scale = name.endswith(("norm.weight", "correct_output_scale"))
+            std = args.norm_std if scale else args.std
+            # Gemma 3n and 4 norms scale by w itself (not 1 + w): centre those on 1
+            mean = 1.0 if scale and cfg.norm_offset == 0 else 0.0
+            tensors[name] = random_tensor(shapes[name], dtype, std, rng, mean)
             weight_map[name] = fname
         save_file(tensors, str(args.out / fname), metadata={"format": "pt"})
         del tensors
