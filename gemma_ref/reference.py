@@ -63,7 +63,14 @@ def hidden_states(trace: dict, num_layers: int) -> np.ndarray:
     layer j-1, and entry L is *not* the raw output of the last layer but the final
     RMSNorm's output: transformers replaces its last captured state by
     `last_hidden_state` (utils/output_capturing.py, `tie_last_hidden_states`).
+
+    Gemma 3n (AltUp): transformers records each layer's output, all S streams, and does
+    not replace the last one. Entry 0 is then the streams made from the embedding, entry
+    j the streams after layer j-1 (L included), the S streams side by side: [..., S*D].
     """
+    if "model.altup_projections" in trace:
+        names = ["model.altup_projections"] + [f"model.layers.{i}" for i in range(num_layers)]
+        return np.stack([np.concatenate(list(trace[n]), axis=-1) for n in names])  # [L+1, B, T, S*D]
     names = (["model.embed_tokens"] + [f"model.layers.{i}" for i in range(num_layers - 1)]
              + ["model.norm"])
     return np.stack([trace[n] for n in names])
@@ -90,9 +97,16 @@ def dump_prompt(model, ids, *, k: int = 0, max_new_tokens: int = 16, trace: bool
     if max_new_tokens:
         d.greedy_ids = np.array(model.generate(ids.tolist(), max_new_tokens=max_new_tokens, stop=[]),
                                 np.int64)
-    if trace:
-        d.trace = {name: value[0] for name, value in t.items()}  # drop the batch axis
+    if trace:  # drop the batch axis; AltUp streams [S, 1, T, D] -> [T, S, D]
+        streams = model.config.altup_num_inputs and _streams_names(model.config.num_hidden_layers)
+        d.trace = {name: value[:, 0].swapaxes(0, 1) if streams and (name in streams or name.endswith(
+            (".altup.predict", ".altup.correct"))) else value[0] for name, value in t.items()}
     return d
+
+
+def _streams_names(num_layers: int) -> set[str]:
+    """Trace entries of an AltUp model that hold all the streams [S, B, T, D]."""
+    return {"model.altup_projections"} | {f"model.layers.{i}" for i in range(num_layers)}
 
 
 def dump(model, prompts: list, *, k: int = 0, max_new_tokens: int = 16,

@@ -86,6 +86,10 @@ def install_trace(model, trace: dict):
     """
     H = model.config.head_dim
     handles, layer = [], [None]
+    # Gemma 3n: layer outputs are the AltUp streams [S, B, T, D] (stored as [T, S, D]);
+    # q/k/v norms act on [B, T, n, H]; RoPE is applied to one tensor at a time.
+    altup = getattr(model.config, "altup_num_inputs", None) is not None
+    streams = lambda t: t[:, 0].transpose(0, 1)  # [S, B, T, D] -> [T, S, D]
 
     def store(name, fn=lambda t: t[0]):
         def hook(module, args, out):
@@ -97,16 +101,18 @@ def install_trace(model, trace: dict):
     by_head = lambda t: t[0].transpose(0, 1)  # [B, n, T, H] -> [T, n, H]
     for name, module in model.named_modules():
         short = name.rsplit(".", 1)[-1]
-        if name in ("model.embed_tokens", "model.norm", "lm_head") or (
-                name.startswith("model.layers.") and name.count(".") == 2):
+        if name in ("model.embed_tokens", "model.norm", "lm_head"):
             handles.append(module.register_forward_hook(store(name)))
+        elif name.startswith("model.layers.") and name.count(".") == 2:
+            handles.append(module.register_forward_hook(store(name, streams if altup else lambda t: t[0])))
         elif short in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-                       "post_feedforward_layernorm", "mlp", "o_proj"):
+                       "post_feedforward_layernorm", "mlp", "o_proj", "laurel",
+                       "post_per_layer_input_norm"):
             handles.append(module.register_forward_hook(store(name)))
         elif short in ("q_proj", "k_proj", "v_proj"):
             handles.append(module.register_forward_hook(store(name, heads)))
-        elif short in ("q_norm", "k_norm"):
-            handles.append(module.register_forward_hook(store(name, by_head)))
+        elif short in ("q_norm", "k_norm", "v_norm"):
+            handles.append(module.register_forward_hook(store(name, (lambda t: t[0]) if altup else by_head)))
         if short == "o_proj":  # the attention output, before o_proj: o_proj's input
             prefix = name[:-len("o_proj")]
             handles.append(module.register_forward_pre_hook(
@@ -124,7 +130,13 @@ def install_trace(model, trace: dict):
         trace[layer[0] + "k_rope"] = by_head(k).detach().numpy().copy()
         return q, k
 
-    modeling.apply_rotary_pos_emb = traced_rotary
+    def traced_rotary_one(x, *a, **kw):  # Gemma 3n: q, then k (unless the layer reuses K/V)
+        x = rotary(x, *a, **kw)  # [B, T, n, H]
+        name = layer[0] + ("k_rope" if layer[0] + "q_rope" in trace else "q_rope")
+        trace[name] = x[0].detach().numpy().copy()
+        return x
+
+    modeling.apply_rotary_pos_emb = traced_rotary_one if altup else traced_rotary
     return lambda: ([h.remove() for h in handles], setattr(modeling, "apply_rotary_pos_emb", rotary))
 
 
@@ -142,10 +154,14 @@ def dump_prompt(model, ids: list[int], args) -> dict:
         if remove:
             remove()
     logits = out.logits[0].numpy()  # [T, V], after the final softcap (Gemma 2)
+    hs = torch.stack(out.hidden_states)  # [L+1, B, T, D]; Gemma 3n: [L+1, S, B, T, D]
+    if hs.dim() == 5:  # every AltUp stream, side by side (gemma_ref.reference.hidden_states)
+        hs = hs[:, :, :1].permute(0, 2, 3, 1, 4).flatten(3)  # [L+1, 1, T, S*D]
     d = {"input_ids": np.array(ids, np.int64),
          # output_hidden_states: [0] = scaled embeddings, [j] = output of layer j-1,
-         # [L] = after the final norm (transformers ties the last one to last_hidden_state).
-         "hidden_states": torch.stack(out.hidden_states)[:, 0].numpy()}  # [L+1, T, D]
+         # [L] = after the final norm (transformers ties the last one to last_hidden_state;
+         # not for Gemma 3n, where [0] is the streams made from the embeddings).
+         "hidden_states": hs[:, 0].numpy()}  # [L+1, T, D]
     if args.top_k:
         top = np.argsort(-logits, axis=-1, kind="stable")[:, :args.top_k]
         d["topk_ids"], d["topk_logits"] = top.astype(np.int64), np.take_along_axis(logits, top, -1)

@@ -222,3 +222,17 @@ def test_info_shows_altup_ple_and_sharing(capsys):
                      "per-layer embed.  256 x 7 x 16", "LAuReL            rank 6",
                      "sparse gate       Gaussian top-k on 4 layers", "parameters  203,808"):
         assert expected in out
+
+
+def test_dump_hidden_states_put_the_streams_side_by_side(case):
+    """`gemma-ref dump` / `compare` (and scripts/dump_transformers.py) store Gemma 3n's
+    hidden states as [L+1, T, S*D]: transformers' [L+1, S, T, D], streams side by side."""
+    from gemma_ref.reference import dump_prompt
+
+    d, model, g = case
+    ours = dump_prompt(model, g["input_ids"][0], max_new_tokens=0, trace=True)
+    L1, S, T, D = g["hidden_states"].shape
+    ref = g["hidden_states"].transpose(0, 2, 1, 3).reshape(L1, T, S * D)
+    assert ours.hidden_states.shape == ref.shape
+    assert np.abs(ours.hidden_states - ref).max() <= 1e-4 * np.abs(ref).max()
+    assert ours.trace["model.layers.0"].shape == (T, S, D)  # position first, like every entry
