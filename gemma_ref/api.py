@@ -77,8 +77,7 @@ class Model:
             raise GemmaRefError(f"{path}: expected a checkpoint directory or a .gguf file")
         config = GemmaConfig.from_json(path / "config.json")
         weights = load_safetensors_checkpoint(path, config, max_memory, progress)
-        tok_file = path / "tokenizer.model"
-        tokenizer = Tokenizer.from_file(tok_file) if tok_file.exists() else None
+        tokenizer = Tokenizer.from_checkpoint(path)  # tokenizer.model, else tokenizer.json
         model = cls(config, weights, tokenizer, source=str(source), dtype=dtype,
                     stop_ids=_generation_config_eos(path))
         model.checkpoint = path

@@ -154,7 +154,7 @@ def cmd_info(args) -> int:
     c = model.config
     info = {"source": model.source, "files": str(_where(model)), "parameters": c.num_parameters,
             "tokenizer_vocab": model.tokenizer.vocab_size if model.tokenizer else None,
-            "instruction_tuned": model.instruction_tuned, "config": c.to_dict()}
+            "instruction_tuned": model.instruction_tuned, "config": c.to_dict(), "special": c.summary()}
     if model.checkpoint is not None and str(model.checkpoint) != info["files"]:
         info["checkpoint"] = str(model.checkpoint)  # e.g. a GGUF's float32 conversion
     if args.json:
@@ -166,7 +166,7 @@ def cmd_info(args) -> int:
         print(f"converted   {info['checkpoint']}")
     print(f"parameters  {c.num_parameters:,} ({c.num_parameters / 1e9:.2f} B)")
     print(f"tokenizer   {info['tokenizer_vocab'] or 'none'} tokens")
-    for line in c.summary():  # what this generation adds: AltUp, shared K/V, PLE, ...
+    for line in c.summary():  # what is special (Gemma 3n, 4: shared K/V, PLE, AltUp, experts, ...)
         print(line)
     for key, value in c.to_dict().items():
         print(f"  {key:<26}{value}")

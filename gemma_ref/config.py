@@ -253,20 +253,21 @@ class GemmaConfig:
         """What is special about this model, one line each (for `gemma-ref info`)."""
         lines = []
         shapes = sorted({(s.kind, s.head_dim, s.num_key_value_heads) for s in self.layers})
-        if len(shapes) > 1:
+        if len({shape[1:] for shape in shapes}) > 1:
             lines.append("per-layer shapes  " + "; ".join(
                 f"{kind.split('_')[0]}: head_dim {H}, {K} kv heads" for kind, H, K in shapes))
         if self.num_kv_shared_layers:
             first = self.num_hidden_layers - self.num_kv_shared_layers
             wide = ", MLP 2x wide" if self.use_double_wide_mlp else ""
-            lines.append(f"shared K/V        layers {first}-{self.num_hidden_layers - 1} attend with the "
-                         f"K/V of layers {sorted({s.kv_source for s in self.layers[first:]})} "
+            span = f"layers {first}-{self.num_hidden_layers - 1}" if first < self.num_hidden_layers - 1 else f"layer {first}"
+            lines.append(f"shared K/V        {span} attend with the K/V of layer(s) "
+                         f"{', '.join(map(str, sorted({s.kv_source for s in self.layers[first:]})))} "
                          f"(no cache of their own{wide})")
         if self.attention_k_eq_v:
             lines.append("K = V             full-attention layers take V from the K projection")
         if self.hidden_size_per_layer_input:
             V, L, P = self.vocab_size_per_layer_input, self.num_hidden_layers, self.hidden_size_per_layer_input
-            lines.append(f"per-layer embed.  {V} x {L} x {P} = {V * L * P / 1e9:.2f} G values "
+            lines.append(f"per-layer embed.  {V} x {L} x {P} = {V * L * P:,} values "
                          f"(memory-mapped, rows read per token)")
         if self.altup_num_inputs:
             scale = ", output scaled" if self.altup_correct_scale else ""
@@ -276,9 +277,11 @@ class GemmaConfig:
             lines.append(f"LAuReL            rank {self.laurel_rank} residual branch beside attention")
         sparse = [(i, s.activation_sparsity) for i, s in enumerate(self.layers) if s.activation_sparsity]
         if sparse:
+            ids = [i for i, _ in sparse]
+            where = f"{ids[0]}-{ids[-1]}" if ids == list(range(ids[0], ids[-1] + 1)) else ", ".join(map(str, ids))
             targets = sorted({a for _, a in sparse})
-            lines.append(f"sparse gate       Gaussian top-k on {len(sparse)} layers "
-                         f"({sparse[0][0]}-{sparse[-1][0]}), target {', '.join(f'{a:g}' for a in targets)}")
+            lines.append(f"sparse gate       Gaussian top-k on layers {where}, target "
+                         f"{', '.join(f'{a:g}' for a in targets)}")
         widths = sorted({s.intermediate_size for s in self.layers})
         if len(widths) > 1:
             lines.append(f"MLP widths        {', '.join(map(str, widths))} (per layer)")

@@ -75,8 +75,13 @@ def download(repo_id: str, cache_dir: str | Path | None = None) -> Path:
 
     offline = constants.HF_HUB_OFFLINE
     try:
-        return Path(huggingface_hub.snapshot_download(
+        path = Path(huggingface_hub.snapshot_download(
             repo_id, allow_patterns=FILES, cache_dir=cache_dir, local_files_only=offline))
+        if not (path / "tokenizer.model").exists():  # Gemma 4 repos ship only tokenizer.json
+            path = Path(huggingface_hub.snapshot_download(
+                repo_id, allow_patterns=FILES + ["tokenizer.json"], cache_dir=cache_dir,
+                local_files_only=offline))
+        return path
     except errors.GatedRepoError:
         raise GemmaRefError(
             f"{repo_id} is gated: accept its license on huggingface.co, then set HF_TOKEN "

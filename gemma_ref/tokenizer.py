@@ -1,11 +1,22 @@
-"""Gemma's SentencePiece tokenizer, its streaming detokenizer and the chat template."""
+"""Gemma's SentencePiece tokenizer, its streaming detokenizer and the chat template.
+
+Gemma 1-3 repos ship `tokenizer.model` (SentencePiece). A repo that ships only the
+Hugging Face `tokenizer.json` (Gemma 4) is read without the `tokenizers` package: its
+BPE vocabulary and merge list are rewritten into an equivalent SentencePiece model
+(`sentencepiece_from_tokenizer_json`), which the same SentencePiece code then runs.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 from .errors import GemmaRefError
+
+# Turn markers: Gemma 1-3 spell them <start_of_turn> / <end_of_turn>, Gemma 4 <|turn> / <turn|>.
+START_OF_TURN = ("<start_of_turn>", "<|turn>")
+END_OF_TURN = ("<end_of_turn>", "<turn|>")
 
 
 class Tokenizer:
@@ -33,8 +44,8 @@ class Tokenizer:
         controls = [p for p in controls if p]
         self._special = (re.compile("(" + "|".join(map(re.escape, sorted(controls, key=len, reverse=True))) + ")")
                          if controls else None)
-        self.end_of_turn_id = self.piece_id("<end_of_turn>")
-        self.start_of_turn_id = self.piece_id("<start_of_turn>")
+        self.end_of_turn_id = next((i for i in map(self.piece_id, END_OF_TURN) if i is not None), None)
+        self.start_of_turn_id = next((i for i in map(self.piece_id, START_OF_TURN) if i is not None), None)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Tokenizer":
@@ -43,6 +54,28 @@ class Tokenizer:
             return cls(path.read_bytes(), str(path))
         except FileNotFoundError:
             raise GemmaRefError(f"{path}: not found") from None
+
+    @classmethod
+    def from_tokenizer_json(cls, path: str | Path) -> "Tokenizer":
+        """A Hugging Face tokenizer.json of SentencePiece style (see the module docstring)."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise GemmaRefError(f"{path}: not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise GemmaRefError(f"{path}: not valid JSON ({e})") from None
+        return cls(sentencepiece_from_tokenizer_json(data, str(path)), str(path))
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path) -> "Tokenizer | None":
+        """tokenizer.model if the checkpoint has one, else tokenizer.json, else None."""
+        directory = Path(directory)
+        if (directory / "tokenizer.model").exists():
+            return cls.from_file(directory / "tokenizer.model")
+        if (directory / "tokenizer.json").exists():
+            return cls.from_tokenizer_json(directory / "tokenizer.json")
+        return None
 
     def piece_id(self, piece: str) -> int | None:
         """The id of a piece, or None if the vocabulary lacks it."""
@@ -67,6 +100,83 @@ class Tokenizer:
 
     def stream_decoder(self) -> "StreamDecoder":
         return StreamDecoder(self)
+
+
+def sentencepiece_from_tokenizer_json(data, source: str = "tokenizer.json") -> bytes:
+    """A serialized SentencePiece BPE model equivalent to a SentencePiece-style tokenizer.json.
+
+    The tokenizer.json that transformers writes for a Gemma SentencePiece model is: a BPE
+    model with byte fallback, whose merges were ordered by the SentencePiece scores; a
+    normalizer that turns " " into "▁"; no pre-tokenization (a split on " ", which the
+    normalizer has already removed). SentencePiece's BPE merges, at each step, the
+    adjacent pair whose joined piece has the highest score; BPE the pair of lowest merge
+    rank. So each piece gets score = -(rank of the merge that makes it), and the two
+    tokenize alike. Added tokens become control pieces (<bos>, <eos>, <pad>), the unknown
+    piece, or user-defined pieces (matched whole in text: <|turn>, <turn|>, ...).
+    Any other normalizer or pre-tokenizer is refused, never approximated.
+    """
+    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+    def bad(what):
+        return GemmaRefError(f"{source}: {what}; gemma-ref reads SentencePiece-style BPE tokenizer.json "
+                             f"files (or give the checkpoint a tokenizer.model)")
+
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "BPE" or not model.get("byte_fallback"):
+        raise bad("the model is not a BPE with byte_fallback")
+    space = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
+    normalizers = data.get("normalizer")
+    normalizers = normalizers.get("normalizers") if (normalizers or {}).get("type") == "Sequence" else [normalizers]
+    if normalizers != [space]:
+        raise bad(f"normalizer {json.dumps(data.get('normalizer'))[:120]} is not ' ' -> '\u2581'")
+    pre = data.get("pre_tokenizer")
+    if pre is not None and not (pre.get("type") == "Split" and pre.get("pattern") == {"String": " "}):
+        raise bad(f"pre_tokenizer {json.dumps(pre)[:120]} is not a no-op")
+
+    by_id = {i: p for p, i in model["vocab"].items()}  # id -> piece
+    added = {t["id"]: t for t in data.get("added_tokens", [])}
+    by_id.update({i: t["content"] for i, t in added.items()})  # added tokens win
+    pieces = {p: i for i, p in by_id.items()}
+    n = len(by_id)
+    if sorted(by_id) != list(range(n)) or len(pieces) != n:
+        raise bad("token ids are not 0..n-1, one piece each")
+    rank = {}
+    for r, merge in enumerate(model.get("merges", [])):
+        a, b = merge.split(" ", 1) if isinstance(merge, str) else merge
+        rank.setdefault(a + b, r)
+    unk = model.get("unk_token")
+    control = {"<bos>", "<eos>", "<pad>"}
+
+    proto = sp_pb2.ModelProto()
+    trainer, normalizer = proto.trainer_spec, proto.normalizer_spec
+    trainer.model_type = sp_pb2.TrainerSpec.BPE  # as Gemma's tokenizer.model
+    trainer.vocab_size = n
+    trainer.byte_fallback = True
+    trainer.split_digits = True
+    trainer.allow_whitespace_only_pieces = True
+    for name, piece in (("unk", unk), ("bos", "<bos>"), ("eos", "<eos>"), ("pad", "<pad>")):
+        setattr(trainer, name + "_id", pieces.get(piece, -1))
+        if piece in pieces:
+            setattr(trainer, name + "_piece", piece)
+    normalizer.name = "identity"  # no NFKC, no dummy prefix, spaces kept and escaped to "▁"
+    normalizer.add_dummy_prefix = False
+    normalizer.remove_extra_whitespaces = False
+    normalizer.escape_whitespaces = True
+    Type = sp_pb2.ModelProto.SentencePiece.Type
+    for i in range(n):
+        piece, score = by_id[i], 0.0
+        if piece == unk:
+            kind = Type.UNKNOWN
+        elif i in added:
+            kind = Type.CONTROL if piece in control else Type.USER_DEFINED
+        elif re.fullmatch(r"<0x[0-9A-F]{2}>", piece):
+            kind = Type.BYTE
+        else:
+            kind = Type.NORMAL
+            # a piece no merge makes (single characters) is never the result of a merge
+            score = -float(rank[piece]) if piece in rank else (0.0 if len(piece) == 1 else -1e9)
+        proto.pieces.add(piece=piece, score=score, type=kind)
+    return proto.SerializeToString()
 
 
 class StreamDecoder:

@@ -45,6 +45,12 @@ from transformers import (
     Gemma3ForCausalLM,
     Gemma3ForConditionalGeneration,
     Gemma3TextConfig,
+    Gemma4AudioConfig,
+    Gemma4Config,
+    Gemma4ForCausalLM,
+    Gemma4ForConditionalGeneration,
+    Gemma4TextConfig,
+    Gemma4VisionConfig,
     GemmaConfig,
     GemmaForCausalLM,
     SiglipVisionConfig,
@@ -223,6 +229,87 @@ SPECS = [
         mm=dict(mm_tokens_per_image=4),
         init=dict(emb=0.1, proj=2.0, norm=0.5, post_norm_mean=1.0, final_norm_mean=2.0),
     ),
+    # Gemma 4. Its norms multiply by w (not 1 + w): norm_mean centres them on 1.
+    # rope_parameters are transformers' Gemma 4 defaults: sliding layers default RoPE
+    # (theta 1e4), full layers proportional RoPE (theta 1e6, the first 0.25 of the pairs).
+    dict(
+        name="gemma4-ple-shared",
+        arch="gemma4",
+        seed=8000,
+        dtype="float32",
+        config=dict(
+            hidden_size=48,
+            intermediate_size=64,
+            num_hidden_layers=5,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=16,
+            global_head_dim=32,  # full layers: bigger heads
+            sliding_window=8,
+            layer_types=[SLIDING, FULL, SLIDING, SLIDING, FULL],
+            hidden_size_per_layer_input=8,  # PLE
+            vocab_size_per_layer_input=512,
+            num_kv_shared_layers=2,  # layers 3 (sliding) and 4 (full) reuse layers 2 and 1
+            use_double_wide_mlp=True,  # ... with MLPs of width 128
+            final_logit_softcapping=30.0,
+        ),
+        init=dict(emb=0.1, proj=2.0, norm=0.3, norm_mean=1.0, final_norm_mean=2.0, scalar=0.3),
+    ),
+    dict(
+        name="gemma4-moe-kv",
+        arch="gemma4",
+        seed=9000,
+        dtype="float32",
+        config=dict(
+            hidden_size=48,
+            intermediate_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            global_head_dim=32,
+            num_global_key_value_heads=1,  # full layers: 1 kv head (with attention_k_eq_v)
+            attention_k_eq_v=True,  # full layers: no v_proj, V = raw K projection
+            sliding_window=8,
+            layer_types=[SLIDING, FULL, SLIDING, FULL],
+            enable_moe_block=True,
+            num_experts=6,
+            top_k_experts=2,
+            moe_intermediate_size=24,
+            hidden_size_per_layer_input=0,
+            final_logit_softcapping=5.0,  # bites at these logit sizes
+        ),
+        init=dict(emb=0.1, proj=2.0, norm=0.3, norm_mean=1.0, final_norm_mean=2.0, scalar=0.3),
+    ),
+    dict(
+        name="gemma4-multimodal",
+        arch="gemma4mm",
+        seed=10000,
+        dtype="float32",
+        hub_spelling=True,  # config.json says global_head_dim, as the Hub files do
+        extra_vocab=8,  # image/audio/video and their begin/end tokens live here
+        config=dict(
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            global_head_dim=32,
+            sliding_window=8,
+            layer_types=[SLIDING, FULL, SLIDING, FULL],
+            hidden_size_per_layer_input=8,
+            vocab_size_per_layer_input=520,
+            num_kv_shared_layers=1,
+            final_logit_softcapping=30.0,
+        ),
+        vision=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
+                    num_key_value_heads=2, head_dim=16, patch_size=4, pooling_kernel_size=2,
+                    position_embedding_size=64),
+        audio=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                   subsampling_conv_channels=[8, 4], output_proj_dims=32),
+        init=dict(emb=0.1, proj=2.0, norm=0.3, norm_mean=1.0, final_norm_mean=2.0, scalar=0.3),
+    ),
 ]
 
 
@@ -288,6 +375,20 @@ def build_config(spec: dict, vocab_size: int):
             tie_word_embeddings=True,
             **spec["mm"],
         )
+    if arch == "gemma4":
+        cfg["hidden_activation"] = "gelu_pytorch_tanh"
+        return Gemma4TextConfig(**cfg)
+    if arch == "gemma4mm":
+        cfg["hidden_activation"] = "gelu_pytorch_tanh"
+        tok_v = vocab_size  # the padding rows hold the multimodal tokens, as in the real models
+        return Gemma4Config(
+            text_config=Gemma4TextConfig(**cfg),
+            vision_config=Gemma4VisionConfig(**spec["vision"]),
+            audio_config=Gemma4AudioConfig(**spec["audio"]),
+            image_token_id=tok_v, boi_token_id=tok_v + 1, eoi_token_id=tok_v + 2,
+            audio_token_id=tok_v + 3, boa_token_id=tok_v + 4, eoa_token_index=tok_v + 5,
+            video_token_id=tok_v + 6, tie_word_embeddings=True,
+        )
     raise ValueError(arch)
 
 
@@ -296,6 +397,8 @@ MODEL_CLASSES = {
     "gemma2": Gemma2ForCausalLM,
     "gemma3": Gemma3ForCausalLM,
     "gemma3mm": Gemma3ForConditionalGeneration,
+    "gemma4": Gemma4ForCausalLM,
+    "gemma4mm": Gemma4ForConditionalGeneration,
 }
 
 
@@ -313,7 +416,7 @@ def redraw_parameters(model: torch.nn.Module, seed: int, init: dict) -> None:
             return torch.randn(p.shape, generator=gen, dtype=torch.float32) * std + mean
 
         if "RMSNorm" in cls:
-            mean = 0.0
+            mean = init.get("norm_mean", 0.0)
             if mod_name.endswith("language_model.norm") or mod_name == "model.norm":
                 mean = init.get("final_norm_mean", 0.0)
             elif mod_name.endswith(("post_attention_layernorm", "post_feedforward_layernorm")):
@@ -325,6 +428,10 @@ def redraw_parameters(model: torch.nn.Module, seed: int, init: dict) -> None:
             val = normal(init["emb"]) if "embed_tokens" in mod_name else normal(0.1)
         elif pname == "mm_input_projection_weight":  # [vision_hidden, text_hidden], used as x @ W
             val = normal(init["proj"] / math.sqrt(p.shape[0]))
+        elif cls == "Gemma4TextRouter" and pname in ("scale", "per_expert_scale"):  # multipliers
+            val = normal(init["scalar"], 1.0)
+        elif cls == "Gemma4TextExperts":  # [E, out, in]: fan-in is the last axis
+            val = normal(init["proj"] / math.sqrt(p.shape[-1]))
         elif p.ndim >= 2:  # Linear [out, in] or Conv2d [out, in, k, k]
             gain = init["proj"]
             if mod_name.endswith(("q_proj", "k_proj")):
@@ -333,6 +440,9 @@ def redraw_parameters(model: torch.nn.Module, seed: int, init: dict) -> None:
         else:  # biases
             val = normal(0.05)
         p.copy_(val.to(p.dtype))
+    for name, b in model.named_buffers():  # Gemma 4: each layer's output multiplier (saved)
+        if name.endswith("layer_scalar"):
+            b.copy_((torch.randn(b.shape, generator=gen) * init["scalar"] + 1.0).to(b.dtype))
 
 
 def load_fp32_eager(cls, path: Path):
@@ -437,6 +547,43 @@ def rewrite_old_rope_spelling(cfg_path: Path) -> dict:
     return cfg
 
 
+def rewrite_gemma4_hub_spelling(cfg_path: Path) -> dict:
+    """Gemma 4's per-layer shapes as the Hub's config.json files state them.
+
+    transformers 5.24 saves `per_layer_config: {"1": {"head_dim": 32}, ...}`; the Hub
+    files (google/gemma-4-*) have `global_head_dim` and `num_global_key_value_heads`
+    in text_config instead, which transformers turns into the same per-layer overrides.
+    """
+    cfg = json.loads(cfg_path.read_text())
+    text = cfg.get("text_config", cfg)
+    overrides = text.pop("per_layer_config")
+    full = [i for i, t in enumerate(text["layer_types"]) if t == FULL]
+    shapes = {json.dumps(overrides.get(k, {}), sort_keys=True) for k in overrides} | (
+        {"{}"} if len(overrides) < len(full) else set())
+    if len(shapes) != 1 or any(int(k) not in full for k in overrides):
+        raise RuntimeError(f"per_layer_config {overrides} is not one shape for the full layers")
+    one = json.loads(shapes.pop())
+    text["global_head_dim"] = one.get("head_dim", text["head_dim"])
+    text["num_global_key_value_heads"] = one.get("num_key_value_heads")
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return cfg
+
+
+@torch.no_grad()
+def apply_and_verify_hub_spelling(cls, out_dir, input_ids, res) -> dict:
+    cfg_path = out_dir / "config.json"
+    saved = cfg_path.read_text()
+    rewrite_gemma4_hub_spelling(cfg_path)
+    reloaded = load_fp32_eager(cls, out_dir)
+    logits = torch.stack([reloaded(input_ids=input_ids[i : i + 1], use_cache=False).logits[0] for i in range(2)])
+    diff = float((logits - res["logits"]).abs().max())
+    if diff != 0.0:
+        print(f"  Hub spelling NOT equivalent (diff {diff}); reverting")
+        cfg_path.write_text(saved)
+        return {"gemma4 Hub spelling": f"NOT equivalent (diff {diff}); kept per_layer_config"}
+    return {"gemma4 Hub spelling (global_head_dim): max |logits(reloaded) - logits(per_layer_config)|": diff}
+
+
 # --------------------------------------------------------------------------- main work
 
 
@@ -499,6 +646,8 @@ def make_one(spec: dict, vocab_tok: int, tok_sp, date: str) -> dict:
 
     if spec.get("old_rope_spelling"):
         checks.update(apply_and_verify_old_spelling(cls, out_dir, input_ids, res, loaded))
+    if spec.get("hub_spelling"):
+        checks.update(apply_and_verify_hub_spelling(cls, out_dir, input_ids, res))
 
     arrays = {
         "input_ids": input_ids.numpy().astype(np.int64),
@@ -598,6 +747,18 @@ def run_checks(spec, cls, out_dir, model, input_ids, res) -> dict:
             m.model.rotary_emb = new_rot
         unscaled = torch.stack([m(input_ids=input_ids[i : i + 1], use_cache=False).logits[0] for i in range(2)])
         checks["gemma3: max |logits - logits without linear rope scaling|"] = float((base - unscaled).abs().max())
+    if arch in ("gemma4", "gemma4mm"):
+        no_window = logits_with(sliding_window=4096)
+        checks["gemma4: max |logits - logits with sliding_window=4096|"] = float((base - no_window).abs().max())
+        if tcfg.enable_moe_block:
+            every = logits_with(top_k_experts=tcfg.num_experts)
+            checks["gemma4: max |logits - logits with every expert used (top_k = num_experts)|"] = float(
+                (base - every).abs().max())
+        from safetensors import safe_open
+
+        with safe_open(str(out_dir / "model.safetensors"), "np") as f:
+            scalars = [float(f.get_tensor(k)[0]) for k in sorted(f.keys()) if k.endswith("layer_scalar")]
+        checks["gemma4: layer_scalar values in model.safetensors"] = json.dumps([round(x, 4) for x in scalars])
     return checks
 
 
@@ -687,7 +848,8 @@ def write_provenance(spec, out_dir: Path, info: dict, model, date: str) -> None:
         f"`numpy.random.default_rng({info['seed']})`)",
         f"- re-draw stds: {json.dumps(spec['init'], sort_keys=True)} (emb: embedding rows; proj: "
         "Linear std = gain/sqrt(fan_in); qk: gain for q_proj/k_proj; norm: RMSNorm weight w, "
-        "applied as x * (1 + w))",
+        "applied as x * (1 + w) (Gemma 1-3) or x * w (Gemma 4, drawn around norm_mean); scalar: "
+        "std of Gemma 4's router scales and layer_scalar, drawn around 1)",
     ]
     if info["rejected_seeds"]:
         reasons: dict[str, int] = {}
@@ -801,6 +963,47 @@ def config_notes(spec, cfg) -> list[str]:
             )
         else:
             notes.append("- old rope spelling was NOT equivalent in this transformers version; new spelling kept")
+    if arch in ("gemma4", "gemma4mm"):
+        text = cfg.get("text_config", cfg)
+        notes.append(
+            "- Gemma 4: RMSNorm scales by w (not 1 + w); v is RMS-normed without a weight; attention "
+            "scaling 1.0 (no query_pre_attn_scalar); no attention softcap; final_logit_softcapping "
+            f"{text['final_logit_softcapping']}; each layer's output times its `layer_scalar` (a saved "
+            "buffer, re-drawn here so that it matters)"
+        )
+        notes.append(
+            "- RoPE (transformers' Gemma 4 defaults): sliding layers default (theta 1e4, head_dim "
+            f"{text['head_dim']}); full layers proportional, theta 1e6, partial_rotary_factor 0.25 of the "
+            "head_dim/2 pairs rotate (the rest have inv_freq 0), exponent over the full-layer head_dim"
+        )
+        kinds = []
+        if text.get("hidden_size_per_layer_input"):
+            kinds.append(f"per-layer embeddings of width {text['hidden_size_per_layer_input']}")
+        if text.get("num_kv_shared_layers"):
+            kinds.append(f"the last {text['num_kv_shared_layers']} layer(s) reuse the K/V of the last earlier "
+                         "layer of their type (no k_proj/v_proj/k_norm in the file)"
+                         + (", with MLPs of width 2 x intermediate_size" if text.get("use_double_wide_mlp") else ""))
+        if text.get("attention_k_eq_v"):
+            kinds.append("attention_k_eq_v: full layers have no v_proj; V = v_norm(raw k_proj output)")
+        if text.get("enable_moe_block"):
+            kinds.append(f"MoE: {text['num_experts']} experts, top {text['top_k_experts']}, width "
+                         f"{text['moe_intermediate_size']}, beside the dense MLP")
+        notes.append("- " + "; ".join(kinds))
+        if "per_layer_config" in text:
+            notes.append(f"- per-layer shapes as transformers {transformers.__version__} saves them: "
+                         f"`per_layer_config` {json.dumps(text['per_layer_config'], sort_keys=True)}")
+        else:
+            notes.append(
+                f"- per-layer shapes in the Hub spelling: `global_head_dim` {text['global_head_dim']}, "
+                f"`num_global_key_value_heads` {text['num_global_key_value_heads']} (rewritten from the "
+                "saved `per_layer_config`; transformers reloads it to bit-identical logits, see Checks)")
+    if arch == "gemma4mm":
+        notes.append(
+            "- Gemma4ForConditionalGeneration with a tiny vision and audio tower. Text vocab_size = "
+            "tokenizer vocab + 8 rows, which hold image/boi/eoi/audio/boa/eoa/video ids (unused: the "
+            "goldens are text-only). Keys: `model.language_model.*` (text), `model.vision_tower.*`, "
+            "`model.embed_vision.*`, `model.audio_tower.*`, `model.embed_audio.*`; no lm_head (tied)."
+        )
     if arch == "gemma3mm":
         notes.append(
             "- Gemma3ForConditionalGeneration. Text vocab_size = tokenizer vocab + 8 padding rows; "

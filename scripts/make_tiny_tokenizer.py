@@ -5,6 +5,7 @@ Writes (relative to the repository root):
 
   tests/data/tokenizer/tiny.model        SentencePiece BPE model (~512 pieces)
   tests/data/tokenizer/golden_ids.json   ids/decodes from Hugging Face transformers
+  tests/data/tokenizer/tiny.tokenizer.json  the same tokenizer as transformers saves it
 
 The model mimics the settings of the real Gemma tokenizers: BPE, byte
 fallback, split digits, no dummy prefix, no whitespace normalisation,
@@ -177,6 +178,10 @@ def main() -> int:
         # docstring; the Hub checkpoints set add_bos_token=True in
         # tokenizer_config.json, so pass it explicitly.
         tok = GemmaTokenizer.from_pretrained(tmp, add_bos_token=True)
+        # The same tokenizer as transformers' tokenizer.json (what a repo without a
+        # tokenizer.model, Gemma 4's, ships): gemma-ref must read it to the same ids.
+        tok.save_pretrained(os.path.join(tmp, "saved"))
+        shutil.copy(os.path.join(tmp, "saved", "tokenizer.json"), OUT_DIR / "tiny.tokenizer.json")
     if tok.add_bos_token is not True or tok("a")["input_ids"][0] != 2:
         print("ERROR: tokenizer does not prepend bos", file=sys.stderr)
         return 1

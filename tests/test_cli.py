@@ -172,3 +172,13 @@ def test_threads_option_sets_the_thread_count(tiny_dirs, capsys):
         assert code == 0 and out.startswith("Hi") and parallel._threads == 1
     finally:
         parallel.set_threads(before)
+
+
+def test_info_says_what_is_special_about_gemma4(capsys):
+    from conftest import DATA
+
+    assert main(["info", "--model", str(DATA / "tiny" / "gemma4-multimodal")]) == 0
+    out = capsys.readouterr().out
+    assert "shared K/V        layer 3 attend with the K/V of layer(s) 1" in out
+    assert "per-layer embed.  520 x 4 x 8 = 16,640 values" in out
+    assert "full: head_dim 32, 1 kv heads; sliding: head_dim 16" in out

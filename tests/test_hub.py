@@ -74,3 +74,18 @@ def test_every_alias_names_a_google_repo():
         assert repo.startswith("google/"), alias
     for size in ["2-2b", "2-9b", "2-27b", "3-270m", "3-1b", "3-4b", "3-12b", "3-27b"]:
         assert size in hub.ALIASES and size + "-it" in hub.ALIASES
+
+
+def test_gemma4_alias_with_only_tokenizer_json(tmp_path, offline):
+    """Gemma 4 repos ship tokenizer.json and no tokenizer.model: the alias resolves and the
+    model gets its tokenizer (and stops at <turn|>-style end of turn when -it)."""
+    from conftest import DATA
+
+    src = tmp_path / "src"
+    shutil.copytree(DATA / "tiny" / "gemma4-multimodal", src)
+    (src / "tokenizer.model").unlink()
+    shutil.copy(DATA / "tokenizer" / "tiny.tokenizer.json", src / "tokenizer.json")
+    fake_cache(tmp_path / "hf", "google/gemma-4-E2B-it", src)
+    m = Model.from_pretrained("4-e2b-it", cache_dir=tmp_path / "hf")
+    assert m.instruction_tuned and m.tokenizer.source.endswith("tokenizer.json")
+    assert m.tokenizer.end_of_turn_id in m._default_stop

@@ -79,3 +79,73 @@ def test_not_a_tokenizer_file(tmp_path):
     bad.write_bytes(b"not a sentencepiece model")
     with pytest.raises(GemmaRefError, match="SentencePiece"):
         Tokenizer.from_file(bad)
+
+
+# --- tokenizer.json (what a repo without tokenizer.model ships: Gemma 4) -------------
+
+TOKENIZER_JSON = DATA / "tokenizer" / "tiny.tokenizer.json"
+
+
+@pytest.fixture(scope="module")
+def tok_json():
+    return Tokenizer.from_tokenizer_json(TOKENIZER_JSON)
+
+
+@pytest.mark.parametrize("case", GOLDEN["cases"], ids=lambda c: repr(c["text"])[:30])
+def test_tokenizer_json_gives_transformers_ids(tok, tok_json, case):
+    assert tok_json.encode(case["text"]) == tok.encode(case["text"])
+    assert tok_json.decode(tok_json.encode(case["text"], add_bos=False)) == tok.decode(tok.encode(case["text"], add_bos=False))
+
+
+def test_tokenizer_json_equals_tokenizer_model_on_random_text(tok, tok_json):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    alphabet = list("the quick brown fox  \n\t0123456789éü你好😀.,;:'\"()<>") + ["<end_of_turn>", "<bos>"]
+    for _ in range(300):
+        text = "".join(rng.choice(alphabet, size=rng.integers(1, 40)))
+        assert tok_json.encode(text) == tok.encode(text), repr(text)
+    assert (tok_json.vocab_size, tok_json.bos_id, tok_json.eos_id, tok_json.pad_id, tok_json.end_of_turn_id) == \
+           (tok.vocab_size, tok.bos_id, tok.eos_id, tok.pad_id, tok.end_of_turn_id)
+
+
+def test_gemma4_turn_markers(tmp_path):
+    """Gemma 4 spells its turns <|turn> ... <turn|>; the tokenizer knows them as its
+    start/end of turn, and matches them whole in text."""
+    data = json.loads(TOKENIZER_JSON.read_text())
+    for t in data["added_tokens"]:
+        t["content"] = {"<start_of_turn>": "<|turn>", "<end_of_turn>": "<turn|>"}.get(t["content"], t["content"])
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    t4 = Tokenizer.from_tokenizer_json(tmp_path / "tokenizer.json")
+    assert (t4.start_of_turn_id, t4.end_of_turn_id) == (5, 6)
+    ids = t4.encode("<|turn>user\nHi<turn|>")
+    assert ids[:2] == [t4.bos_id, 5] and ids[-1] == 6
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(normalizer=None), "normalizer null is not"),
+    (lambda d: d.update(pre_tokenizer={"type": "ByteLevel", "add_prefix_space": False}), "pre_tokenizer"),
+    (lambda d: d["model"].update(type="Unigram"), "not a BPE with byte_fallback"),
+    (lambda d: d["model"]["vocab"].pop("▁t"), "token ids are not 0..n-1, one piece each"),
+])
+def test_other_tokenizer_json_kinds_are_refused(tmp_path, change, message):
+    data = json.loads(TOKENIZER_JSON.read_text())
+    change(data)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(GemmaRefError, match=message):
+        Tokenizer.from_tokenizer_json(tmp_path / "tokenizer.json")
+
+
+def test_checkpoint_with_only_tokenizer_json(tiny_dirs, tmp_path):
+    import shutil
+
+    from gemma_ref import Model
+
+    d = tmp_path / "m"
+    shutil.copytree(tiny_dirs["gemma3-mqa"], d)
+    (d / "tokenizer.model").unlink()
+    shutil.copy(TOKENIZER_JSON, d / "tokenizer.json")
+    m = Model.from_pretrained(d)
+    assert m.tokenizer is not None and m.tokenizer.source.endswith("tokenizer.json")
+    assert m.generate("Hello", max_new_tokens=5, stop=[]) == Model.from_pretrained(tiny_dirs["gemma3-mqa"]).generate(
+        "Hello", max_new_tokens=5, stop=[])
