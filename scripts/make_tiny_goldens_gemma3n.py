@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_tiny_goldens import (  # noqa: E402
     FULL, MAX_ATTEMPTS, NEW_TOKENS, OUT_ROOT, PROMPT_LEN, PROMPT_TEXT, SEQ0_TEXT,
     SEQ_LEN, SLIDING, TOKENIZER_MODEL, check_ok, greedy, load_fp32_eager, margins_of,
-    provenance_date, rewrite_old_rope_spelling, save_npz_deterministic,
+    provenance_date, rewrite_old_rope_spelling, save_npz_deterministic, seeded_inputs,
 )
 
 FLOAT64_BAR = 2e-5  # max |logits(float64) - logits(float32)| accepted; the tests' bar is 1e-3
@@ -244,11 +244,7 @@ def make_one(spec: dict, vocab_tok: int, tok_sp, date: str) -> dict:
     rejected = []
     for attempt in range(MAX_ATTEMPTS):
         seed = spec["seed"] + attempt
-        torch.manual_seed(seed)
-        rng = np.random.default_rng(seed)
-        seq1 = [2] + rng.integers(7, vocab_tok, size=SEQ_LEN - 1).tolist()
-        input_ids = torch.tensor([seq0, seq1], dtype=torch.long)
-        prompt_t = torch.tensor([prompt], dtype=torch.long)
+        input_ids, prompt_t = seeded_inputs(seed, seq0, prompt, vocab_tok)
         model = Gemma3nForCausalLM(build_config(spec)).eval()
         redraw_parameters(model, seed, dict(INIT, **spec.get("init", {})), vocab_tok)
         with tempfile.TemporaryDirectory() as tmp:
