@@ -137,7 +137,8 @@ class GemmaConfig:
     num_experts: int = 0  # E
     top_k_experts: int = 0  # experts per token
     moe_intermediate_size: int = 0  # F of each expert
-    # Gemma 3n (defaults: off); it also uses num_kv_shared_layers and the per-layer embeddings
+    # Gemma 3n (defaults: off); it also uses num_kv_shared_layers and the per-layer embeddings.
+    # Not read: altup_coef_clip (transformers clamps the coefficients only when training).
     altup_num_inputs: int = 0  # S AltUp streams the residual is split into (0: none, one stream)
     altup_active_idx: int = 0  # the stream the decoder blocks run on
     altup_correct_scale: bool = False  # the corrected active stream is scaled before gating the PLE
