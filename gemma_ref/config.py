@@ -208,9 +208,12 @@ class GemmaConfig:
         for i, kind in enumerate(types):
             full, shared = kind == FULL, sources[i] != i
             H = (self.global_head_dim or self.head_dim) if full else self.head_dim
-            K = (self.num_global_key_value_heads or self.num_key_value_heads) if full else self.num_key_value_heads
-            rope = (Rope(self.rope_theta, self.rope_scaling_factor, H, int(self.partial_rotary_factor * H // 2))
-                    if full else Rope(self.rope_local_base_freq, 1.0, H, H // 2))
+            K = self.num_key_value_heads
+            if full and self.num_global_key_value_heads:
+                K = self.num_global_key_value_heads
+            rope = Rope(self.rope_local_base_freq, 1.0, H, H // 2)  # sliding layers: all pairs turn
+            if full:  # proportional RoPE: the first partial_rotary_factor of the pairs turn
+                rope = Rope(self.rope_theta, self.rope_scaling_factor, H, int(self.partial_rotary_factor * H // 2))
             specs.append(LayerSpec(
                 kind=kind, window=None if full else self.sliding_window, head_dim=H,
                 num_key_value_heads=K, kv_source=sources[i], shares_kv=i in sources[first_shared:],
@@ -227,7 +230,8 @@ class GemmaConfig:
     @property
     def num_parameters(self) -> int:
         """Parameter count of the text model (tied embedding counted once)."""
-        D, N, P, L = self.hidden_size, self.num_attention_heads, self.hidden_size_per_layer_input, self.num_hidden_layers
+        D, N, L = self.hidden_size, self.num_attention_heads, self.num_hidden_layers
+        P = self.hidden_size_per_layer_input
         total = self.vocab_size * D + D
         if P:  # per-layer embeddings: table, projection of the embedding, its norm
             total += self.vocab_size_per_layer_input * L * P + D * L * P + P
@@ -260,7 +264,8 @@ class GemmaConfig:
         if self.num_kv_shared_layers:
             first = self.num_hidden_layers - self.num_kv_shared_layers
             wide = ", MLP 2x wide" if self.use_double_wide_mlp else ""
-            span = f"layers {first}-{self.num_hidden_layers - 1}" if first < self.num_hidden_layers - 1 else f"layer {first}"
+            last = self.num_hidden_layers - 1
+            span = f"layers {first}-{last}" if first < last else f"layer {first}"
             lines.append(f"shared K/V        {span} attend with the K/V of layer(s) "
                          f"{', '.join(map(str, sorted({s.kv_source for s in self.layers[first:]})))} "
                          f"(no cache of their own{wide})")

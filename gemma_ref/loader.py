@@ -42,7 +42,8 @@ ROW_TABLES = ("model.embed_tokens_per_layer.weight",)
 
 def expected_shapes(config: GemmaConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor the text model needs, with its shape ([out, in] for projections)."""
-    D, N, P, L = config.hidden_size, config.num_attention_heads, config.hidden_size_per_layer_input, config.num_hidden_layers
+    D, N, L = config.hidden_size, config.num_attention_heads, config.num_hidden_layers
+    P = config.hidden_size_per_layer_input  # 0: no per-layer embeddings
     shapes = {"model.embed_tokens.weight": (config.vocab_size, D), "model.norm.weight": (D,)}
     if P:  # Gemma 4 per-layer embeddings
         shapes["model.embed_tokens_per_layer.weight"] = (config.vocab_size_per_layer_input, L * P)

@@ -126,7 +126,10 @@ def sentencepiece_from_tokenizer_json(data, source: str = "tokenizer.json") -> b
         raise bad("the model is not a BPE with byte_fallback")
     space = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
     normalizers = data.get("normalizer")
-    normalizers = normalizers.get("normalizers") if (normalizers or {}).get("type") == "Sequence" else [normalizers]
+    if (normalizers or {}).get("type") == "Sequence":
+        normalizers = normalizers.get("normalizers")
+    else:
+        normalizers = [normalizers]
     if normalizers != [space]:
         raise bad(f"normalizer {json.dumps(data.get('normalizer'))[:120]} is not ' ' -> '\u2581'")
     pre = data.get("pre_tokenizer")

@@ -81,62 +81,77 @@ def install_trace(model, trace: dict):
     """Forward hooks that store every intermediate gemma-ref traces, under its name.
 
     Layout: batch axis dropped, position first, heads split ([T, N, H]), as in
-    gemma-ref. q/k after RoPE have no module in transformers: the rotary function
-    of the modeling file is wrapped. The attention output before o_proj is o_proj's input.
+    gemma-ref. Names: transformers' module names of the text model, with a
+    multimodal model's `model.language_model.` spelled `model.` (gemma-ref's keys).
+    q/k after RoPE have no module in transformers: the rotary function of the
+    modeling file is wrapped. The attention output before o_proj is o_proj's input.
+    Gemma 4: head sizes differ per layer (read from each attention module), q/k/v
+    are normed before the heads are transposed, and the experts' output is [B*T, D].
+    Gemma 3n: q/k/v normed before the transpose as well, and layer outputs are the AltUp
+    streams [S, B, T, D], stored as [T, S, D].
     """
-    H = model.config.head_dim
-    handles, layer = [], [None]
-    # Gemma 3n: layer outputs are the AltUp streams [S, B, T, D] (stored as [T, S, D]);
-    # q/k/v norms act on [B, T, n, H]; RoPE is applied to one tensor at a time.
-    altup = getattr(model.config, "altup_num_inputs", None) is not None
+    handles, layer = [], [None, 0]  # current self_attn prefix, rotary calls seen in it
+    altup = getattr(model.config, "altup_num_inputs", None) is not None  # Gemma 3n
     streams = lambda t: t[:, 0].transpose(0, 1)  # [S, B, T, D] -> [T, S, D]
+
+    def short_name(name):
+        return name.replace("model.language_model.", "model.", 1)
 
     def store(name, fn=lambda t: t[0]):
         def hook(module, args, out):
             out = out[0] if isinstance(out, tuple) else out
-            trace[name] = fn(out).detach().numpy().copy()
+            trace[short_name(name)] = fn(out).detach().numpy().copy()
         return hook
 
-    heads = lambda t: t[0].reshape(t.shape[1], -1, H)  # [B, T, n*H] -> [T, n, H]
+    def heads(H):
+        return lambda t: t[0].reshape(t.shape[1], -1, H)  # [B, T, n*H] -> [T, n, H]
+
     by_head = lambda t: t[0].transpose(0, 1)  # [B, n, T, H] -> [T, n, H]
+    modules = dict(model.named_modules())
+    text = next(n for n in ("model.language_model", "model") if n in modules)
     for name, module in model.named_modules():
         short = name.rsplit(".", 1)[-1]
-        if name in ("model.embed_tokens", "model.norm", "lm_head"):
+        attn = modules.get(name.rsplit(".", 1)[0]) if "." in name else None
+        H = getattr(attn, "head_dim", None)
+        heads_first = type(module).__name__.startswith(("Gemma4", "Gemma3n"))
+        if name in (f"{text}.embed_tokens", f"{text}.norm", "lm_head"):
             handles.append(module.register_forward_hook(store(name)))
-        elif name.startswith("model.layers.") and name.count(".") == 2:
+        elif name.startswith(f"{text}.layers.") and name.count(".") == text.count(".") + 2:
             handles.append(module.register_forward_hook(store(name, streams if altup else lambda t: t[0])))
         elif short in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-                       "post_feedforward_layernorm", "mlp", "o_proj", "laurel",
-                       "post_per_layer_input_norm"):
+                       "post_feedforward_layernorm", "mlp", "o_proj", "post_feedforward_layernorm_1",
+                       "post_feedforward_layernorm_2", "post_per_layer_input_norm", "laurel"):
             handles.append(module.register_forward_hook(store(name)))
-        elif short in ("q_proj", "k_proj", "v_proj"):
-            handles.append(module.register_forward_hook(store(name, heads)))
-        elif short in ("q_norm", "k_norm", "v_norm"):
-            handles.append(module.register_forward_hook(store(name, (lambda t: t[0]) if altup else by_head)))
+        elif short == "experts":  # [B*T, D], batch of one: already [T, D]
+            handles.append(module.register_forward_hook(store(name, lambda t: t)))
+        elif short in ("q_proj", "k_proj", "v_proj") and H:
+            handles.append(module.register_forward_hook(store(name, heads(H))))
+        elif short in ("q_norm", "k_norm", "v_norm") and H:
+            # Gemma 3 norms heads after transposing them, Gemma 3n and 4 before
+            handles.append(module.register_forward_hook(store(name, (lambda t: t[0]) if heads_first else by_head)))
         if short == "o_proj":  # the attention output, before o_proj: o_proj's input
-            prefix = name[:-len("o_proj")]
+            prefix = short_name(name[:-len("o_proj")])
             handles.append(module.register_forward_pre_hook(
                 lambda m, a, p=prefix: trace.__setitem__(p + "attn", a[0][0].detach().numpy().copy())))
         if short == "self_attn":
             handles.append(module.register_forward_pre_hook(
-                lambda m, a, n=name: layer.__setitem__(0, n + ".")))
+                lambda m, a, n=short_name(name): layer.__setitem__(slice(0, 2), [n + ".", 0])))
 
-    modeling = sys.modules[type(model.model.layers[0].self_attn).__module__]
+    modeling = sys.modules[type(modules[f"{text}.layers.0"].self_attn).__module__]
     rotary = modeling.apply_rotary_pos_emb
 
     def traced_rotary(q, k, *a, **kw):
+        if len(a) == 1:  # Gemma 3n and 4 rotate one tensor at a time, (x, cos, sin): q, then k
+            out = rotary(q, k, *a, **kw)  # [B, T, n, H]
+            trace[layer[0] + ("q_rope", "k_rope")[min(layer[1], 1)]] = out[0].detach().numpy().copy()
+            layer[1] += 1
+            return out
         q, k = rotary(q, k, *a, **kw)  # [B, n, T, H] each
         trace[layer[0] + "q_rope"] = by_head(q).detach().numpy().copy()
         trace[layer[0] + "k_rope"] = by_head(k).detach().numpy().copy()
         return q, k
 
-    def traced_rotary_one(x, *a, **kw):  # Gemma 3n: q, then k (unless the layer reuses K/V)
-        x = rotary(x, *a, **kw)  # [B, T, n, H]
-        name = layer[0] + ("k_rope" if layer[0] + "q_rope" in trace else "q_rope")
-        trace[name] = x[0].detach().numpy().copy()
-        return x
-
-    modeling.apply_rotary_pos_emb = traced_rotary_one if altup else traced_rotary
+    modeling.apply_rotary_pos_emb = traced_rotary
     return lambda: ([h.remove() for h in handles], setattr(modeling, "apply_rotary_pos_emb", rotary))
 
 

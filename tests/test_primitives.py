@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from gemma_ref.model import attention, gelu_tanh, rms_norm, rope, rope_angles, softcap, softmax
+from gemma_ref.model import attention, gelu_tanh, moe, rms_norm, rope, rope_angles, route, softcap, softmax
 
 
 def test_rms_norm_by_hand():
@@ -16,6 +16,15 @@ def test_rms_norm_by_hand():
     # the weight enters as (1 + w): w = [1, -0.5] scales by [2, 0.5]
     np.testing.assert_allclose(rms_norm(x, np.array([1.0, -0.5], np.float32), 1e-6),
                                [0.2 * inv, 0.1 * inv], rtol=1e-6)
+
+
+def test_rms_norm_gemma4_scales_by_w_or_nothing():
+    # Gemma 4: offset 0 (x_normed * w), and the weightless norm of values and the router
+    x = np.array([0.1, 0.2], np.float32)
+    inv = 1 / math.sqrt(0.025 + 1e-6)
+    np.testing.assert_allclose(rms_norm(x, np.array([2.0, 0.5], np.float32), 1e-6, 0.0),
+                               [0.2 * inv, 0.1 * inv], rtol=1e-6)
+    np.testing.assert_allclose(rms_norm(x, None, 1e-6), [0.1 * inv, 0.2 * inv], rtol=1e-6)
 
 
 def test_rms_norm_keeps_float32():
@@ -56,6 +65,46 @@ def test_rope_linear_scaling_divides_positions():
     a = rope_angles(np.array([[8]]), 8, 1e6, 8.0, np.float64)
     b = rope_angles(np.array([[1]]), 8, 1e6, 1.0, np.float64)
     np.testing.assert_allclose(a, b)
+
+
+def test_proportional_rope_rotates_only_the_first_pairs():
+    # Gemma 4 full layers: H = 8, 4 pairs, partial 0.25 -> 1 pair rotates; its frequency
+    # is theta^0 = 1 whatever H (the exponent is over the full head_dim)
+    cos, sin = rope_angles(np.array([[3]]), 8, 1e6, 1.0, np.float64, rotated=1)
+    np.testing.assert_allclose(cos[0, 0], [math.cos(3), 1, 1, 1])
+    np.testing.assert_allclose(sin[0, 0], [math.sin(3), 0, 0, 0])
+    cos, _ = rope_angles(np.array([[1]]), 8, 100.0, 1.0, np.float64, rotated=2)
+    np.testing.assert_allclose(cos[0, 0], [math.cos(1), math.cos(100 ** -0.25), 1, 1])
+
+
+def test_route_by_hand():
+    # 3 experts, router = identity on D = 3 (scale = sqrt(3) cancels 1/sqrt(D)):
+    # p = softmax(rms(x)); top 2 renormalized, times per_expert_scale
+    x = np.array([[3.0, 2.0, 1.0]])
+    experts, weights = route(x, np.eye(3), np.full(3, math.sqrt(3)), np.array([1.0, 2.0, 1.0]), 2, 0.0)
+    h = x[0] / math.sqrt((9 + 4 + 1) / 3)
+    p = np.exp(h) / np.exp(h).sum()
+    order = np.argsort(experts[0])
+    assert experts[0][order].tolist() == [0, 1]
+    np.testing.assert_allclose(weights[0][order], [p[0] / (p[0] + p[1]), 2 * p[1] / (p[0] + p[1])])
+
+
+def test_moe_uses_each_tokens_top_k_experts_only():
+    """The mixture equals the sum over each token's chosen experts, reads only the experts
+    some token chose (each once, for all its tokens), and never the others."""
+    rng = np.random.default_rng(0)
+    M, D, F, E = 5, 4, 3, 6
+    x = rng.standard_normal((M, D))
+    gate_up, down = rng.standard_normal((E, 2 * F, D)), rng.standard_normal((E, D, F))
+    experts = np.array([[0, 2], [2, 0], [3, 0], [2, 3], [0, 3]])  # expert 1, 4, 5: never chosen
+    weights = rng.random((M, 2))
+    read = []
+    out = moe(x, experts, weights, lambda e: read.append(e) or gate_up[e], lambda e: down[e])
+    assert sorted(read) == [0, 2, 3]
+    for m in range(M):
+        want = sum(w * (down[e] @ (gelu_tanh(gate_up[e][:F] @ x[m]) * (gate_up[e][F:] @ x[m])))
+                   for e, w in zip(experts[m], weights[m]))
+        np.testing.assert_allclose(out[m], want, rtol=1e-12)
 
 
 def test_attention_by_hand():
