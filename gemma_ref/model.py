@@ -138,6 +138,7 @@ def attention(q, k, v, q_pos, k_pos, scale, window=None, cap=None):
 
 # --- Gemma 3n: AltUp streams, LAuReL, sparse activations -----------------------
 # S = altup_num_inputs streams; the decoder blocks run on stream `altup_active_idx`.
+# Gemma 3n's norms scale by w itself (rms_norm offset 0), these included.
 
 
 def magnitude_matched(y, target_rms):

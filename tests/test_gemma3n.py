@@ -2,6 +2,7 @@
 transformers (tests/data/tiny/gemma3n-*, made by scripts/make_tiny_goldens_gemma3n.py)."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -237,3 +238,36 @@ def test_dump_hidden_states_put_the_streams_side_by_side(case):
     assert ours.hidden_states.shape == ref.shape
     assert np.abs(ours.hidden_states - ref).max() <= 1e-4 * np.abs(ref).max()
     assert ours.trace["model.layers.0"].shape == (T, S, D)  # position first, like every entry
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("intermediate_size", [64, 64], "intermediate_size must be a positive integer or a list of 6"),
+    ("activation_sparsity_pattern", [0.95] * 5, "activation_sparsity_pattern must be a list of 6"),
+    ("activation_sparsity_pattern", [1.0] * 6, "numbers in [0, 1)"),
+    ("altup_active_idx", 2, "altup_active_idx (2) must be in [0, altup_num_inputs = 2)"),
+    ("num_kv_shared_layers", 6, "num_kv_shared_layers (6) must be in [0, num_hidden_layers = 6)"),
+])
+def test_config_mistakes_name_the_key(key, value, says):
+    import json
+
+    from gemma_ref.config import GemmaConfig
+    from gemma_ref.errors import GemmaRefError
+
+    d = json.loads((DATA / "tiny" / "gemma3n-2streams" / "config.json").read_text())
+    with pytest.raises(GemmaRefError, match=re.escape(says)):
+        GemmaConfig.from_dict({**d, key: value})
+
+
+def test_config_defaults_are_transformers():
+    """Keys a Gemma 3n config.json may leave out take transformers' defaults."""
+    from gemma_ref.config import GemmaConfig
+
+    c = GemmaConfig.from_dict(dict(model_type="gemma3n_text", vocab_size=512, hidden_size=32,
+                                   intermediate_size=64, num_hidden_layers=20, num_attention_heads=2,
+                                   num_key_value_heads=1, head_dim=16, sliding_window=8))
+    assert (c.altup_num_inputs, c.altup_active_idx, c.altup_correct_scale, c.laurel_rank) == (4, 0, True, 64)
+    assert c.activation_sparsity_pattern == (0.95,) * 10 + (0.0,) * 10
+    assert c.num_kv_shared_layers == 15 and c.hidden_size_per_layer_input == 256
+    assert c.final_logit_softcapping == 30.0 and c.query_scale == 1.0
+    assert c.layer_types[:5] == ("sliding_attention",) * 4 + ("full_attention",)
+    assert (c.rope_theta, c.rope_local_base_freq) == (1_000_000.0, 10_000.0)
