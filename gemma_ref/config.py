@@ -222,6 +222,11 @@ class GemmaConfig:
                 rope=rope, activation_sparsity=(self.activation_sparsity_pattern or (0.0,) * L)[i]))
         return tuple(specs)
 
+    @cached_property
+    def ropes(self) -> tuple[Rope, ...]:
+        """The distinct RoPE tables the layers use (one per kind of layer)."""
+        return tuple(dict.fromkeys(s.rope for s in self.layers))
+
     @property
     def query_scale(self) -> float:
         """Queries are multiplied by this: query_pre_attn_scalar ** -0.5."""

@@ -601,7 +601,7 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *,
 
     # RoPE tables, one per kind of layer (config.layers[i].rope).
     rope_tables = {r: rope_angles(positions, r.head_dim, r.theta, r.factor, dtype, r.rotated)
-                   for r in {s.rope for s in config.layers}}
+                   for r in config.ropes}
     shared = {}  # layer -> (k, v, positions) that later layers attend with (Gemma 4)
     reuse_freed_memory()  # once per process: fewer page faults (parallel.py)
     with threads_for(B * T):  # prefill: our threads split the products; decoding: BLAS's (parallel.py)
