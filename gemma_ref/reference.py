@@ -293,8 +293,14 @@ def _entry(name, err, rel, rtol: float, layer=None) -> dict:
             "abs": err.tolist(), "rel": rel.tolist()}
 
 
-def hidden_state_names(num_layers: int) -> list[tuple[str, int | None]]:
-    """(name, layer) of each hidden_states entry; the last includes the final norm."""
+def hidden_state_names(num_layers: int, streams: bool = False) -> list[tuple[str, int | None]]:
+    """(name, layer) of each hidden_states entry; the last includes the final norm.
+
+    streams (Gemma 3n): entry 0 is the AltUp streams made from the embedding, the last
+    entry the raw output of the last layer (see hidden_states).
+    """
+    if streams:
+        return [("model.altup_projections", None)] + [(f"model.layers.{i}", i) for i in range(num_layers)]
     return ([("model.embed_tokens", None)]
             + [(f"model.layers.{i}", i) for i in range(num_layers - 1)]
             + [(f"model.norm(model.layers.{num_layers - 1})", num_layers - 1)])
@@ -351,7 +357,8 @@ def _first_false(a) -> int | None:
     return int(bad[0]) if bad.size else None
 
 
-def compare_prompt(i: int, g: PromptDump, o: PromptDump, rtol: float, k: int = 10) -> dict:
+def compare_prompt(i: int, g: PromptDump, o: PromptDump, rtol: float, k: int = 10,
+                   streams: bool = False) -> dict:
     """Everything `gemma-ref compare` says about one prompt."""
     if g.input_ids.shape != o.input_ids.shape or not np.array_equal(g.input_ids, o.input_ids):
         raise GemmaRefError(
@@ -362,7 +369,7 @@ def compare_prompt(i: int, g: PromptDump, o: PromptDump, rtol: float, k: int = 1
         if g.hidden_states.shape != o.hidden_states.shape:
             raise GemmaRefError(f"prompt {i}: hidden_states shapes differ: {g.hidden_states.shape} "
                                 f"vs {o.hidden_states.shape} (a different model?)")
-        names = hidden_state_names(g.hidden_states.shape[0] - 1)
+        names = hidden_state_names(g.hidden_states.shape[0] - 1, streams)
         err, rel = row_errors(g.hidden_states, o.hidden_states, lead=2)  # [L+1, T] each
         entries = [_entry(n, e, r, rtol, layer) for (n, layer), e, r in zip(names, err, rel)]
     gl, ol = aligned_logits(g, o)
@@ -396,7 +403,10 @@ def compare(golden: Golden, other: Golden, rtol: float = RTOL, k: int = 10) -> d
     if len(golden.prompts) != len(other.prompts):
         raise GemmaRefError(f"the dumps hold different numbers of prompts: {len(golden.prompts)} "
                             f"({golden.source}) vs {len(other.prompts)} ({other.source})")
-    prompts = [compare_prompt(i, g, o, rtol, k) for i, (g, o) in
+    # Gemma 3n dumps hold AltUp streams (named from either side's provenance)
+    streams = any("gemma3n" in str(p.get("model_type", "")) or "Gemma3n" in str(p.get("model_class", ""))
+                  for p in (golden.provenance, other.provenance))
+    prompts = [compare_prompt(i, g, o, rtol, k, streams) for i, (g, o) in
                enumerate(zip(golden.prompts, other.prompts))]
     compared = sum(len(p["hidden_states"]) + len(p["trace"]) for p in prompts)
     if not compared:

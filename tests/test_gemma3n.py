@@ -271,3 +271,15 @@ def test_config_defaults_are_transformers():
     assert c.final_logit_softcapping == 30.0 and c.query_scale == 1.0
     assert c.layer_types[:5] == ("sliding_attention",) * 4 + ("full_attention",)
     assert (c.rope_theta, c.rope_local_base_freq) == (1_000_000.0, 10_000.0)
+
+
+def test_compare_names_the_stream_entries(case):
+    from gemma_ref import reference
+
+    d, model, g = case
+    dump = reference.dump(model, [g["input_ids"][0].tolist()], max_new_tokens=2)
+    r = reference.compare(dump, dump)
+    names = [e["name"] for e in r["prompts"][0]["hidden_states"]]
+    L = model.config.num_hidden_layers
+    assert r["ok"] and names[:2] == ["model.altup_projections", "model.layers.0"]
+    assert names[L] == f"model.layers.{L - 1}"  # the raw last layer: no final norm in it
