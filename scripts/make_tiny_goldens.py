@@ -531,6 +531,14 @@ def check_ok(res: dict, vocab_tok: int, min_margin: float) -> tuple[bool, list[s
     return (not problems), problems
 
 
+def install_checkpoint(saved: Path, out_dir: Path) -> None:
+    """out_dir becomes the accepted checkpoint `saved` (replacing any older one), plus the tokenizer."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    shutil.copytree(saved, out_dir)
+    shutil.copy(TOKENIZER_MODEL, out_dir / "tokenizer.model")
+
+
 def seeded_inputs(seed: int, seq0: list[int], prompt: list[int], vocab_tok: int):
     """torch.manual_seed(seed), then the golden inputs: [seq0, bos + random ids] and the prompt.
 
@@ -639,14 +647,11 @@ def make_one(spec: dict, vocab_tok: int, tok_sp, date: str) -> dict:
             )
             if not ok:
                 continue
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            shutil.copytree(tmp, out_dir)
+            install_checkpoint(Path(tmp), out_dir)
         break
     else:
         raise RuntimeError(f"{name}: no acceptable seed in {MAX_ATTEMPTS} attempts")
 
-    shutil.copy(TOKENIZER_MODEL, out_dir / "tokenizer.model")
 
     checks = run_checks(spec, cls, out_dir, loaded, input_ids, res)
 

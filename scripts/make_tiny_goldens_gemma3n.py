@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -43,8 +42,8 @@ from transformers import Gemma3nForCausalLM, Gemma3nTextConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_tiny_goldens import (  # noqa: E402
-    FULL, MAX_ATTEMPTS, NEW_TOKENS, OUT_ROOT, PROMPT_LEN, PROMPT_TEXT, SEQ0_TEXT,
-    SEQ_LEN, SLIDING, TOKENIZER_MODEL, check_ok, greedy, load_fp32_eager, margins_of,
+    FULL, MAX_ATTEMPTS, NEW_TOKENS, OUT_ROOT, PROMPT_LEN, PROMPT_TEXT, SEQ0_TEXT, SEQ_LEN,
+    SLIDING, TOKENIZER_MODEL, check_ok, greedy, install_checkpoint, load_fp32_eager, margins_of,
     provenance_date, rewrite_old_rope_spelling, save_npz_deterministic, seeded_inputs,
 )
 
@@ -261,13 +260,10 @@ def make_one(spec: dict, vocab_tok: int, tok_sp, date: str) -> dict:
             if not ok:
                 rejected.append((seed, problems))
                 continue
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            shutil.copytree(tmp, out_dir)
+            install_checkpoint(Path(tmp), out_dir)
         break
     else:
         raise RuntimeError(f"{name}: no acceptable seed in {MAX_ATTEMPTS} attempts")
-    shutil.copy(TOKENIZER_MODEL, out_dir / "tokenizer.model")
 
     checks = run_checks(spec, out_dir, input_ids, res)
     if spec.get("old_rope_spelling"):
