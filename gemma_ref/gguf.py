@@ -1,4 +1,4 @@
-"""Read a llama.cpp GGUF file of a Gemma 1 / 2 / 3 (text) model.
+"""Read a llama.cpp GGUF file of a Gemma 1 / 2 / 3 / 4 (text) model.
 
 `read_gguf(path)` gives back what a Hugging Face checkpoint directory would hold:
 
@@ -47,7 +47,9 @@ __all__ = ["GGUFCheckpoint", "read_gguf", "TENSOR_NAME_TABLE", "SUPPORTED_ARCHIT
 #
 # Transformations of the values (the last column):
 #   NONE    -- the dequantized values are the HF values (up to quantization error).
-#   UNSHIFT -- RMSNorm weights. Gemma's RMSNorm computes `x_normed * (1 + w)` and HF stores `w`
+#   UNSHIFT -- RMSNorm weights of Gemma 1-3 (Gemma 4's converter stores them as they are:
+#              `Gemma4Model.norm_shift` is 0, and its RMSNorm multiplies by w; see _SHIFTED).
+#              Gemma's RMSNorm computes `x_normed * (1 + w)` and HF stores `w`
 #              (centred on 0). llama.cpp's converter stores `w + 1` for every tensor whose HF
 #              name ends in "norm.weight" (GemmaModel / Gemma2Model / Gemma3Model
 #              .modify_tensors: `data_torch = data_torch + 1`, "ref code in Gemma3RMSNorm"),
@@ -71,8 +73,11 @@ __all__ = ["GGUFCheckpoint", "read_gguf", "TENSOR_NAME_TABLE", "SUPPORTED_ARCHIT
 NONE = "none"
 UNSHIFT = "subtract 1 (llama.cpp stores RMSNorm weights as 1 + w)"
 
-_ALL = ("gemma", "gemma2", "gemma3")
-_G23 = ("gemma2", "gemma3")
+_SHIFTED = ("gemma", "gemma2", "gemma3")  # the architectures whose norms are stored as 1 + w
+_ALL = ("gemma", "gemma2", "gemma3", "gemma4")
+_G234 = ("gemma2", "gemma3", "gemma4")
+_G34 = ("gemma3", "gemma4")
+_G4 = ("gemma4",)
 
 TENSOR_NAME_TABLE: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     # GGUF name                       archs      HF key                                                  values
@@ -84,21 +89,44 @@ TENSOR_NAME_TABLE: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("blk.{i}.attn_k.weight",          _ALL,      "model.layers.{i}.self_attn.k_proj.weight",             NONE),  # not permuted
     ("blk.{i}.attn_v.weight",          _ALL,      "model.layers.{i}.self_attn.v_proj.weight",             NONE),
     ("blk.{i}.attn_output.weight",     _ALL,      "model.layers.{i}.self_attn.o_proj.weight",             NONE),
-    ("blk.{i}.attn_q_norm.weight",     ("gemma3",), "model.layers.{i}.self_attn.q_norm.weight",           UNSHIFT),
-    ("blk.{i}.attn_k_norm.weight",     ("gemma3",), "model.layers.{i}.self_attn.k_norm.weight",           UNSHIFT),
+    ("blk.{i}.attn_q_norm.weight",     _G34,      "model.layers.{i}.self_attn.q_norm.weight",             UNSHIFT),
+    ("blk.{i}.attn_k_norm.weight",     _G34,      "model.layers.{i}.self_attn.k_norm.weight",             UNSHIFT),
     # Gemma 1 has two norms per layer: HF's `post_attention_layernorm` is really the pre-MLP
     # norm, and llama.cpp calls it `ffn_norm`.
     ("blk.{i}.ffn_norm.weight",        ("gemma",), "model.layers.{i}.post_attention_layernorm.weight",    UNSHIFT),
     # Gemma 2/3 have four: `post_attention_layernorm` is a real post-attention norm
     # (llama.cpp `post_attention_norm`) and the pre-MLP norm is `pre_feedforward_layernorm`
     # (llama.cpp `ffn_norm`).
-    ("blk.{i}.ffn_norm.weight",        _G23,      "model.layers.{i}.pre_feedforward_layernorm.weight",    UNSHIFT),
-    ("blk.{i}.post_attention_norm.weight", _G23,  "model.layers.{i}.post_attention_layernorm.weight",     UNSHIFT),
-    ("blk.{i}.post_ffw_norm.weight",   _G23,      "model.layers.{i}.post_feedforward_layernorm.weight",   UNSHIFT),
+    ("blk.{i}.ffn_norm.weight",        _G234,     "model.layers.{i}.pre_feedforward_layernorm.weight",    UNSHIFT),
+    ("blk.{i}.post_attention_norm.weight", _G234, "model.layers.{i}.post_attention_layernorm.weight",     UNSHIFT),
+    ("blk.{i}.post_ffw_norm.weight",   _G234,     "model.layers.{i}.post_feedforward_layernorm.weight",   UNSHIFT),
     ("blk.{i}.ffn_gate.weight",        _ALL,      "model.layers.{i}.mlp.gate_proj.weight",                NONE),
     ("blk.{i}.ffn_up.weight",          _ALL,      "model.layers.{i}.mlp.up_proj.weight",                  NONE),
     ("blk.{i}.ffn_down.weight",        _ALL,      "model.layers.{i}.mlp.down_proj.weight",                NONE),
+    # Gemma 4 (llama.cpp's conversion/gemma.py `Gemma4Model`, gguf-py MODEL_TENSORS[GEMMA4]):
+    # per-layer embeddings, the layer scalar, and the mixture of experts. Experts are stored
+    # as 3-D tensors, ne = [in, out, experts], i.e. HF's [E, out, in]. The router's `scale`
+    # and `per_expert_scale` become `ffn_gate_inp.scale` and `ffn_down_exps.scale`.
+    ("per_layer_token_embd.weight",    _G4,       "model.embed_tokens_per_layer.weight",                  NONE),
+    ("per_layer_model_proj.weight",    _G4,       "model.per_layer_model_projection.weight",              NONE),
+    ("per_layer_proj_norm.weight",     _G4,       "model.per_layer_projection_norm.weight",               UNSHIFT),
+    ("blk.{i}.inp_gate.weight",        _G4,       "model.layers.{i}.per_layer_input_gate.weight",         NONE),
+    ("blk.{i}.proj.weight",            _G4,       "model.layers.{i}.per_layer_projection.weight",         NONE),
+    ("blk.{i}.post_norm.weight",       _G4,       "model.layers.{i}.post_per_layer_input_norm.weight",    UNSHIFT),
+    ("blk.{i}.layer_output_scale.weight", _G4,    "model.layers.{i}.layer_scalar",                        NONE),
+    ("blk.{i}.ffn_gate_inp.weight",    _G4,       "model.layers.{i}.router.proj.weight",                  NONE),
+    ("blk.{i}.ffn_gate_inp.scale",     _G4,       "model.layers.{i}.router.scale",                        NONE),
+    ("blk.{i}.ffn_down_exps.scale",    _G4,       "model.layers.{i}.router.per_expert_scale",             NONE),
+    ("blk.{i}.ffn_gate_up_exps.weight", _G4,      "model.layers.{i}.experts.gate_up_proj",                NONE),
+    ("blk.{i}.ffn_down_exps.weight",   _G4,       "model.layers.{i}.experts.down_proj",                   NONE),
+    ("blk.{i}.pre_ffw_norm_2.weight",  _G4,       "model.layers.{i}.pre_feedforward_layernorm_2.weight",  UNSHIFT),
+    ("blk.{i}.post_ffw_norm_1.weight", _G4,       "model.layers.{i}.post_feedforward_layernorm_1.weight", UNSHIFT),
+    ("blk.{i}.post_ffw_norm_2.weight", _G4,       "model.layers.{i}.post_feedforward_layernorm_2.weight", UNSHIFT),
 )
+# Gemma 4's full-attention RoPE as llama.cpp encodes it: one factor per frequency pair of the
+# full layers' heads, 1.0 for the pairs that rotate and 1e30 (frequency ~0) for the rest.
+# Read into the config (partial_rotary_factor), not a weight.
+ROPE_FREQS = "rope_freqs.weight"
 
 # Tensors a file may lack; every other row of the table that applies to the file's
 # architecture must be present.
@@ -113,6 +141,7 @@ _MODEL_TYPES = {
     # The GGUF holds the text model only (llama.cpp writes the vision tower to a separate
     # mmproj file), so this is transformers' text-only Gemma 3, as its GGUF loader also says.
     "gemma3": ("gemma3_text", "Gemma3ForCausalLM"),
+    "gemma4": ("gemma4_text", "Gemma4ForCausalLM"),
 }
 
 # --------------------------------------------------------------------------------------------
@@ -184,10 +213,10 @@ class GGUFCheckpoint:
 
 
 def read_gguf(path: str | os.PathLike[str], on_valid_header: Callable[[], None] | None = None) -> GGUFCheckpoint:
-    """Read a Gemma / Gemma 2 / Gemma 3 (text) GGUF file into HF-layout float32 tensors.
+    """Read a Gemma / Gemma 2 / Gemma 3 / Gemma 4 (text) GGUF file into HF-layout float32 tensors.
 
     Raises `GemmaRefError` for a missing, truncated or corrupt file, an architecture other than
-    gemma / gemma2 / gemma3, a tensor type that cannot be dequantized, or a missing, unknown or
+    gemma / gemma2 / gemma3 / gemma4, a tensor type that cannot be dequantized, or a missing, unknown or
     mis-shaped tensor. `on_valid_header()` is called once the header has been parsed and every
     tensor found inside the file, before the slow part (vocabulary, dequantization).
     """
@@ -354,6 +383,8 @@ def _build_config(
             raise GemmaRefError(f"{path}: GGUF metadata {arch}.{name} = {value!r} is not a positive integer")
         return value
 
+    if arch == "gemma4":
+        return _gemma4_config(reader, path, vocab_size, tensor_names, key, positive_int)
     hidden = positive_int("embedding_length", key("embedding_length"))
     layers = positive_int("block_count", key("block_count"))
     heads = positive_int("attention.head_count", key("attention.head_count"))
@@ -412,12 +443,6 @@ def _build_config(
     else:
         query_pre_attn_scalar = head_dim
 
-    def token_id(name: str) -> int | None:
-        value = _get(reader, path, f"tokenizer.ggml.{name}", None)
-        if value is not None and not 0 <= value < vocab_size:
-            raise GemmaRefError(f"{path}: tokenizer.ggml.{name} = {value} is outside the {vocab_size}-token vocabulary")
-        return value
-
     model_type, architecture = _MODEL_TYPES[arch]
     config: dict[str, Any] = {
         "architectures": [architecture],
@@ -442,15 +467,110 @@ def _build_config(
         "hidden_activation": HIDDEN_ACTIVATION,
         "hidden_act": HIDDEN_ACTIVATION,
         "attention_bias": False,
+        **_token_fields(reader, path, vocab_size, tensor_names),
+    }
+    if arch == "gemma3" and sliding_window is not None and isinstance(pattern, int):
+        config["_sliding_window_pattern"] = pattern  # as transformers' Gemma3TextConfig has it
+    return config
+
+
+def _gemma4_config(reader, path, vocab_size, tensor_names, key, positive_int) -> dict[str, Any]:
+    """config.json (Hub spelling) of a Gemma 4 GGUF, from what llama.cpp's Gemma4Model writes.
+
+    Per-layer facts are arrays in the file: head_count_kv (sliding vs full layers),
+    feed_forward_length (2x on the KV-sharing layers with use_double_wide_mlp) and
+    attention.sliding_window_pattern (True = sliding). key_length is the full layers'
+    head_dim, key_length_swa the sliding layers'. attention_k_eq_v shows as full layers
+    without attn_v; partial_rotary_factor as the 1.0 entries of rope_freqs.
+    """
+    def per_layer(name: str, layers: int) -> list[int]:
+        value = key(name)
+        values = value if isinstance(value, list) else [value] * layers
+        if len(values) != layers:
+            raise GemmaRefError(f"{path}: gemma4.{name} has {len(values)} entries for {layers} layers")
+        return [positive_int(name, v) for v in values]
+
+    layers = positive_int("block_count", key("block_count"))
+    pattern = key("attention.sliding_window_pattern")
+    if not isinstance(pattern, list) or len(pattern) != layers:
+        raise GemmaRefError(f"{path}: gemma4.attention.sliding_window_pattern is not one flag per layer")
+    sliding = [bool(p) for p in pattern]
+    kv = per_layer("attention.head_count_kv", layers)
+    ffn = per_layer("feed_forward_length", layers)
+    shared = key("attention.shared_kv_layers", 0)
+    head_dim = positive_int("attention.key_length_swa", key("attention.key_length_swa"))
+    global_head_dim = positive_int("attention.key_length", key("attention.key_length"))
+    full = [i for i in range(layers) if not sliding[i]]
+    kv_full = {kv[i] for i in full} or {kv[0]}
+    kv_sliding = {kv[i] for i in range(layers) if sliding[i]} or kv_full
+    if len(kv_full) > 1 or len(kv_sliding) > 1:
+        raise GemmaRefError(f"{path}: gemma4.attention.head_count_kv differs within one kind of layer")
+    k_eq_v = bool(full) and all(f"blk.{i}.attn_v.weight" not in tensor_names for i in full)
+    partial = 1.0
+    rope_freqs = next((t for t in reader.tensors if t.name == ROPE_FREQS), None)
+    if rope_freqs is not None:
+        factors = np.asarray(rope_freqs.data, dtype=np.float32).reshape(-1)
+        if factors.size != global_head_dim // 2:
+            raise GemmaRefError(f"{path}: {ROPE_FREQS} has {factors.size} entries, not key_length / 2")
+        partial = 2 * int((factors == 1.0).sum()) / global_head_dim
+    per_layer_input = key("embedding_length_per_layer_input", 0) or 0
+    ple_rows = next((int(t.shape[-1]) for t in reader.tensors if t.name == "per_layer_token_embd.weight"), 0)
+    experts = key("expert_count", 0) or 0
+    softcap = key("final_logit_softcapping", None)
+
+    return {
+        "architectures": ["Gemma4ForCausalLM"],
+        "model_type": "gemma4_text",
+        "vocab_size": vocab_size,
+        "hidden_size": positive_int("embedding_length", key("embedding_length")),
+        "intermediate_size": min(ffn),
+        "num_hidden_layers": layers,
+        "num_attention_heads": positive_int("attention.head_count", key("attention.head_count")),
+        "num_key_value_heads": kv_sliding.pop(),
+        "num_global_key_value_heads": kv_full.pop() if k_eq_v else None,
+        "head_dim": head_dim,
+        "global_head_dim": global_head_dim,
+        "max_position_embeddings": positive_int("context_length", key("context_length")),
+        "rms_norm_eps": float(key("attention.layer_norm_rms_epsilon")),
+        "rope_parameters": {
+            "full_attention": {"rope_type": "proportional", "partial_rotary_factor": partial,
+                               "rope_theta": float(key("rope.freq_base", 1_000_000.0))},
+            "sliding_attention": {"rope_type": "default",
+                                  "rope_theta": float(key("rope.freq_base_swa", GEMMA3_ROPE_LOCAL_BASE_FREQ))},
+        },
+        "sliding_window": key("attention.sliding_window", None),
+        "layer_types": ["sliding_attention" if f else "full_attention" for f in sliding],
+        "final_logit_softcapping": float(softcap) if softcap else None,
+        "attention_k_eq_v": k_eq_v,
+        "num_kv_shared_layers": shared,
+        "use_double_wide_mlp": max(ffn) == 2 * min(ffn) and shared > 0,
+        "hidden_size_per_layer_input": per_layer_input,
+        "vocab_size_per_layer_input": ple_rows or vocab_size,
+        "enable_moe_block": experts > 0,
+        "num_experts": experts or None,
+        "top_k_experts": key("expert_used_count", None) if experts else None,
+        "moe_intermediate_size": key("expert_feed_forward_length", None) if experts else None,
+        "hidden_activation": HIDDEN_ACTIVATION,
+        "attention_bias": False,
+        **_token_fields(reader, path, vocab_size, tensor_names),
+    }
+
+
+def _token_fields(reader, path: str, vocab_size: int, tensor_names: list[str]) -> dict[str, Any]:
+    """The special token ids (each checked to lie in the vocabulary) and whether the head is tied."""
+    def token_id(name: str) -> int | None:
+        value = _get(reader, path, f"tokenizer.ggml.{name}", None)
+        if value is not None and not 0 <= value < vocab_size:
+            raise GemmaRefError(f"{path}: tokenizer.ggml.{name} = {value} is outside the {vocab_size}-token vocabulary")
+        return value
+
+    return {
         "tie_word_embeddings": "output.weight" not in tensor_names,
         "bos_token_id": token_id("bos_token_id"),
         "eos_token_id": token_id("eos_token_id"),
         "pad_token_id": token_id("padding_token_id"),
         "unk_token_id": token_id("unknown_token_id"),
     }
-    if arch == "gemma3" and sliding_window is not None and isinstance(pattern, int):
-        config["_sliding_window_pattern"] = pattern  # as transformers' Gemma3TextConfig has it
-    return config
 
 
 def _pattern_layer_types(layers: int, pattern: int) -> list[str]:
@@ -498,7 +618,17 @@ def _expected_shape(hf_key: str, config: dict[str, Any]) -> tuple[int, ...]:
 
 def _read_tensors(reader: gguf.GGUFReader, path: str, arch: str, config: dict[str, Any]) -> dict[str, np.ndarray]:
     expected = _expected_tensors(arch, config["num_hidden_layers"])
-    by_name = {t.name: t for t in reader.tensors}
+    by_name = {t.name: t for t in reader.tensors if t.name != ROPE_FREQS}
+    shapes = optional = None
+    if arch == "gemma4":  # which of the table's tensors this file needs: from the config's layers
+        from .config import GemmaConfig
+        from .loader import expected_shapes, unused_shapes
+
+        gemma_config = GemmaConfig.from_dict(config, source=path)
+        shapes = expected_shapes(gemma_config)
+        optional = unused_shapes(gemma_config)  # k/v of the KV-sharing layers, if written
+        expected = {g: (h, t) for g, (h, t) in expected.items() if h in shapes or h in optional}
+        by_name = {n: t for n, t in by_name.items() if expected.get(n, ("",))[0] not in optional}
 
     unknown = sorted(set(by_name) - set(expected))
     if unknown:
@@ -506,27 +636,29 @@ def _read_tensors(reader: gguf.GGUFReader, path: str, arch: str, config: dict[st
             f"{path}: unexpected tensor(s) for a {arch} model: {', '.join(unknown[:5])}"
             f"{' ...' if len(unknown) > 5 else ''} (a different model type, or a multimodal file?)"
         )
-    missing = [name for name in expected if name not in by_name and name not in _OPTIONAL_TENSORS]
+    missing = [name for name in expected if name not in by_name and name not in _OPTIONAL_TENSORS
+               and not (optional and expected[name][0] in optional)]
     if missing:
         raise GemmaRefError(
             f"{path}: missing tensor(s): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
         )
 
     # Find an unsupported tensor type before spending seconds on the others.
-    for t in reader.tensors:
+    wanted = [t for t in reader.tensors if t.name in by_name]
+    for t in wanted:
         _check_dequantizable(t, path)
 
     tensors: dict[str, np.ndarray] = {}
-    for t in reader.tensors:
+    for t in wanted:
         hf_key, transform = expected[t.name]
         shape = tuple(int(n) for n in reversed(t.shape.tolist()))
-        want = _expected_shape(hf_key, config)
+        want = shapes[hf_key] if shapes is not None else _expected_shape(hf_key, config)
         if shape != want:
             raise GemmaRefError(
                 f"{path}: tensor {t.name!r} has shape {shape}, expected {want} for {hf_key} from the config"
             )
         array = _dequantize(t, path, shape)
-        if transform == UNSHIFT:
+        if transform == UNSHIFT and arch in _SHIFTED:
             array -= np.float32(1.0)
         tensors[hf_key] = array
     return tensors
@@ -571,9 +703,10 @@ def _dequantize(t: Any, path: str, shape: tuple[int, ...]) -> np.ndarray:
 
 def _read_vocab(reader: gguf.GGUFReader, path: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     model = _get(reader, path, "tokenizer.ggml.model")
-    if model != "llama":
+    if model not in ("llama", "gemma4"):
         raise GemmaRefError(
-            f"{path}: tokenizer.ggml.model is {model!r}; Gemma's tokenizer is SentencePiece ('llama')"
+            f"{path}: tokenizer.ggml.model is {model!r}; Gemma's tokenizer is SentencePiece ('llama', "
+            f"or Gemma 4's 'gemma4': SentencePiece-style BPE with merges)"
         )
     field = reader.fields.get("tokenizer.ggml.tokens")
     if field is None:
@@ -582,13 +715,31 @@ def _read_vocab(reader: gguf.GGUFReader, path: str) -> tuple[list[str], np.ndarr
         tokens = [bytes(field.parts[i]).decode("utf-8") for i in field.data]
     except UnicodeDecodeError as e:
         raise GemmaRefError(f"{path}: tokenizer.ggml.tokens holds a token that is not UTF-8: {e}") from e
-    scores = np.asarray(_get(reader, path, "tokenizer.ggml.scores"), dtype=np.float32)
     types = np.asarray(_get(reader, path, "tokenizer.ggml.token_type"), dtype=np.int64)
+    if model == "gemma4":  # merges decide the BPE; SentencePiece wants them as scores
+        scores = _scores_from_merges(tokens, types, _get(reader, path, "tokenizer.ggml.merges"))
+    else:
+        scores = np.asarray(_get(reader, path, "tokenizer.ggml.scores"), dtype=np.float32)
     if not tokens or len(scores) != len(tokens) or len(types) != len(tokens):
         raise GemmaRefError(
             f"{path}: tokenizer arrays disagree: {len(tokens)} tokens, {len(scores)} scores, {len(types)} token types"
         )
     return tokens, scores, types
+
+
+def _scores_from_merges(tokens: list[str], types: np.ndarray, merges: list[str]) -> np.ndarray:
+    """SentencePiece scores equivalent to a BPE merge list: -(rank of the merge making a piece).
+
+    SentencePiece's BPE joins the adjacent pair whose joined piece scores highest; BPE joins
+    the pair of lowest rank (the same rule as tokenizer.sentencepiece_from_tokenizer_json).
+    Single characters are never made by a merge; other pieces no merge makes come last.
+    """
+    rank: dict[str, int] = {}
+    for r, merge in enumerate(merges):
+        a, _, b = merge.partition(" ")
+        rank.setdefault(a + b, r)
+    return np.array([-float(rank[t]) if t in rank else (0.0 if len(t) == 1 or ty != 1 else -1e9)
+                     for t, ty in zip(tokens, types.tolist())], dtype=np.float32)
 
 
 def _sp_piece_type(token_id: int, llama_type: int, special_ids: set[int]) -> int:
