@@ -1,8 +1,10 @@
 """Gemma configuration: one frozen dataclass for every generation.
 
 Field names are the Hugging Face `config.json` keys, so a reader can put our
-config beside a checkpoint's and compare line by line. Gemma 1, 2, 3 and 4 differ
-only in the values of these fields (grep for `model_type` to see each one):
+config beside a checkpoint's and compare line by line. Gemma 1, 2, 3, 3n and 4
+differ only in the values of these fields (grep for `model_type` to see each one;
+Gemma 3n is like Gemma 4 in the rows below, except that its last layer need not be
+full and its RoPE rotates every pair):
 
     field                      Gemma 1     Gemma 2            Gemma 3             Gemma 4
     sandwich_norms             False       True               True                True
@@ -20,7 +22,10 @@ only in the values of these fields (grep for `model_type` to see each one):
 Gemma 4 adds per-layer shapes (`global_head_dim`, `num_global_key_value_heads`),
 keys shared between layers (`num_kv_shared_layers`, `attention_k_eq_v`),
 per-layer embeddings (`hidden_size_per_layer_input`) and a mixture of experts
-(`enable_moe_block`). What each layer computes is resolved once, from these
+(`enable_moe_block`). Gemma 3n (the first with KV sharing and per-layer
+embeddings) adds AltUp streams (`altup_num_inputs`), a LAuReL branch
+(`laurel_rank`), sparse activations (`activation_sparsity_pattern`) and an MLP
+width per layer (`intermediate_size` as a list). What each layer computes is resolved once, from these
 fields, into `GemmaConfig.layers` (one `LayerSpec` per layer): model.py reads
 per-layer facts from there and never re-derives them.
 
@@ -61,10 +66,11 @@ _GENERATIONS = {
     "gemma": _Generation(False, False, False, 1.0, False, False),
     "gemma2": _Generation(True, False, False, 1.0, False, False),
     "gemma3_text": _Generation(True, True, True, 1.0, False, False),
+    "gemma3n_text": _Generation(True, True, True, 0.0, True, False),
     "gemma4_text": _Generation(True, True, True, 0.0, True, True),
 }
 # Multimodal checkpoints nest the text model's config under "text_config".
-_MULTIMODAL = {"gemma3": "gemma3_text", "gemma4": "gemma4_text"}
+_MULTIMODAL = {"gemma3": "gemma3_text", "gemma3n": "gemma3n_text", "gemma4": "gemma4_text"}
 # Activation names that mean GeGLU with the tanh GELU. Old Gemma 1 configs say
 # "gelu"; transformers maps that to the tanh form and so do we.
 _TANH_GELU_NAMES = {"gelu_pytorch_tanh", "gelu_new", "gelu_fast", "gelu"}
@@ -94,14 +100,15 @@ class LayerSpec:
     v_proj: bool  # False: values are the raw key projection (attention_k_eq_v)
     intermediate_size: int  # F of its MLP (doubled on shared layers: use_double_wide_mlp)
     rope: Rope  # its RoPE table
+    activation_sparsity: float = 0.0  # Gemma 3n: gate activations pass a Gaussian top-k keeping ~1 - this
 
 
 @dataclass(frozen=True)
 class GemmaConfig:
-    model_type: str  # "gemma" (Gemma 1), "gemma2", "gemma3_text", "gemma4_text"
+    model_type: str  # "gemma" (Gemma 1), "gemma2", "gemma3_text", "gemma3n_text", "gemma4_text"
     vocab_size: int  # rows of the embedding table (may exceed the tokenizer's vocab)
     hidden_size: int  # D
-    intermediate_size: int  # F, the GeGLU width
+    intermediate_size: int | tuple[int, ...]  # F, the GeGLU width (Gemma 3n: one per layer)
     num_hidden_layers: int  # L
     num_attention_heads: int  # N query heads
     num_key_value_heads: int  # K kv heads (1 = multi-query, N = multi-head)
@@ -130,6 +137,13 @@ class GemmaConfig:
     num_experts: int = 0  # E
     top_k_experts: int = 0  # experts per token
     moe_intermediate_size: int = 0  # F of each expert
+    # Gemma 3n (defaults: off); it also uses num_kv_shared_layers and the per-layer embeddings.
+    # Not read: altup_coef_clip (transformers clamps the coefficients only when training).
+    altup_num_inputs: int = 0  # S AltUp streams the residual is split into (0: none, one stream)
+    altup_active_idx: int = 0  # the stream the decoder blocks run on
+    altup_correct_scale: bool = False  # the corrected active stream is scaled before gating the PLE
+    laurel_rank: int = 0  # r of the LAuReL branch beside attention (0: none)
+    activation_sparsity_pattern: tuple[float, ...] = ()  # per layer, target sparsity of the gate (0: dense)
     # decided by model class in transformers (see _Generation)
     sandwich_norms: bool = False  # post-attention / pre+post-feedforward norms (Gemma 2, 3, 4)
     qk_norm: bool = False  # RMSNorm over each head of q and k before RoPE (Gemma 3, 4)
@@ -158,6 +172,13 @@ class GemmaConfig:
         if not 0 <= self.num_kv_shared_layers < self.num_hidden_layers:
             raise GemmaRefError(f"config: num_kv_shared_layers ({self.num_kv_shared_layers}) must be "
                                 f"in [0, num_hidden_layers = {self.num_hidden_layers})")
+        if self.altup_num_inputs and not 0 <= self.altup_active_idx < self.altup_num_inputs:
+            raise GemmaRefError(f"config: altup_active_idx ({self.altup_active_idx}) must be in "
+                                f"[0, altup_num_inputs = {self.altup_num_inputs})")
+        for key in ("intermediate_size", "activation_sparsity_pattern"):
+            v = getattr(self, key)
+            if isinstance(v, tuple) and v and len(v) != self.num_hidden_layers:
+                raise GemmaRefError(f"config: {key} has {len(v)} entries for {self.num_hidden_layers} layers")
         if self.enable_moe_block and not 1 <= self.top_k_experts <= self.num_experts:
             raise GemmaRefError(f"config: top_k_experts ({self.top_k_experts}) must be in "
                                 f"[1, num_experts = {self.num_experts}]")
@@ -167,8 +188,8 @@ class GemmaConfig:
     def layers(self) -> tuple[LayerSpec, ...]:
         """One LayerSpec per layer: shapes, attention span, K/V source, MLP width, RoPE.
 
-        KV sharing (Gemma 4): the last num_kv_shared_layers layers compute no keys or
-        values; each attends with those of the last earlier layer of its own type.
+        KV sharing (Gemma 3n, 4): the last num_kv_shared_layers layers compute no keys
+        or values; each attends with those of the last earlier layer of its own type.
         """
         L, types = self.num_hidden_layers, self.layer_types
         first_shared = L - self.num_kv_shared_layers
@@ -183,6 +204,7 @@ class GemmaConfig:
                                     f"layer of that type computes them (num_kv_shared_layers)")
             sources.append(own[-1])
         specs = []
+        widths = self.intermediate_size if isinstance(self.intermediate_size, tuple) else (self.intermediate_size,) * L
         for i, kind in enumerate(types):
             full, shared = kind == FULL, sources[i] != i
             H = (self.global_head_dim or self.head_dim) if full else self.head_dim
@@ -196,8 +218,8 @@ class GemmaConfig:
                 kind=kind, window=None if full else self.sliding_window, head_dim=H,
                 num_key_value_heads=K, kv_source=sources[i], shares_kv=i in sources[first_shared:],
                 v_proj=not (self.attention_k_eq_v and full),
-                intermediate_size=self.intermediate_size * (2 if shared and self.use_double_wide_mlp else 1),
-                rope=rope))
+                intermediate_size=widths[i] * (2 if shared and self.use_double_wide_mlp else 1),
+                rope=rope, activation_sparsity=(self.activation_sparsity_pattern or (0.0,) * L)[i]))
         return tuple(specs)
 
     @cached_property
@@ -228,6 +250,13 @@ class GemmaConfig:
             if self.enable_moe_block:  # router (proj, scale, per-expert scale), experts, 3 norms
                 E, Fm = self.num_experts, self.moe_intermediate_size
                 total += E * D + D + E + E * 3 * D * Fm + 3 * D
+            if self.altup_num_inputs:  # router and its norm, coefficients, output scale
+                S = self.altup_num_inputs
+                total += S * D + D + S * S * S + S * S + D
+            if self.laurel_rank:  # left, right, norm
+                total += 2 * D * self.laurel_rank + D
+        if self.altup_num_inputs:  # the streams' projections in and out
+            total += 2 * (self.altup_num_inputs - 1) * D * D
         return total
 
     def summary(self) -> list[str]:
@@ -251,6 +280,22 @@ class GemmaConfig:
             V, L, P = self.vocab_size_per_layer_input, self.num_hidden_layers, self.hidden_size_per_layer_input
             lines.append(f"per-layer embed.  {V} x {L} x {P} = {V * L * P:,} values "
                          f"(memory-mapped, rows read per token)")
+        if self.altup_num_inputs:
+            scale = ", output scaled" if self.altup_correct_scale else ""
+            lines.append(f"AltUp             {self.altup_num_inputs} streams, blocks run on stream "
+                         f"{self.altup_active_idx}; predict/correct around each layer{scale}")
+        if self.laurel_rank:
+            lines.append(f"LAuReL            rank {self.laurel_rank} residual branch beside attention")
+        sparse = [(i, s.activation_sparsity) for i, s in enumerate(self.layers) if s.activation_sparsity]
+        if sparse:
+            ids = [i for i, _ in sparse]
+            where = f"{ids[0]}-{ids[-1]}" if ids == list(range(ids[0], ids[-1] + 1)) else ", ".join(map(str, ids))
+            targets = sorted({a for _, a in sparse})
+            lines.append(f"sparse gate       Gaussian top-k on layers {where}, target "
+                         f"{', '.join(f'{a:g}' for a in targets)}")
+        widths = sorted({s.intermediate_size for s in self.layers})
+        if len(widths) > 1:
+            lines.append(f"MLP widths        {', '.join(map(str, widths))} (per layer)")
         if self.enable_moe_block:
             lines.append(f"experts           {self.num_experts} per layer, top {self.top_k_experts}, "
                          f"width {self.moe_intermediate_size}, beside a dense MLP of {self.intermediate_size}")
@@ -282,6 +327,7 @@ class GemmaConfig:
             )
         gen = _GENERATIONS[model_type]
         gemma4 = model_type == "gemma4_text"
+        gemma3n = model_type == "gemma3n_text"
         L = r.int("num_hidden_layers")
         activation = d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh"
         if activation not in _TANH_GELU_NAMES:
@@ -296,7 +342,8 @@ class GemmaConfig:
         H = r.int("head_dim")
         global_head_dim, global_kv = _full_layer_shapes(r, layer_types, H, K) if gemma4 else (None, None)
         moe = r.bool("enable_moe_block", False) if gemma4 else False
-        ple = r.int("hidden_size_per_layer_input", 0, minimum=0) if gemma4 else 0
+        ple = (r.int("hidden_size_per_layer_input", 0, minimum=0) if gemma4 else
+               r.int("hidden_size_per_layer_input", 256) if gemma3n else 0)  # transformers' 3n default
         eos = d.get("eos_token_id", 1)
         if isinstance(eos, list):
             eos = tuple(r.int_list("eos_token_id"))
@@ -306,7 +353,7 @@ class GemmaConfig:
             model_type=model_type,
             vocab_size=r.int("vocab_size"),
             hidden_size=r.int("hidden_size"),
-            intermediate_size=r.int("intermediate_size"),
+            intermediate_size=_widths(r, L) if gemma3n else r.int("intermediate_size"),
             num_hidden_layers=L,
             num_attention_heads=N,
             num_key_value_heads=K,
@@ -318,9 +365,10 @@ class GemmaConfig:
             rope_local_base_freq=local_rope[0],
             # Gemma 4 multiplies scores by 1.0 (transformers' `scaling = 1.0`), whatever
             # query_pre_attn_scalar says: 1 ** -0.5 = 1.
-            query_pre_attn_scalar=1.0 if gemma4 else r.opt_float("query_pre_attn_scalar"),
+            query_pre_attn_scalar=1.0 if gemma4 or gemma3n else r.opt_float("query_pre_attn_scalar"),
             attn_logit_softcapping=None if gen.ignores_attn_softcap else r.opt_float("attn_logit_softcapping"),
-            final_logit_softcapping=r.opt_float("final_logit_softcapping"),
+            final_logit_softcapping=(r.float("final_logit_softcapping", 30.0) if gemma3n
+                                     else r.opt_float("final_logit_softcapping")),
             sliding_window=r.int("sliding_window", None) if model_type != "gemma" else None,
             layer_types=layer_types,
             max_position_embeddings=r.int("max_position_embeddings", 8192),
@@ -328,7 +376,8 @@ class GemmaConfig:
             global_head_dim=global_head_dim,
             num_global_key_value_heads=global_kv,
             attention_k_eq_v=r.bool("attention_k_eq_v", False) if gemma4 else False,
-            num_kv_shared_layers=r.int("num_kv_shared_layers", 0, minimum=0) if gemma4 else 0,
+            num_kv_shared_layers=(r.int("num_kv_shared_layers", 0, minimum=0) if gemma4 else
+                                  r.int("num_kv_shared_layers", 15, minimum=0) if gemma3n else 0),
             use_double_wide_mlp=r.bool("use_double_wide_mlp", False) if gemma4 else False,
             hidden_size_per_layer_input=ple,
             vocab_size_per_layer_input=r.int("vocab_size_per_layer_input", 262_144) if ple else 0,
@@ -336,6 +385,12 @@ class GemmaConfig:
             num_experts=r.int("num_experts") if moe else 0,
             top_k_experts=r.int("top_k_experts") if moe else 0,
             moe_intermediate_size=r.int("moe_intermediate_size") if moe else 0,
+            # Gemma 3n, with transformers' defaults
+            altup_num_inputs=r.int("altup_num_inputs", 4) if gemma3n else 0,
+            altup_active_idx=r.int("altup_active_idx", 0, minimum=0) if gemma3n else 0,
+            altup_correct_scale=r.bool("altup_correct_scale", True) if gemma3n else False,
+            laurel_rank=r.int("laurel_rank", 64) if gemma3n else 0,
+            activation_sparsity_pattern=_sparsity(r, L) if gemma3n else (),
             sandwich_norms=gen.sandwich_norms,
             qk_norm=gen.qk_norm,
             norm_offset=gen.norm_offset,
@@ -460,7 +515,7 @@ def _rope(r: _Reader, model_type: str) -> tuple[tuple[float, float, float], tupl
     else:
         full = _Reader({"rope_theta": r.d.get("rope_theta"), **(r.obj("rope_scaling").d)}, r.source, r.prefix)
         local = _Reader({"rope_theta": r.d.get("rope_local_base_freq")}, r.source, r.prefix)
-    default_full = 1_000_000.0 if model_type in ("gemma3_text", "gemma4_text") else 10_000.0
+    default_full = 1_000_000.0 if model_type in ("gemma3_text", "gemma3n_text", "gemma4_text") else 10_000.0
     full_rope = (full.float("rope_theta", default_full), *_scaling(full))
     local_rope = (local.float("rope_theta", 10_000.0), *_scaling(local))
     if local_rope[2] != 1.0:
@@ -498,7 +553,8 @@ def _layer_types(r: _Reader, model_type: str, L: int) -> tuple[str, ...]:
         return (FULL,) * L
     if model_type == "gemma2":  # local, global, local, ... (layer 0 local)
         return tuple(SLIDING if i % 2 == 0 else FULL for i in range(L))
-    pattern = r.int("sliding_window_pattern", 6)  # Gemma 3, 4: every 6th layer is global
+    # Gemma 3, 4: every 6th layer is global; Gemma 3n: every 5th
+    pattern = r.int("sliding_window_pattern", 5 if model_type == "gemma3n_text" else 6)
     types = tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(L))
     return types[:-1] + (FULL,) if model_type == "gemma4_text" else types
 
@@ -533,6 +589,31 @@ def _full_layer_shapes(r: _Reader, layer_types, H: int, K: int) -> tuple[int, in
     return Hf, Kf
 
 
+def _widths(r: _Reader, L: int) -> tuple[int, ...]:
+    """Gemma 3n's intermediate_size: one for all layers, or a list with one per layer."""
+    v = r.get("intermediate_size")
+    if not isinstance(v, list):
+        return (r.int("intermediate_size"),) * L
+    if len(v) != L or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v):
+        raise r._bad("intermediate_size", f"a positive integer or a list of {L}", v)
+    return tuple(v)
+
+
+def _sparsity(r: _Reader, L: int) -> tuple[float, ...]:
+    """Gemma 3n's activation_sparsity_pattern; missing: transformers' default, 0.95 on
+    the first 10 layers of a model with more than 10 (none otherwise)."""
+    v = r.get("activation_sparsity_pattern", None)
+    if v is None:
+        n = 10 if L > 10 else 0
+        return (0.95,) * n + (0.0,) * (L - n)
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = [v] * L
+    if (not isinstance(v, list) or len(v) != L
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1 for x in v)):
+        raise r._bad("activation_sparsity_pattern", f"a list of {L} numbers in [0, 1)", v)
+    return tuple(float(x) for x in v)
+
+
 def _preset(**kw) -> GemmaConfig:
     return GemmaConfig.from_dict(kw, source="preset")
 
@@ -546,6 +627,13 @@ _G3_BIG = dict(_G3, vocab_size=262_208, sliding_window=1024,
                rope_scaling={"rope_type": "linear", "factor": 8.0})
 # Gemma 4: rope_parameters default to transformers' (sliding: default, 1e4; full:
 # proportional, 0.25 of the pairs, 1e6); full layers have head_dim 512.
+# Gemma 3n (google/gemma-3n-E2B, -E4B: text_config): 8 heads / 2 kv / 256 wide, 4 AltUp
+# streams, LAuReL rank 64, per-layer embeddings 262144 x L x 256, sparse gates on layers 0-9.
+_G3N = dict(model_type="gemma3n_text", vocab_size=262_400, vocab_size_per_layer_input=262_144,
+            hidden_size=2048, hidden_size_per_layer_input=256, num_attention_heads=8,
+            num_key_value_heads=2, head_dim=256, sliding_window=512, max_position_embeddings=32_768,
+            rope_theta=1_000_000.0, rope_local_base_freq=10_000.0, final_logit_softcapping=30.0,
+            altup_num_inputs=4, laurel_rank=64)
 _G4 = dict(model_type="gemma4_text", vocab_size=262_144, head_dim=256, global_head_dim=512,
            final_logit_softcapping=30.0)
 _G4_SMALL = dict(_G4, sliding_window=512, max_position_embeddings=131_072, num_attention_heads=8,
@@ -581,6 +669,11 @@ PRESETS: dict[str, GemmaConfig] = {
     "3-27b": _preset(**dict(_G3_BIG, query_pre_attn_scalar=168, head_dim=128),  # 27.0 B
                      hidden_size=5376, intermediate_size=21504, num_hidden_layers=62,
                      num_attention_heads=32, num_key_value_heads=16),
+    # Gemma 3n (E = "effective": a third of the parameters are the per-layer embedding table)
+    "3n-e2b": _preset(**_G3N, intermediate_size=[8192] * 30, num_hidden_layers=30,  # 4.44 B
+                      num_kv_shared_layers=10, activation_sparsity_pattern=[0.95] * 10 + [0.0] * 20),
+    "3n-e4b": _preset(**_G3N, intermediate_size=[16384] * 35, num_hidden_layers=35,  # 6.84 B
+                      num_kv_shared_layers=15, activation_sparsity_pattern=[0.95] * 10 + [0.0] * 25),
     # Gemma 4 (E = "effective": most of E2B's parameters are its per-layer embedding table)
     "4-e2b": _preset(**_G4_SMALL, hidden_size=1536, intermediate_size=6144, num_hidden_layers=35,  # 4.63 B
                      num_key_value_heads=1, num_kv_shared_layers=20, use_double_wide_mlp=True,

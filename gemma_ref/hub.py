@@ -29,6 +29,9 @@ ALIASES = {
     "3-4b": "google/gemma-3-4b-pt", "3-4b-it": "google/gemma-3-4b-it",
     "3-12b": "google/gemma-3-12b-pt", "3-12b-it": "google/gemma-3-12b-it",
     "3-27b": "google/gemma-3-27b-pt", "3-27b-it": "google/gemma-3-27b-it",
+    # Gemma 3n (text; multimodal checkpoints, of which we run the text part)
+    "3n-e2b": "google/gemma-3n-E2B", "3n-e2b-it": "google/gemma-3n-E2B-it",
+    "3n-e4b": "google/gemma-3n-E4B", "3n-e4b-it": "google/gemma-3n-E4B-it",
     # Gemma 4 (text; all are multimodal checkpoints, of which we run the text part)
     "4-e2b": "google/gemma-4-E2B", "4-e2b-it": "google/gemma-4-E2B-it",
     "4-e4b": "google/gemma-4-E4B", "4-e4b-it": "google/gemma-4-E4B-it",

@@ -80,6 +80,21 @@ def expected_shapes(config: GemmaConfig) -> dict[str, tuple[int, ...]]:
             shapes[p + "per_layer_input_gate.weight"] = (P, D)
             shapes[p + "per_layer_projection.weight"] = (D, P)
             shapes[p + "post_per_layer_input_norm.weight"] = (D,)
+        if config.altup_num_inputs:  # Gemma 3n
+            S = config.altup_num_inputs
+            shapes.update({
+                p + "altup.correct_output_scale": (D,),
+                p + "altup.correction_coefs.weight": (S, S),
+                p + "altup.prediction_coefs.weight": (S * S, S),
+                p + "altup.modality_router.weight": (S, D),
+                p + "altup.router_norm.weight": (D,),
+            })
+        if config.laurel_rank:  # Gemma 3n
+            shapes.update({
+                p + "laurel.linear_left.weight": (config.laurel_rank, D),
+                p + "laurel.linear_right.weight": (D, config.laurel_rank),
+                p + "laurel.post_laurel_norm.weight": (D,),
+            })
         if config.enable_moe_block:
             E, Fm = config.num_experts, config.moe_intermediate_size
             shapes.update({
@@ -92,13 +107,16 @@ def expected_shapes(config: GemmaConfig) -> dict[str, tuple[int, ...]]:
                 p + "post_feedforward_layernorm_1.weight": (D,),
                 p + "post_feedforward_layernorm_2.weight": (D,),
             })
+    for j in range(1, config.altup_num_inputs):  # Gemma 3n: the AltUp streams in and out
+        shapes[f"model.altup_projections.{j - 1}.weight"] = (D, D)
+        shapes[f"model.altup_unembed_projections.{j - 1}.weight"] = (D, D)
     return shapes
 
 
 def unused_shapes(config: GemmaConfig) -> set[str]:
     """Tensors a checkpoint may hold that the model does not use, skipped at load.
 
-    Gemma 4 Hub checkpoints keep k/v weights for the layers that share another
+    Gemma 3n and 4 Hub checkpoints keep k/v weights for the layers that share another
     layer's keys and values (transformers ignores them too).
     """
     return {f"model.layers.{i}.self_attn.{name}.weight"

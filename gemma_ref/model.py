@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Mapping
 
 import numpy as np
@@ -138,6 +139,88 @@ def attention(q, k, v, q_pos, k_pos, scale, window=None, cap=None, reach=None):
     probs = softmax(scores)  # [B, K, G, T, S]
     out = probs @ v  # [B, K, G, T, H]   einsum("bkgts,bksh->bkgth")
     return out.transpose(0, 3, 1, 2, 4).reshape(B, T, N * H)
+
+
+# --- Gemma 3n: AltUp streams, LAuReL, sparse activations -----------------------
+# S = altup_num_inputs streams; the decoder blocks run on stream `altup_active_idx`.
+# Gemma 3n's norms scale by w itself (rms_norm offset 0), these included.
+
+
+def magnitude_matched(y, target_rms):
+    """y rescaled to a root-mean-square of target_rms per token.   [..., D], [..., 1] -> [..., D]"""
+    rms = np.sqrt(np.maximum(np.mean(y * y, axis=-1, keepdims=True), 1e-5))  # [..., 1]
+    return y * target_rms / rms
+
+
+def altup_streams(x, projections):
+    """The AltUp streams made from the embedding.          [B, T, D] -> [S, B, T, D]
+
+    Stream 0 is x; stream s is x @ projections[s-1].T, rescaled to x's magnitude.
+    """
+    target = np.sqrt(np.mean(x * x, axis=-1, keepdims=True))  # [B, T, 1]
+    return np.stack([x] + [magnitude_matched(dense(x, w), target) for w in projections])
+
+
+def altup_merge(xs, unembed_projections):
+    """The streams merged into one at the end.             [S, B, T, D] -> [B, T, D]
+
+    mean(stream 0, and stream s @ unembed_projections[s-1].T rescaled to stream 0's magnitude)
+    """
+    target = np.sqrt(np.mean(xs[0] * xs[0], axis=-1, keepdims=True))  # [B, T, 1]
+    outs = [xs[0]] + [magnitude_matched(dense(x, w), target) for x, w in zip(xs[1:], unembed_projections)]
+    return np.mean(np.stack(outs), axis=0)
+
+
+def altup_router(x, w_norm, w_router, eps):
+    """Mixing weights of the streams, read from one stream.    [B, T, D] -> [B, T, S]
+
+    tanh(modality_router(router_norm(x) / D))
+    """
+    h = rms_norm(x, w_norm, eps, 0.0) * np.asarray(1.0 / x.shape[-1], x.dtype)  # [B, T, D]
+    return np.tanh(dense(h, w_router))  # [B, T, S]
+
+
+def altup_predict(xs, modalities, w_prediction):
+    """Each stream predicted from all of them.    [S, B, T, D], [B, T, S], [S*S, S] -> [S, B, T, D]
+
+    prediction_s = xs_s + sum_r c[s, r] xs_r,  c = (modalities @ w_prediction.T) as [S, S] per token.
+    """
+    S = xs.shape[0]
+    c = dense(modalities, w_prediction).reshape(*modalities.shape[:-1], S, S)  # [B, T, S, S]
+    return xs + np.einsum("btsr,rbtd->sbtd", c, xs)
+
+
+def altup_correct(predictions, activated, modalities, w_correction, active):
+    """Every stream corrected by what the block changed.  [S, B, T, D], [B, T, D], [B, T, S], [S, S]
+                                                                                 -> [S, B, T, D]
+    corrected_s = prediction_s + (1 + c_s) (activated - prediction_active),  c = modalities @ w_correction.T
+    """
+    coefs = dense(modalities, w_correction) + 1.0  # [B, T, S]
+    innovation = activated - predictions[active]  # [B, T, D]
+    return innovation * coefs.transpose(2, 0, 1)[..., None] + predictions
+
+
+def laurel(h, w_left, w_right, w_norm, eps):
+    """LAuReL, a low-rank residual branch: h + norm(right(left(h))).   [B, T, D] -> [B, T, D]"""
+    low = dense(dense(h, w_left), w_right)  # [B, T, D] -> [B, T, r] -> [B, T, D]
+    return h + rms_norm(low, w_norm, eps, 0.0)
+
+
+def gaussian_top_k(g, sparsity):
+    """Keep what lies above a per-token cutoff, shifted down by it.      [..., F] -> [..., F]
+
+    relu(g - (mean(g) + z std(g))), z = the standard normal's quantile at `sparsity`:
+    were g Gaussian, a fraction `sparsity` of it would fall below the cutoff.
+    """
+    z = np.asarray(NormalDist().inv_cdf(sparsity), g.dtype)
+    cutoff = np.mean(g, axis=-1, keepdims=True) + np.std(g, axis=-1, keepdims=True) * z  # [..., 1]
+    return np.maximum(g - cutoff, 0)
+
+
+def sparse_geglu(x, w_gate, w_up, w_down, sparsity):
+    """geglu with the gate passed through gaussian_top_k first (Gemma 3n).  [B, T, D] -> [B, T, D]"""
+    g = gaussian_top_k(dense(x, w_gate), sparsity)  # [B, T, F]
+    return dense(gelu_tanh(g) * dense(x, w_up), w_down)
 
 
 # --- weights, images and cache -------------------------------------------------
@@ -391,15 +474,17 @@ def moe_block(x, W, pre, config, trace=None):
 
 
 def per_layer_inputs(W, config, ids, x):
-    """Gemma 4's per-layer embeddings (PLE): a small input for each layer.
+    """Gemma 3n's and 4's per-layer embeddings (PLE): a small input for each layer.
 
     ids [B, T], x [B, T, D] (the scaled embeddings) -> [B, T, L, P]
     (rms_norm(x W_p / sqrt(D)) + E_p[ids] * sqrt(P)) / sqrt(2)
     E_p is a [V, L*P] table (E2B: 2.35 G values, more than the rest of the model): only
     the rows of `ids` are read from it and widened; it stays stored, memory-mapped.
+    Ids past the table (Gemma 3n's 256 audio and image ids above 262144) read row 0.
     """
     B, T, D = x.shape
     L, P = config.num_hidden_layers, config.hidden_size_per_layer_input
+    ids = np.where(ids < config.vocab_size_per_layer_input, ids, 0)  # [B, T]
     # sqrt(P) rounded to the activation dtype first, as for the main embedding
     rows = W.rows("model.embed_tokens_per_layer.weight", ids) * np.asarray(math.sqrt(P), x.dtype)
     proj = dense(x, W["model.per_layer_model_projection.weight"]) * D ** -0.5  # [B, T, L*P]
@@ -426,6 +511,8 @@ def decoder_layer(x, W, i, config, cos_sin, positions, cache, shared, trace, kee
     Gemma 4:   as Gemma 3, where (26B) mlp(norm(h)) becomes
                norm(mlp(norm(h))) + norm(moe(norm(h)));  then (E2B, E4B)
                out += norm(per_layer_mix(out, ple)); and out *= layer_scalar
+    Gemma 3n:  h = (x + norm(attn(norm(x))) + laurel(norm(x))) / sqrt(2);  the MLP's gate
+               may pass a Gaussian top-k; the rest is altup_layer's (around this block)
 
     Outputs for the tokens x[:, keep] only (all of them by default). ple [B, T, P]:
     this layer's per-layer input (Gemma 4), or None.
@@ -442,10 +529,18 @@ def decoder_layer(x, W, i, config, cos_sin, positions, cache, shared, trace, kee
     if config.sandwich_norms:
         a = norm(a, "post_attention_layernorm")
     x = x[:, keep] + a  # from here on, the tokens x[:, keep] only
+    if config.laurel_rank:  # Gemma 3n: a low-rank branch beside attention, from the same norm(x)
+        lr = laurel(h[:, keep], W[pre + "laurel.linear_left.weight"], W[pre + "laurel.linear_right.weight"],
+                    W[pre + "laurel.post_laurel_norm.weight"], eps)
+        record(trace, pre + "laurel", lr)
+        x = (x + lr) / math.sqrt(2)
     # Gemma 1 calls its pre-MLP norm "post_attention_layernorm".
     h = norm(x, "pre_feedforward_layernorm" if config.sandwich_norms else "post_attention_layernorm")
-    m = sharded_geglu(geglu, h, W[pre + "mlp.gate_proj.weight"], W[pre + "mlp.up_proj.weight"],
-                      W[pre + "mlp.down_proj.weight"])  # geglu(h, ...) on all cores
+    mlp = [W[pre + "mlp.gate_proj.weight"], W[pre + "mlp.up_proj.weight"], W[pre + "mlp.down_proj.weight"]]
+    if config.layers[i].activation_sparsity:  # Gemma 3n; its cutoff needs whole rows of F: one thread
+        m = sparse_geglu(h, *mlp, config.layers[i].activation_sparsity)
+    else:
+        m = sharded_geglu(geglu, h, *mlp)  # geglu(h, ...) on all cores
     record(trace, pre + "mlp", m)
     if config.enable_moe_block:
         m = norm(m, "post_feedforward_layernorm_1") + norm(moe_block(x, W, pre, config, trace),
@@ -459,6 +554,34 @@ def decoder_layer(x, W, i, config, cos_sin, positions, cache, shared, trace, kee
         x = x * W[pre + "layer_scalar"]
     record(trace, f"model.layers.{i}", x)
     return x
+
+
+def altup_layer(xs, W, i, config, cos_sin, positions, cache, shared, trace, keep=slice(None),
+                ple=None, reach=None):
+    """Gemma 3n: one layer on the AltUp streams.          [S, B, T, D] -> [S, B, T', D]
+
+    Every stream is predicted from all of them, decoder_layer runs on the active one,
+    every stream is corrected by what the block changed, and the per-layer input, gated
+    by the (scaled) corrected active stream, is added to streams 1..S-1 (in transformers,
+    `corrected_predictions[1:]`, whichever stream is active). ple [B, T, P].
+    """
+    pre, a, eps = f"model.layers.{i}.", config.altup_active_idx, config.rms_norm_eps
+    norm_w, router_w = W[pre + "altup.router_norm.weight"], W[pre + "altup.modality_router.weight"]
+    predictions = altup_predict(xs, altup_router(xs[a], norm_w, router_w, eps),
+                                W[pre + "altup.prediction_coefs.weight"])  # [S, B, T, D]
+    record(trace, pre + "altup.predict", predictions)
+    out = decoder_layer(predictions[a], W, i, config, cos_sin, positions, cache, shared, trace, keep,
+                        reach=reach)
+    xs = altup_correct(predictions[:, :, keep], out, altup_router(out, norm_w, router_w, eps),
+                       W[pre + "altup.correction_coefs.weight"], a)  # [S, B, T', D]
+    record(trace, pre + "altup.correct", xs)
+    gate = xs[a] * W[pre + "altup.correct_output_scale"] if config.altup_correct_scale else xs[a]
+    mix = rms_norm(per_layer_mix(gate, ple[:, keep], W, pre), W[pre + "post_per_layer_input_norm.weight"],
+                   eps, config.norm_offset)  # [B, T', D]
+    record(trace, pre + "post_per_layer_input_norm", mix)
+    xs[1:] += mix
+    record(trace, f"model.layers.{i}", xs)
+    return xs
 
 
 def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *, images=None,
@@ -486,8 +609,6 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *, im
         positions = np.broadcast_to(np.arange(start, start + T), (B, T))
     positions = np.asarray(positions, dtype=np.int64)
     V_table = W.arrays["model.embed_tokens.weight"].shape[0]
-    if config.hidden_size_per_layer_input:
-        V_table = min(V_table, config.vocab_size_per_layer_input)
     if ids.size and (ids.min() < 0 or ids.max() >= V_table):
         raise GemmaRefError(f"token id out of range: ids must be in [0, {V_table})")
     if cache is not None:
@@ -509,6 +630,11 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *, im
     if config.hidden_size_per_layer_input:  # image tokens take the padding token's PLE row
         ple_ids = ids if images is None else np.where(images.at, config.pad_token_id, ids)
         ple = per_layer_inputs(W, config, ple_ids, x)
+    S = config.altup_num_inputs
+    if S:  # Gemma 3n: the residual is S streams, made from the embedding
+        x = altup_streams(x, [W[f"model.altup_projections.{s}.weight"] for s in range(S - 1)])  # [S, B, T, D]
+        record(trace, "model.altup_projections", x)
+    layer = altup_layer if S else decoder_layer
 
     # RoPE tables, one per kind of layer (config.layers[i].rope).
     rope_tables = {r: rope_angles(positions, r.head_dim, r.theta, r.factor, dtype, r.rotated)
@@ -523,19 +649,22 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *, im
                 # From here on no layer computes keys or values (they reuse earlier
                 # layers'), so for the last position's logits only the last token
                 # goes on (as transformers does).
-                x, positions = x[:, -1:], positions[:, -1:]
+                x, positions = x[..., -1:, :], positions[:, -1:]
                 ple = None if ple is None else ple[:, -1:]
                 reach = None if reach is None else reach[:, -1:]
                 rope_tables = {r: (cos[:, -1:], sin[:, -1:]) for r, (cos, sin) in rope_tables.items()}
             # For last_only, the last layer needs every token's keys and values (for its
             # attention and the cache) but the rest of its work for the last token only.
             keep = slice(-1, None) if last_only and i == last and trace is None else slice(None)
-            x = decoder_layer(x, W, i, config, rope_tables[spec.rope], positions, cache, shared, trace,
-                              keep, None if ple is None else ple[:, :, i],
-                              reach if images is not None and images.sees_both_ways(spec) else None)
+            x = layer(x, W, i, config, rope_tables[spec.rope], positions, cache, shared, trace,
+                      keep, None if ple is None else ple[:, :, i],
+                      reach if images is not None and images.sees_both_ways(spec) else None)
 
         if last_only:
-            x = x[:, -1:]
+            x = x[..., -1:, :]
+        if S:  # Gemma 3n: the streams merged back into one
+            x = altup_merge(x, [W[f"model.altup_unembed_projections.{s}.weight"] for s in range(S - 1)])
+            record(trace, "model.altup_unembed_projections", x)
         x = rms_norm(x, W["model.norm.weight"], config.rms_norm_eps, config.norm_offset)  # [B, T, D]
         record(trace, "model.norm", x)
         head = E if n_vocab is None else E[:n_vocab]  # tied output head

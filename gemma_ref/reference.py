@@ -67,7 +67,14 @@ def hidden_states(trace: dict, num_layers: int) -> np.ndarray:
     layer j-1, and entry L is *not* the raw output of the last layer but the final
     RMSNorm's output: transformers replaces its last captured state by
     `last_hidden_state` (utils/output_capturing.py, `tie_last_hidden_states`).
+
+    Gemma 3n (AltUp): transformers records each layer's output, all S streams, and does
+    not replace the last one. Entry 0 is then the streams made from the embedding, entry
+    j the streams after layer j-1 (L included), the S streams side by side: [..., S*D].
     """
+    if "model.altup_projections" in trace:
+        names = ["model.altup_projections"] + [f"model.layers.{i}" for i in range(num_layers)]
+        return np.stack([np.concatenate(list(trace[n]), axis=-1) for n in names])  # [L+1, B, T, S*D]
     first = "model.inputs_embeds" if "model.inputs_embeds" in trace else "model.embed_tokens"  # images merged
     names = [first] + [f"model.layers.{i}" for i in range(num_layers - 1)] + ["model.norm"]
     return np.stack([trace[n] for n in names])
@@ -95,10 +102,23 @@ def dump_prompt(model, ids, *, k: int = 0, max_new_tokens: int = 16, trace: bool
     if max_new_tokens:
         d.greedy_ids = np.array(model.generate(ids.tolist(), images=pixel_values,
                                                max_new_tokens=max_new_tokens, stop=[]), np.int64)
-    if trace:  # drop the batch axis (the vision tower's first axis is the image)
-        d.trace = {name: value if name.startswith(VISION_TRACE) else value[0]
-                   for name, value in t.items()}
+    if trace:
+        streams = model.config.altup_num_inputs and _streams_names(model.config.num_hidden_layers)
+
+        def unbatched(name, value):
+            if name.startswith(VISION_TRACE):  # the vision tower's first axis is the image
+                return value
+            if streams and (name in streams or name.endswith((".altup.predict", ".altup.correct"))):
+                return value[:, 0].swapaxes(0, 1)  # AltUp streams [S, 1, T, D] -> [T, S, D]
+            return value[0]  # [1, T, ...] -> [T, ...]
+
+        d.trace = {name: unbatched(name, value) for name, value in t.items()}
     return d
+
+
+def _streams_names(num_layers: int) -> set[str]:
+    """Trace entries of an AltUp model that hold all the streams [S, B, T, D]."""
+    return {"model.altup_projections"} | {f"model.layers.{i}" for i in range(num_layers)}
 
 
 def dump(model, prompts: list, *, k: int = 0, max_new_tokens: int = 16,
@@ -391,8 +411,14 @@ def shared_positions(g: PromptDump, o: PromptDump):
     return rows(g, gp), rows(o, op), positions
 
 
-def hidden_state_names(num_layers: int) -> list[tuple[str, int | None]]:
-    """(name, layer) of each hidden_states entry; the last includes the final norm."""
+def hidden_state_names(num_layers: int, streams: bool = False) -> list[tuple[str, int | None]]:
+    """(name, layer) of each hidden_states entry; the last includes the final norm.
+
+    streams (Gemma 3n): entry 0 is the AltUp streams made from the embedding, the last
+    entry the raw output of the last layer (see hidden_states).
+    """
+    if streams:
+        return [("model.altup_projections", None)] + [(f"model.layers.{i}", i) for i in range(num_layers)]
     return ([("model.embed_tokens", None)]
             + [(f"model.layers.{i}", i) for i in range(num_layers - 1)]
             + [(f"model.norm(model.layers.{num_layers - 1})", num_layers - 1)])
@@ -461,7 +487,8 @@ def _first_false(a) -> int | None:
     return int(bad[0]) if bad.size else None
 
 
-def compare_prompt(i: int, g: PromptDump, o: PromptDump, rtol: float, k: int = 10) -> dict:
+def compare_prompt(i: int, g: PromptDump, o: PromptDump, rtol: float, k: int = 10,
+                   streams: bool = False) -> dict:
     """Everything `gemma-ref compare` says about one prompt."""
     if g.input_ids.shape != o.input_ids.shape or not np.array_equal(g.input_ids, o.input_ids):
         raise GemmaRefError(
@@ -472,7 +499,7 @@ def compare_prompt(i: int, g: PromptDump, o: PromptDump, rtol: float, k: int = 1
         if g.hidden_states.shape != o.hidden_states.shape:
             raise GemmaRefError(f"prompt {i}: hidden_states shapes differ: {g.hidden_states.shape} "
                                 f"vs {o.hidden_states.shape} (a different model?)")
-        names = hidden_state_names(g.hidden_states.shape[0] - 1)
+        names = hidden_state_names(g.hidden_states.shape[0] - 1, streams)
         err, rel = row_errors(g.hidden_states, o.hidden_states, lead=2)  # [L+1, T] each
         entries = [_entry(n, e, r, rtol, layer) for (n, layer), e, r in zip(names, err, rel)]
     g, o, positions = shared_positions(g, o)
@@ -519,7 +546,10 @@ def compare(golden: Golden, other: Golden, rtol: float = RTOL, k: int = 10) -> d
     if len(golden.prompts) != len(other.prompts):
         raise GemmaRefError(f"the dumps hold different numbers of prompts: {len(golden.prompts)} "
                             f"({golden.source}) vs {len(other.prompts)} ({other.source})")
-    prompts = [compare_prompt(i, g, o, rtol, k) for i, (g, o) in
+    # Gemma 3n dumps hold AltUp streams (named from either side's provenance)
+    streams = any("gemma3n" in str(p.get("model_type", "")) or "Gemma3n" in str(p.get("model_class", ""))
+                  for p in (golden.provenance, other.provenance))
+    prompts = [compare_prompt(i, g, o, rtol, k, streams) for i, (g, o) in
                enumerate(zip(golden.prompts, other.prompts))]
     compared = sum(len(p["hidden_states"]) + len(p["trace"]) for p in prompts)
     if not compared:

@@ -95,8 +95,12 @@ def install_trace(model, trace: dict):
     modeling file is wrapped. The attention output before o_proj is o_proj's input.
     Gemma 4: head sizes differ per layer (read from each attention module), q/k/v
     are normed before the heads are transposed, and the experts' output is [B*T, D].
+    Gemma 3n: q/k/v normed before the transpose as well, and layer outputs are the AltUp
+    streams [S, B, T, D], stored as [T, S, D].
     """
     handles, layer = [], [None, 0]  # current self_attn prefix, rotary calls seen in it
+    altup = getattr(model.config, "altup_num_inputs", None) is not None  # Gemma 3n
+    streams = lambda t: t[:, 0].transpose(0, 1)  # [S, B, T, D] -> [T, S, D]
 
     def short_name(name):
         for long, short in (("model.language_model.", "model."), ("model.vision_tower.", "vision_tower."),
@@ -121,25 +125,26 @@ def install_trace(model, trace: dict):
         short = name.rsplit(".", 1)[-1]
         attn = modules.get(name.rsplit(".", 1)[0]) if "." in name else None
         H = getattr(attn, "head_dim", None)
-        gemma4 = type(module).__name__.startswith("Gemma4")
+        heads_first = type(module).__name__.startswith(("Gemma4", "Gemma3n"))
         if name in ("model.vision_tower.embeddings", "model.vision_tower.post_layernorm",
                     "model.multi_modal_projector") or (
                 name.startswith("model.vision_tower.encoder.layers.") and name.count(".") == 4):
             handles.append(module.register_forward_hook(store(name, lambda t: t)))  # per image: [I, ...]
-        elif name in (f"{text}.embed_tokens", f"{text}.norm", "lm_head") or (
-                name.startswith(f"{text}.layers.") and name.count(".") == text.count(".") + 2):
+        elif name in (f"{text}.embed_tokens", f"{text}.norm", "lm_head"):
             handles.append(module.register_forward_hook(store(name)))
+        elif name.startswith(f"{text}.layers.") and name.count(".") == text.count(".") + 2:
+            handles.append(module.register_forward_hook(store(name, streams if altup else lambda t: t[0])))
         elif short in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
                        "post_feedforward_layernorm", "mlp", "o_proj", "post_feedforward_layernorm_1",
-                       "post_feedforward_layernorm_2", "post_per_layer_input_norm"):
+                       "post_feedforward_layernorm_2", "post_per_layer_input_norm", "laurel"):
             handles.append(module.register_forward_hook(store(name)))
         elif short == "experts":  # [B*T, D], batch of one: already [T, D]
             handles.append(module.register_forward_hook(store(name, lambda t: t)))
         elif short in ("q_proj", "k_proj", "v_proj") and H:
             handles.append(module.register_forward_hook(store(name, heads(H))))
         elif short in ("q_norm", "k_norm", "v_norm") and H:
-            # Gemma 3 norms heads after transposing them, Gemma 4 before
-            handles.append(module.register_forward_hook(store(name, (lambda t: t[0]) if gemma4 else by_head)))
+            # Gemma 3 norms heads after transposing them, Gemma 3n and 4 before
+            handles.append(module.register_forward_hook(store(name, (lambda t: t[0]) if heads_first else by_head)))
         if short == "o_proj":  # the attention output, before o_proj: o_proj's input
             prefix = short_name(name[:-len("o_proj")])
             handles.append(module.register_forward_pre_hook(
@@ -152,7 +157,7 @@ def install_trace(model, trace: dict):
     rotary = modeling.apply_rotary_pos_emb
 
     def traced_rotary(q, k, *a, **kw):
-        if len(a) == 1:  # Gemma 4 rotates one tensor at a time, (x, cos, sin): q, then k
+        if len(a) == 1:  # Gemma 3n and 4 rotate one tensor at a time, (x, cos, sin): q, then k
             out = rotary(q, k, *a, **kw)  # [B, T, n, H]
             trace[layer[0] + ("q_rope", "k_rope")[min(layer[1], 1)]] = out[0].detach().numpy().copy()
             layer[1] += 1
@@ -185,10 +190,14 @@ def dump_prompt(model, ids: list[int], args, pixel_values=None) -> dict:
         if remove:
             remove()
     logits = out.logits[0].numpy()  # [T, V], after the final softcap (Gemma 2)
+    hs = torch.stack(out.hidden_states)  # [L+1, B, T, D]; Gemma 3n: [L+1, S, B, T, D]
+    if hs.dim() == 5:  # every AltUp stream, side by side (gemma_ref.reference.hidden_states)
+        hs = hs[:, :, :1].permute(0, 2, 3, 1, 4).flatten(3)  # [L+1, 1, T, S*D]
     d = {"input_ids": np.array(ids, np.int64),
          # output_hidden_states: [0] = scaled embeddings, [j] = output of layer j-1,
-         # [L] = after the final norm (transformers ties the last one to last_hidden_state).
-         "hidden_states": torch.stack(out.hidden_states)[:, 0].numpy()}  # [L+1, T, D]
+         # [L] = after the final norm (transformers ties the last one to last_hidden_state;
+         # not for Gemma 3n, where [0] is the streams made from the embeddings).
+         "hidden_states": hs[:, 0].numpy()}  # [L+1, T, D]
     if args.top_k:
         top = np.argsort(-logits, axis=-1, kind="stable")[:, :args.top_k]
         d["topk_ids"], d["topk_logits"] = top.astype(np.int64), np.take_along_axis(logits, top, -1)

@@ -34,9 +34,11 @@ from gemma_ref.loader import expected_shapes  # noqa: E402
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 # The real models' context lengths (the presets default to 8192 for every family).
 CONTEXT = {"3-270m": 32768, "3-1b": 32768, "3-4b": 131072, "3-12b": 131072, "3-27b": 131072,
+           "3n-e2b": 32768, "3n-e4b": 32768,
            "4-e2b": 131072, "4-e4b": 131072, "4-26b-a4b": 262144, "4-31b": 262144}
 ARCH = {"gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
-        "gemma3_text": "Gemma3ForCausalLM", "gemma4_text": "Gemma4ForCausalLM"}
+        "gemma3_text": "Gemma3ForCausalLM", "gemma3n_text": "Gemma3nForCausalLM",
+        "gemma4_text": "Gemma4ForCausalLM"}
 BLOCK_ELEMS = 1 << 26  # fill big tensors 64 Mi elements (256 MB of float32) at a time
 
 
@@ -73,11 +75,17 @@ def hf_config(cfg: GemmaConfig, dtype: str, max_pos: int) -> dict:
         if cfg.model_type == "gemma4_text":
             full = {"rope_type": "proportional", "rope_theta": cfg.rope_theta,
                     "partial_rotary_factor": cfg.partial_rotary_factor}
-        if cfg.model_type in ("gemma3_text", "gemma4_text"):
+        if cfg.model_type in ("gemma3_text", "gemma3n_text", "gemma4_text"):
             d["rope_parameters"] = {FULL: full, SLIDING: {"rope_type": "default",
                                                           "rope_theta": cfg.rope_local_base_freq}}
         else:
             d["rope_theta"] = cfg.rope_theta
+    if cfg.model_type == "gemma3n_text":
+        d.update({k: getattr(cfg, k) for k in (
+            "altup_num_inputs", "altup_active_idx", "altup_correct_scale", "laurel_rank",
+            "num_kv_shared_layers", "hidden_size_per_layer_input", "vocab_size_per_layer_input")})
+        d["intermediate_size"] = [s.intermediate_size for s in cfg.layers]
+        d["activation_sparsity_pattern"] = [s.activation_sparsity for s in cfg.layers]
     if cfg.model_type == "gemma4_text":  # in the Hub files' spelling
         d.pop("query_pre_attn_scalar", None)
         d.update({k: getattr(cfg, k) for k in (
@@ -145,9 +153,10 @@ def main(argv=None):
         fname = f"model-{i:05d}-of-{n:05d}.safetensors"
         tensors = {}
         for name in names:
-            scale = name.endswith(("norm.weight", "layer_scalar", "router.scale", "per_expert_scale"))
+            scale = name.endswith(("norm.weight", "layer_scalar", "router.scale", "per_expert_scale",
+                                   "correct_output_scale"))
             std = args.norm_std if scale else args.std
-            # Gemma 4's norms (and scalars) multiply by w, not 1 + w: centre them on 1.
+            # Gemma 3n's and 4's norms (and scalars) multiply by w, not 1 + w: centre them on 1.
             mean = 1.0 if scale and cfg.norm_offset == 0 else 0.0
             tensors[name] = random_tensor(shapes[name], dtype, std, rng, mean)
             weight_map[name] = fname

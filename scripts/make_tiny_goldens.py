@@ -531,6 +531,24 @@ def check_ok(res: dict, vocab_tok: int, min_margin: float) -> tuple[bool, list[s
     return (not problems), problems
 
 
+def install_checkpoint(saved: Path, out_dir: Path) -> None:
+    """out_dir becomes the accepted checkpoint `saved` (replacing any older one), plus the tokenizer."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    shutil.copytree(saved, out_dir)
+    shutil.copy(TOKENIZER_MODEL, out_dir / "tokenizer.model")
+
+
+def seeded_inputs(seed: int, seq0: list[int], prompt: list[int], vocab_tok: int):
+    """torch.manual_seed(seed), then the golden inputs: [seq0, bos + random ids] and the prompt.
+
+    -> input_ids [2, SEQ_LEN], prompt [1, PROMPT_LEN] (torch.long)
+    """
+    torch.manual_seed(seed)
+    seq1 = [2] + np.random.default_rng(seed).integers(7, vocab_tok, size=SEQ_LEN - 1).tolist()
+    return torch.tensor([seq0, seq1], dtype=torch.long), torch.tensor([prompt], dtype=torch.long)
+
+
 # --------------------------------------------------------------------------- old rope spelling
 
 
@@ -603,11 +621,7 @@ def make_one(spec: dict, vocab_tok: int, tok_sp, date: str) -> dict:
     attempts = []
     for attempt in range(MAX_ATTEMPTS):
         seed = spec["seed"] + attempt
-        torch.manual_seed(seed)
-        rng = np.random.default_rng(seed)
-        seq1 = [2] + rng.integers(7, vocab_tok, size=SEQ_LEN - 1).tolist()
-        input_ids = torch.tensor([seq0, seq1], dtype=torch.long)
-        prompt_t = torch.tensor([prompt], dtype=torch.long)
+        input_ids, prompt_t = seeded_inputs(seed, seq0, prompt, vocab_tok)
 
         config = build_config(spec, vocab_tok)
         config._attn_implementation = "eager"
@@ -633,14 +647,11 @@ def make_one(spec: dict, vocab_tok: int, tok_sp, date: str) -> dict:
             )
             if not ok:
                 continue
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            shutil.copytree(tmp, out_dir)
+            install_checkpoint(Path(tmp), out_dir)
         break
     else:
         raise RuntimeError(f"{name}: no acceptable seed in {MAX_ATTEMPTS} attempts")
 
-    shutil.copy(TOKENIZER_MODEL, out_dir / "tokenizer.model")
 
     checks = run_checks(spec, cls, out_dir, loaded, input_ids, res)
 

@@ -39,6 +39,15 @@ VARIANTS = {
                               vocab_size_per_layer_input=512, final_logit_softcapping=30.0,
                               layer_types=["sliding_attention", "full_attention", "sliding_attention",
                                            "sliding_attention", "full_attention"]),
+    # Gemma 3n: 3 AltUp streams (active 1), LAuReL, a per-layer table smaller than the
+    # vocabulary, the last 2 layers sharing K/V, sparse gates, one MLP width per layer.
+    "gemma3n-altup": dict(BASE, model_type="gemma3n_text", num_hidden_layers=5, head_dim=16,
+                          intermediate_size=[96, 64, 80, 96, 48], sliding_window=8,
+                          num_kv_shared_layers=2, hidden_size_per_layer_input=8,
+                          vocab_size_per_layer_input=300, altup_num_inputs=3, altup_active_idx=1,
+                          laurel_rank=4, activation_sparsity_pattern=[0.9, 0.0, 0.7, 0.0, 0.8],
+                          layer_types=["sliding_attention", "full_attention", "sliding_attention",
+                                       "sliding_attention", "full_attention"]),
     # Gemma 4: experts beside the MLP, K = V on full layers (with their own kv heads).
     "gemma4-moe-kv": dict(BASE, model_type="gemma4_text", num_hidden_layers=4, num_key_value_heads=2,
                           head_dim=16, global_head_dim=32, num_global_key_value_heads=1,

@@ -181,7 +181,7 @@ def cmd_info(args) -> int:
     print(f"tokenizer   {info['tokenizer_vocab'] or 'none'} tokens")
     print(f"chat        {'yes (instruction-tuned)' if info['instruction_tuned'] else 'no: a base model'}")
     print(f"template    {info['chat_template']}")
-    for line in info["special"]:  # what is special (Gemma 4: shared K/V, PLE, experts, ...)
+    for line in info["special"]:  # what is special (Gemma 3n, 4: shared K/V, PLE, AltUp, experts, ...)
         print(line)
     for key, value in info["config"].items():
         print(f"  {key:<26}{value}")
