@@ -8,6 +8,7 @@ GemmaRefError (a user mistake) becomes one line on stderr and exit status 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..errors import GemmaRefError
@@ -47,6 +48,10 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # huggingface_hub logs each retry as a warning; the CLI reports a Hub failure itself,
+    # in its one error line. (Read when huggingface_hub is first imported; the user's
+    # own HF_HUB_VERBOSITY wins.)
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
     try:
         return args.func(args)
     except GemmaRefError as e:
