@@ -388,3 +388,47 @@ def test_gemma4_markers_and_chunked_prefill(gemma4, monkeypatch):
     n = len(g["two.greedy_ids"])
     assert model.generate(prompt, images=images_of(names), max_new_tokens=n, stop=[]) == \
         model.tokenizer.decode(g["two.greedy_ids"])
+
+
+# --- chat with images, as transformers' processors (scripts/make_vision_chat_goldens.py) ----
+
+CHAT_GOLDEN = json.loads((DATA / "chat_golden.json").read_text())
+
+
+def _chat_messages(messages):
+    """The golden's conversation with image paths made absolute."""
+    return [{**m, "content": [{**p, "image": str(DATA / p["image"])} if p.get("type") == "image" else p
+                              for p in m["content"]]} if isinstance(m["content"], list) else m
+            for m in messages]
+
+
+@pytest.mark.parametrize("name", sorted(CHAT_GOLDEN["variants"]))
+def test_chat_with_images_as_the_processor(name):
+    """Model.chat renders the (built-in) template, whose image marker (Gemma 3 <start_of_image>,
+    Gemma 4 <|image|>) prompt_ids expands: the ids and the greedy reply of transformers'
+    processor.apply_chat_template + model.generate."""
+    model = Model.from_pretrained(DATA / name, progress=False)
+    assert model.chat_template.builtin and CHAT_GOLDEN["variants"][name]["template"] in model.chat_template.source
+    for case, want in CHAT_GOLDEN["variants"][name]["cases"].items():
+        messages = _chat_messages(CHAT_GOLDEN["conversations"][case])
+        prompt = model.chat_prompt(messages)
+        assert prompt == want["text"], case
+        ids, _ = model.prompt_ids(prompt, chat_images(messages))
+        assert ids == want["input_ids"], case
+        n = len(want["greedy_ids"])
+        assert model.generate(ids, images=chat_images(messages), max_new_tokens=n, stop=[]) == \
+            want["greedy_ids"], case
+        assert model.chat(messages, max_new_tokens=n, stop=[]) == model.tokenizer.decode(want["greedy_ids"]), case
+
+
+def test_cli_chat_with_an_image_marker_of_either_generation(capsys):
+    """generate --chat --image: the prompt may place the image with <start_of_image> or, for
+    Gemma 4, with its own <|image|>; both give the template's image part there."""
+    want = CHAT_GOLDEN["variants"]["gemma4-vision"]["cases"]["image_then_text"]
+    tok = Model.from_pretrained(G4, progress=False).tokenizer
+    for prompt in ("Describe this image.", "<|image|>Describe this image.", "<start_of_image>Describe this image."):
+        rc = main(["generate", "-m", str(G4), "--chat", "-n", "8", "--stop", "never-seen",
+                   "--image", str(IMAGES / "rgb_wide.png"), prompt])
+        out, err = capsys.readouterr()
+        assert rc == 0, err
+        assert out == tok.decode(want["greedy_ids"]) + "\n", prompt

@@ -67,21 +67,26 @@ def _images(args) -> list[str]:
 
 def _with_images(text: str, images: list[str]):
     """A user message's content: the text alone, or parts with the images where the text
-    has <start_of_image> markers (in order), else before the text."""
+    has image markers (<start_of_image>, or Gemma 4's <|image|>; in order), else before
+    the text."""
+    import re
+
     from ..vision import IMAGE_MARKER
+    from ..vision_gemma4 import IMAGE_MARKER as GEMMA4_MARKER
 
     if not images:
         return text
-    pieces = text.split(IMAGE_MARKER)
+    pieces = re.split(f"{re.escape(IMAGE_MARKER)}|{re.escape(GEMMA4_MARKER)}", text)
     if len(pieces) == 1:
         return [{"type": "image", "image": f} for f in images] + [{"type": "text", "text": text}]
     if len(pieces) - 1 != len(images):
-        raise GemmaRefError(f"the prompt has {len(pieces) - 1} {IMAGE_MARKER} marker(s) for "
+        marker = IMAGE_MARKER if IMAGE_MARKER in text else GEMMA4_MARKER
+        raise GemmaRefError(f"the prompt has {len(pieces) - 1} {marker} marker(s) for "
                             f"{len(images)} image(s); give one image per marker")
     parts = [{"type": "text", "text": pieces[0]}]
     for image, piece in zip(images, pieces[1:]):
         parts += [{"type": "image", "image": image}, {"type": "text", "text": piece}]
-    return parts
+    return [p for p in parts if p.get("text") != ""]  # no empty text parts
 
 
 def cmd_generate(args) -> int:
