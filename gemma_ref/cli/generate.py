@@ -188,8 +188,9 @@ def cmd_info(args) -> int:
     print(f"template    {info['chat_template']}")
     for line in info["special"]:  # what is special (Gemma 3n, 4: shared K/V, PLE, AltUp, experts, ...)
         print(line)
+    width = max(map(len, info["config"])) + 2
     for key, value in info["config"].items():
-        print(f"  {key:<26}{value}")
+        print(f"  {key:<{width}}{value}")
     return 0
 
 
@@ -218,9 +219,9 @@ def _info(args) -> dict:
             raise GemmaRefError(f"{path}: expected a checkpoint directory or a .gguf file")
         config_file = checkpoint / "config.json"
     config = GemmaConfig.from_json(config_file)
-    tok = config_file.parent / "tokenizer.model"
+    tok = None if checkpoint is None else Tokenizer.from_checkpoint(config_file.parent)  # .model or .json
     info = {"source": source, "files": where, "parameters": config.num_parameters,
-            "tokenizer_vocab": Tokenizer.from_file(tok).vocab_size if tok.exists() else None,
+            "tokenizer_vocab": tok.vocab_size if tok else None,
             "instruction_tuned": hub.is_instruction_tuned(source), "config": config.to_dict(),
             "chat_template": _template_source(checkpoint, config, where), "special": config.summary(),
             "file_sizes": sizes, "loaded": False}
@@ -252,6 +253,6 @@ def _info_loaded(args) -> dict:
                            if f.is_file()} if Path(where).is_dir() else
                           {Path(where).name: Path(where).stat().st_size},
             "loaded": True}
-    if str(model.checkpoint) != where:
+    if str(Path(model.checkpoint).resolve()) != where:  # e.g. a GGUF's float32 conversion
         info["checkpoint"] = str(model.checkpoint)
     return info

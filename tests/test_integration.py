@@ -1,0 +1,89 @@
+"""The merged features together, as a new user meets them: chat templates and stop tokens per
+generation, `info` on every kind of tiny checkpoint (tokenizer.json-only ones included)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gemma_ref import Model
+from gemma_ref.cli import main
+
+DATA = Path(__file__).parent / "data"
+TOKENIZER_JSON = DATA / "tokenizer" / "tiny.tokenizer.json"
+
+
+def gemma4_it_with_tokenizer_json(tmp_path, src=DATA / "tiny" / "gemma4-multimodal") -> Path:
+    """A Gemma 4 -it checkpoint as the Hub ships it: tokenizer.json only, turns spelled
+    <|turn> / <turn|> (ids 5, 6 of the tiny vocabulary)."""
+    d = tmp_path / "gemma-4-tiny-it"
+    shutil.copytree(src, d)
+    (d / "tokenizer.model").unlink()
+    data = json.loads(TOKENIZER_JSON.read_text())
+    for t in data["added_tokens"]:
+        t["content"] = {"<start_of_turn>": "<|turn>", "<end_of_turn>": "<turn|>"}.get(t["content"], t["content"])
+    (d / "tokenizer.json").write_text(json.dumps(data))
+    return d
+
+
+def info(capsys, *argv) -> tuple[dict, str]:
+    assert main(["info", *argv, "--json"]) == 0
+    as_json = json.loads(capsys.readouterr().out)
+    assert main(["info", *argv]) == 0
+    return as_json, capsys.readouterr().out
+
+
+def test_info_reads_a_tokenizer_json_checkpoint(tmp_path, capsys):
+    d = gemma4_it_with_tokenizer_json(tmp_path)
+    for argv in (["-m", str(d)], ["-m", str(d), "--load"]):
+        j, text = info(capsys, *argv)
+        assert j["tokenizer_vocab"] == 512 and "tokenizer   512 tokens" in text
+        assert j["instruction_tuned"] and "gemma4-it.jinja" in j["chat_template"]
+        assert "converted" not in text  # a directory is read as it is
+
+
+@pytest.mark.parametrize("name, template", [
+    ("tiny/gemma3-gqa", "gemma3-it.jinja"), ("tiny/gemma2-gqa", "gemma2-it.jinja"),
+    ("tiny/gemma3n-2streams", "gemma3-it.jinja"), ("tiny/gemma3n-4streams", "gemma3-it.jinja"),
+    ("tiny/gemma4-ple-shared", "gemma4-it.jinja"), ("tiny/gemma4-moe-kv", "gemma4-it.jinja"),
+    ("tiny/gemma4-multimodal", "gemma4-it.jinja"), ("vision/gemma3-vision-mqa", "gemma3-it.jinja"),
+    ("vision/gemma4-vision", "gemma4-it.jinja"),
+])
+def test_info_names_the_template_of_each_kind(name, template, capsys):
+    j, text = info(capsys, "-m", str(DATA / name))
+    assert j["chat_template"] == f"built-in {template} (the checkpoint has no chat template)"
+    assert f"template    built-in {template}" in text
+    assert Model.from_pretrained(DATA / name, progress=False).chat_template.source == j["chat_template"]
+
+
+def test_info_prefers_the_checkpoints_template(tmp_path, capsys):
+    d = tmp_path / "m"
+    shutil.copytree(DATA / "tiny" / "gemma4-moe-kv", d)
+    (d / "chat_template.jinja").write_text("{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    j, _ = info(capsys, "-m", str(d))
+    assert j["chat_template"] == str(d / "chat_template.jinja")
+
+
+def test_gemma4_it_turns_and_stop_token(tmp_path):
+    """-it Gemma 4: the template's <|turn> markers are single tokens, and the reply ends at <turn|>."""
+    model = Model.from_pretrained(gemma4_it_with_tokenizer_json(tmp_path), progress=False)
+    assert model.instruction_tuned
+    tok = model.tokenizer
+    assert (tok.start_of_turn_id, tok.end_of_turn_id) == (5, 6)
+    prompt = model.chat_prompt([{"role": "user", "content": "Hi"}])
+    assert prompt.startswith("<bos><|turn>user\nHi<turn|>\n<|turn>model\n")
+    assert tok.encode(prompt)[:2] == [tok.bos_id, 5]
+    assert 6 in model._default_stop and tok.eos_id in model._default_stop
+
+
+def test_gemma3n_it_stops_at_end_of_turn(tmp_path):
+    d = tmp_path / "gemma-3n-tiny-it"
+    shutil.copytree(DATA / "tiny" / "gemma3n-2streams", d)
+    model = Model.from_pretrained(d, progress=False)
+    tok = model.tokenizer
+    assert tok.piece_id("<end_of_turn>") == tok.end_of_turn_id and tok.end_of_turn_id in model._default_stop
+    assert model.chat_prompt([{"role": "user", "content": "Hi"}]) == \
+        "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
