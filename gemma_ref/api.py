@@ -176,22 +176,49 @@ class Model:
         (pan_and_scan=True, or the checkpoint's preprocessor_config.json asks for it),
         an image with an extreme aspect ratio is followed by its crops, each counted
         as an image. Or preprocessed pixel values, a float array [I, 3, S, S] (as
-        `pixel_values` of transformers' processor, or vision.preprocess).
+        `pixel_values` of transformers' processor, or vision.preprocess); Gemma 4: a
+        dict of the processor's `pixel_values` [I, n, 3p^2] and `image_position_ids`
+        [I, n, 2] (see vision_gemma4.pad_patches).
         """
-        if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype.kind == "f":
+        if isinstance(images, dict):
+            self._check_images([])
+            if set(images) - {"pixel_values", "image_position_ids"} or "pixel_values" not in images:
+                raise GemmaRefError("images as a dict: the processor's 'pixel_values' (and, for Gemma 4, "
+                                    f"'image_position_ids'), not {sorted(images)}")
+            return self.embed_pixels(images["pixel_values"], images.get("image_position_ids"), trace=trace)
+        gemma4 = isinstance(self.vision, Gemma4VisionConfig)
+        if isinstance(images, np.ndarray) and images.ndim == (3 if gemma4 else 4) and images.dtype.kind == "f":
             return self.embed_pixels(images, trace=trace)
-        if isinstance(self.vision, Gemma4VisionConfig):
-            return [vision_gemma4.image_features(*vision_gemma4.preprocess_one(
-                image, self._preprocessing(), f"image {k + 1}"), self.weights, self.vision, trace)
-                for k, image in enumerate(self._check_images(images))]
+        if gemma4:
+            return self._embed_patches([vision_gemma4.preprocess_one(image, self._preprocessing(), f"image {k + 1}")
+                                        for k, image in enumerate(self._check_images(images))], trace)
         pixels, _ = vision.preprocess(self._check_images(images), self._preprocessing(), pan_and_scan)
         return self.embed_pixels(pixels, trace=trace)
 
-    def embed_pixels(self, pixels, *, trace: dict | None = None) -> np.ndarray:
-        """Soft-token embeddings of preprocessed pixels [I, 3, S, S] -> [I, M, D]."""
+    def _embed_patches(self, images: list, trace: dict | None) -> list[np.ndarray]:
+        """Gemma 4: per image (patches [P, 3p^2], xy [P, 2]) -> its soft tokens [M, D]; the
+        trace holds all images (vision_gemma4.merge_traces)."""
+        traces = [{} if trace is not None else None for _ in images]
+        out = [vision_gemma4.image_features(patches, xy, self.weights, self.vision, t)
+               for (patches, xy), t in zip(images, traces)]
+        if trace is not None and images:
+            n = max(max(len(p) for p, _ in images),
+                    vision_gemma4.max_patches(self.preprocessing) if self.preprocessing else 0)
+            trace.update(vision_gemma4.merge_traces(traces, n))
+        return out
+
+    def embed_pixels(self, pixels, positions=None, *, trace: dict | None = None):
+        """Soft-token embeddings of preprocessed pixels [I, 3, S, S] -> [I, M, D].
+
+        Gemma 4: pixel_values [I, n, 3p^2] and their image_position_ids [I, n, 2], as
+        transformers' processor pads them -> a list of [M_i, D]."""
         self._check_images([])
         if isinstance(self.vision, Gemma4VisionConfig):
-            raise GemmaRefError("pixel values in: Gemma 3 only (give Gemma 4 the images)")
+            if positions is None:
+                raise GemmaRefError("Gemma 4 pixel values need their image_position_ids (the processor's)")
+            return self._embed_patches(vision_gemma4.unpad_patches(pixels, positions, self.vision), trace)
+        if positions is not None:
+            raise GemmaRefError("image_position_ids go with Gemma 4 pixel values only")
         S = self.vision.image_size
         if np.ndim(pixels) != 4 or np.shape(pixels)[1:] != (self.vision.num_channels, S, S):
             raise GemmaRefError(f"pixel values must be [I, {self.vision.num_channels}, {S}, {S}], "
