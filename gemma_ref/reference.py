@@ -122,10 +122,16 @@ def dump_prompt(model, ids, *, k: int = 0, max_new_tokens: int = 16, trace: bool
                 return value
             if streams and (name in streams or name.endswith((".altup.predict", ".altup.correct"))):
                 return value[:, 0].swapaxes(0, 1)  # AltUp streams [S, 1, T, D] -> [T, S, D]
+            if name.endswith(FLAT_TRACES):  # the MoE path's tokens, flat: [1*T, D] is already [T, D]
+                return value
             return value[0]  # [1, T, ...] -> [T, ...]
 
         d.trace = {name: unbatched(name, value) for name, value in t.items()}
     return d
+
+
+# Trace entries recorded over the batch's tokens flattened, [B*T, D] (model.moe_block)
+FLAT_TRACES = (".pre_feedforward_layernorm_2", ".experts")
 
 
 def _streams_names(num_layers: int) -> set[str]:

@@ -148,7 +148,7 @@ def install_trace(model, trace: dict, padding=None):
                        "post_feedforward_layernorm", "mlp", "o_proj", "post_feedforward_layernorm_1",
                        "post_feedforward_layernorm_2", "post_per_layer_input_norm", "laurel"):
             handles.append(module.register_forward_hook(store(name)))
-        elif short == "experts":  # [B*T, D], batch of one: already [T, D]
+        elif short in ("experts", "pre_feedforward_layernorm_2"):  # [B*T, D], batch of one: already [T, D]
             handles.append(module.register_forward_hook(store(name, lambda t: t)))
         elif short in ("q_proj", "k_proj", "v_proj") and H:
             handles.append(module.register_forward_hook(store(name, heads(H))))

@@ -87,3 +87,19 @@ def test_gemma3n_it_stops_at_end_of_turn(tmp_path):
     assert tok.piece_id("<end_of_turn>") == tok.end_of_turn_id and tok.end_of_turn_id in model._default_stop
     assert model.chat_prompt([{"role": "user", "content": "Hi"}]) == \
         "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+
+
+def test_dump_trace_of_a_moe_model_reads_back(tmp_path, capsys):
+    """The MoE path traces its tokens flat ([B*T, D]); a dump keeps them [T, D] (it kept only
+    the first token's row, and the file could not be read back)."""
+    from gemma_ref import reference
+
+    out = tmp_path / "moe.npz"
+    d = DATA / "tiny" / "gemma4-moe-kv"
+    assert main(["dump", "-m", str(d), "-p", "Hello there", "--trace", "-n", "2", "-o", str(out)]) == 0
+    dump = reference.load(out).prompts[0]
+    T = len(dump.input_ids)
+    assert dump.trace["model.layers.0.experts"].shape == (T, 48)
+    assert dump.trace["model.layers.0.pre_feedforward_layernorm_2"].shape == (T, 48)
+    assert main(["compare", str(out), "-m", str(d)]) == 0
+    assert "PASS" in capsys.readouterr().out
