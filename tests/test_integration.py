@@ -103,3 +103,19 @@ def test_dump_trace_of_a_moe_model_reads_back(tmp_path, capsys):
     assert dump.trace["model.layers.0.pre_feedforward_layernorm_2"].shape == (T, 48)
     assert main(["compare", str(out), "-m", str(d)]) == 0
     assert "PASS" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, line", [
+    ("vision/gemma4-vision", "images            Gemma 4 encoder, patch 4, 2x2 pooling, an image's tokens see each "
+                             "other on sliding layers; 2 layer(s), 22,400 parameters (not counted above)"),
+    ("vision/gemma3-vision-gqa", "images            Gemma 3 SigLIP, 48 px, patch 8, 9 tokens per image; "
+                                 "2 layer(s), 45,152 parameters (not counted above)"),
+])
+def test_info_describes_the_vision_encoder(name, line, capsys):
+    """(45,152 and 22,400: the vision_tower.* / multi_modal_projector.* / embed_vision.* values of
+    the checkpoints' model.safetensors.)"""
+    for argv in (["-m", str(DATA / name)], ["-m", str(DATA / name), "--load"]):
+        j, text = info(capsys, *argv)
+        assert line in text.splitlines() and line in j["special"]
+    j, text = info(capsys, "-m", str(DATA / "tiny" / "gemma4-ple-shared"))
+    assert not any(s.startswith("images") for s in j["special"])

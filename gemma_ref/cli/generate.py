@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import GemmaRefError
 from ..tokenizer import check_text
 from .common import (add_model, add_sampling, check_model_args, load, read_stdin, read_text,
@@ -223,11 +225,33 @@ def _info(args) -> dict:
     info = {"source": source, "files": where, "parameters": config.num_parameters,
             "tokenizer_vocab": tok.vocab_size if tok else None,
             "instruction_tuned": hub.is_instruction_tuned(source), "config": config.to_dict(),
-            "chat_template": _template_source(checkpoint, config, where), "special": config.summary(),
+            "chat_template": _template_source(checkpoint, config, where),
+            "special": config.summary() + _images_summary(config_file, config),
             "file_sizes": sizes, "loaded": False}
     if checkpoint is not None and str(checkpoint) != where:
         info["checkpoint"] = str(checkpoint)  # e.g. a GGUF's float32 conversion
     return info
+
+
+def _images_summary(config_file: Path, config) -> list[str]:
+    """One line on an image-text checkpoint's vision encoder (its parameters are not in the
+    language model's count); none for a text-only one."""
+    from ..vision import VisionConfig
+    from ..vision_gemma4 import Gemma4VisionConfig
+
+    raw = json.loads(Path(config_file).read_text())
+    v = VisionConfig.from_dict(raw, str(config_file)) or Gemma4VisionConfig.from_dict(raw, str(config_file))
+    if v is None:
+        return []
+    n = sum(int(np.prod(shape)) for shape in v.expected_shapes(config.hidden_size).values())
+    if isinstance(v, VisionConfig):
+        what = (f"Gemma 3 SigLIP, {v.image_size} px, patch {v.patch_size}, {v.mm_tokens_per_image} "
+                f"tokens per image")
+    else:
+        both_ways = {"sliding": "sliding layers", "none": "no layer (causal)"}[v.bidirectional_layers]
+        what = (f"Gemma 4 encoder, patch {v.patch_size}, {v.pooling_kernel_size}x{v.pooling_kernel_size} "
+                f"pooling, an image's tokens see each other on {both_ways}")
+    return [f"images            {what}; {v.num_hidden_layers} layer(s), {n:,} parameters (not counted above)"]
 
 
 def _template_source(checkpoint, config, where) -> str:
@@ -248,7 +272,9 @@ def _info_loaded(args) -> dict:
     info = {"source": model.source, "files": where, "parameters": model.config.num_parameters,
             "tokenizer_vocab": model.tokenizer.vocab_size if model.tokenizer else None,
             "instruction_tuned": model.instruction_tuned, "config": model.config.to_dict(),
-            "chat_template": model.chat_template.source, "special": model.config.summary(),
+            "chat_template": model.chat_template.source,
+            "special": model.config.summary() + _images_summary(Path(model.checkpoint) / "config.json",
+                                                                 model.config),
             "file_sizes": {f.name: f.stat().st_size for f in sorted(Path(where).iterdir())
                            if f.is_file()} if Path(where).is_dir() else
                           {Path(where).name: Path(where).stat().st_size},
