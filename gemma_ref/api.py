@@ -21,7 +21,7 @@ from .errors import GemmaRefError
 from .loader import gguf_as_checkpoint, load_safetensors_checkpoint
 from .model import Weights, forward, new_cache
 from .sampling import SamplingParams, check_seed, sample
-from .tokenizer import Tokenizer, chat_images
+from .tokenizer import END_OF_TURN, Tokenizer, chat_images
 from .vision import IMAGE_MARKER, Preprocessing, VisionConfig
 from .vision_gemma4 import Gemma4Preprocessing, Gemma4VisionConfig
 
@@ -86,10 +86,15 @@ class Model:
                                 f"table only {config.vocab_size}")
         eos = config.eos_token_id
         self._default_stop = set((eos,) if isinstance(eos, int) else eos) | set(stop_ids)
+        # The token that ends a chat turn: this generation's spelling first (Gemma 4's <turn|>,
+        # else <end_of_turn>), in case a vocabulary has both
+        spellings = END_OF_TURN[::-1] if config.model_type.startswith("gemma4") else END_OF_TURN
+        self.end_of_turn_id = next((i for i in map(tokenizer.piece_id, spellings) if i is not None),
+                                   None) if tokenizer else None
         if tokenizer:
             self._default_stop.add(tokenizer.eos_id)
-            if self.instruction_tuned and tokenizer.end_of_turn_id is not None:
-                self._default_stop.add(tokenizer.end_of_turn_id)
+            if self.instruction_tuned and self.end_of_turn_id is not None:
+                self._default_stop.add(self.end_of_turn_id)
 
     # --- loading ---------------------------------------------------------------
 
@@ -495,8 +500,8 @@ class Model:
             print(f"gemma-ref: warning: {self.source or 'this model'} is a base model, not "
                   f"instruction-tuned: it continues text and will not follow the chat; for chat "
                   f"use an instruction-tuned (-it) model, e.g. {CHAT_MODEL_HINT}", file=sys.stderr)
-        if kwargs.get("stop") is None and self.tokenizer.end_of_turn_id is not None:
-            kwargs["stop"] = sorted(self._default_stop | {self.tokenizer.end_of_turn_id})
+        if kwargs.get("stop") is None and self.end_of_turn_id is not None:
+            kwargs["stop"] = sorted(self._default_stop | {self.end_of_turn_id})
         # Image parts become image markers in the rendered prompt, expanded by stream.
         return self.stream(prompt, images=chat_images(messages), **kwargs)
 

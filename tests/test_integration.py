@@ -119,3 +119,21 @@ def test_info_describes_the_vision_encoder(name, line, capsys):
         assert line in text.splitlines() and line in j["special"]
     j, text = info(capsys, "-m", str(DATA / "tiny" / "gemma4-ple-shared"))
     assert not any(s.startswith("images") for s in j["special"])
+
+
+def test_gemma4_stops_at_its_own_end_of_turn_when_the_vocabulary_has_both(tmp_path):
+    """A vocabulary with <end_of_turn> and <turn|>: Gemma 4's template ends turns with <turn|>,
+    so that is its stop token (and Gemma 3's stays <end_of_turn>)."""
+    d = gemma4_it_with_tokenizer_json(tmp_path)
+    data = json.loads((d / "tokenizer.json").read_text())
+    for t in data["added_tokens"]:  # <mask> (id 4) becomes <turn|>; <end_of_turn> is id 6 again
+        t["content"] = {"<mask>": "<turn|>", "<turn|>": "<end_of_turn>"}.get(t["content"], t["content"])
+    (d / "tokenizer.json").write_text(json.dumps(data))
+    model = Model.from_pretrained(d, progress=False)
+    assert model.tokenizer.piece_id("<end_of_turn>") == 6 and model.end_of_turn_id == 4
+    assert 4 in model._default_stop and 6 not in model._default_stop
+    g3 = tmp_path / "gemma-3-it"
+    shutil.copytree(DATA / "tiny" / "gemma3-gqa", g3)
+    (g3 / "tokenizer.model").unlink()
+    shutil.copy(d / "tokenizer.json", g3 / "tokenizer.json")
+    assert Model.from_pretrained(g3, progress=False).end_of_turn_id == 6
