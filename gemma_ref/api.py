@@ -486,15 +486,25 @@ class Model:
         """The model's reply to a conversation [{"role": "user", "content": ...}, ...].
 
         content: a string, or a list of parts {"type": "text", "text": ...} and
-        {"type": "image", "image": path, PIL image or uint8 array}, as in transformers."""
+        {"type": "image", "image": path, PIL image or uint8 array}, as in transformers.
+        tools: for templates that take them; chat_template_kwargs: more variables for the
+        template (e.g. {"enable_thinking": True} for Gemma 4), as vLLM's and llama.cpp's;
+        the other keywords are generate's."""
         return "".join(self.stream_chat(messages, **kwargs))
 
-    def stream_chat(self, messages: list[dict], *, tools=None, **kwargs) -> Iterator[str]:
+    def stream_chat(self, messages: list[dict], *, tools=None, chat_template_kwargs: dict | None = None,
+                    **kwargs) -> Iterator[str]:
         """The reply, as text pieces (see chat). Warns once, on stderr, on a base model."""
         check_messages(messages)
         if self.tokenizer is None:
             raise GemmaRefError(f"{self.source}: chat needs a tokenizer")
-        prompt = self.chat_prompt(messages, tools=tools)
+        if chat_template_kwargs is not None and not (isinstance(chat_template_kwargs, dict) and all(
+                isinstance(k, str) for k in chat_template_kwargs)):
+            raise GemmaRefError(f"chat_template_kwargs must be a dict of template variables, not "
+                                f"{str(chat_template_kwargs)[:40]!r}")
+        if {"messages", "tools"} & set(chat_template_kwargs or {}):
+            raise GemmaRefError("chat_template_kwargs: give messages and tools as chat's own arguments")
+        prompt = self.chat_prompt(messages, tools=tools, **(chat_template_kwargs or {}))
         if not self.instruction_tuned and not self._warned_base_chat:
             self._warned_base_chat = True
             print(f"gemma-ref: warning: {self.source or 'this model'} is a base model, not "

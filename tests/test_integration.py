@@ -137,3 +137,27 @@ def test_gemma4_stops_at_its_own_end_of_turn_when_the_vocabulary_has_both(tmp_pa
     (g3 / "tokenizer.model").unlink()
     shutil.copy(d / "tokenizer.json", g3 / "tokenizer.json")
     assert Model.from_pretrained(g3, progress=False).end_of_turn_id == 6
+
+
+def test_chat_template_kwargs_reach_the_template(tmp_path, capsys, monkeypatch):
+    """Gemma 4's thinking switch: Model.chat(chat_template_kwargs=...) and --chat-template-kwargs."""
+    model = Model.from_pretrained(DATA / "tiny" / "gemma4-ple-shared", progress=False)
+    messages = [{"role": "user", "content": "Hi"}]
+    thinking = model.chat_prompt(messages, enable_thinking=True)
+    assert "<|think|>" in thinking and "<|think|>" not in model.chat_prompt(messages)
+    want = model.generate(thinking, max_new_tokens=4, stop=[])
+    assert model.chat(messages, chat_template_kwargs={"enable_thinking": True}, max_new_tokens=4, stop=[]) == want
+    from gemma_ref import GemmaRefError
+    for bad in ([1], {"tools": []}):
+        with pytest.raises(GemmaRefError, match="chat_template_kwargs"):
+            model.chat(messages, chat_template_kwargs=bad)
+    d = str(DATA / "tiny" / "gemma4-ple-shared")
+    assert main(["generate", "-m", d, "--chat", "-n", "4", "--stop", "never-seen", "--chat-template-kwargs",
+                 '{"enable_thinking": true}', "Hi"]) == 0
+    assert capsys.readouterr().out == want + "\n"
+    for argv, message in [(["--chat", "--chat-template-kwargs", "{nope"], "not JSON"),
+                          (["--chat", "--chat-template-kwargs", "[1]"], "expected a JSON object"),
+                          (["--chat-template-kwargs", "{}"], "goes with --chat")]:
+        assert main(["generate", "-m", d, *argv, "Hi"]) == 1
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err

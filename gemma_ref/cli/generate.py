@@ -27,6 +27,7 @@ def add_commands(sub, examples: str):
                    help="wrap the prompt in the chat template (for -it models)")
     p.add_argument("--system", default=None,
                    help="with --chat: system instructions (folded into the first turn)")
+    _add_template_kwargs(p)
     _add_images(p)
     p.set_defaults(func=cmd_generate)
 
@@ -36,6 +37,7 @@ def add_commands(sub, examples: str):
     p.add_argument("--system", default=None, help="system instructions (placed as the chat "
                                                    "template says; Gemma 1/2 templates refuse one)")
     p.add_argument("--verbose", "-v", action="store_true", help="speed after each reply, on stderr")
+    _add_template_kwargs(p)
     _add_images(p)
     p.set_defaults(func=cmd_chat)
 
@@ -48,6 +50,25 @@ def add_commands(sub, examples: str):
                    help="also load (download) and check every weight")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_info)
+
+
+def _add_template_kwargs(p):
+    p.add_argument("--chat-template-kwargs", default=None, metavar="JSON",
+                   help='more variables for the chat template, a JSON object, e.g. '
+                        '\'{"enable_thinking": true}\' (Gemma 4)')
+
+
+def _template_kwargs(args) -> dict | None:
+    """--chat-template-kwargs, checked before the load."""
+    if args.chat_template_kwargs is None:
+        return None
+    try:
+        kw = json.loads(args.chat_template_kwargs)
+    except json.JSONDecodeError as e:
+        raise GemmaRefError(f"--chat-template-kwargs: not JSON ({e})") from None
+    if not isinstance(kw, dict):
+        raise GemmaRefError("--chat-template-kwargs: expected a JSON object, e.g. '{\"enable_thinking\": true}'")
+    return kw
 
 
 def _add_images(p):
@@ -97,6 +118,9 @@ def cmd_generate(args) -> int:
                             "--file FILE (one of them)")
     if args.system is not None and not args.chat:
         raise GemmaRefError("generate: --system goes with --chat")
+    if args.chat_template_kwargs is not None and not args.chat:
+        raise GemmaRefError("generate: --chat-template-kwargs goes with --chat")
+    template_kwargs = _template_kwargs(args)
     kw = sampling(args)
     check_model_args(args)
     if args.file is not None:
@@ -114,7 +138,7 @@ def cmd_generate(args) -> int:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
         content = _with_images(prompt, images)
         pieces = model.stream_chat(messages + [{"role": "user", "content": content}],
-                                   stop=args.stop, stats=stats, **kw)
+                                   chat_template_kwargs=template_kwargs, stop=args.stop, stats=stats, **kw)
     else:  # stream() reads the images now: a bad one is an error before any output
         pieces = model.stream(prompt, images=images, stop=args.stop, stats=stats, **kw)
         sys.stdout.write(prompt)
@@ -139,6 +163,7 @@ def cmd_chat(args) -> int:
     kw = sampling(args)
     if args.system is not None:
         check_text(args.system, "--system")
+    template_kwargs = _template_kwargs(args)
     images = _images(args)  # they go with the first message
     model = load(args)
     messages = [{"role": "system", "content": args.system}] if args.system else []
@@ -161,7 +186,8 @@ def cmd_chat(args) -> int:
         if interactive:
             print("gemma> ", end="", flush=True)
         reply, stats = "", {}
-        for piece in model.stream_chat(messages, stop=args.stop, stats=stats, **kw):
+        for piece in model.stream_chat(messages, chat_template_kwargs=template_kwargs, stop=args.stop,
+                                       stats=stats, **kw):
             reply += piece
             sys.stdout.write(piece)
             sys.stdout.flush()
