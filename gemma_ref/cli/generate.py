@@ -26,7 +26,8 @@ def add_commands(sub, examples: str):
     p.add_argument("--chat", action="store_true",
                    help="wrap the prompt in the chat template (for -it models)")
     p.add_argument("--system", default=None,
-                   help="with --chat: system instructions (folded into the first turn)")
+                   help="with --chat: system instructions (placed as the chat template says: "
+                        "Gemma 3 folds them into the first turn, Gemma 1/2 templates refuse one)")
     _add_template_kwargs(p)
     _add_images(p)
     p.set_defaults(func=cmd_generate)
@@ -74,8 +75,8 @@ def _template_kwargs(args) -> dict | None:
 def _add_images(p):
     p.add_argument("--image", action="append", default=[], metavar="FILE",
                    help="an image for the prompt (repeatable; image-text models such as 3-4b-it). "
-                        "Each <start_of_image> in the prompt takes the next image; with no "
-                        "marker, the images go before the text")
+                        "Each <start_of_image> (or Gemma 4's <|image|>) in the prompt takes the "
+                        "next image; with no marker, the images go before the text")
 
 
 def _images(args) -> list[str]:
