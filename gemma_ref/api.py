@@ -277,8 +277,10 @@ class Model:
 
     def _check_images(self, images) -> list:
         if self.vision is None:
-            raise GemmaRefError(f"{self.source}: this model takes no images (its config.json has "
-                                "no vision_config: a text-only checkpoint)")
+            why = ("gemma-ref runs the language model of Gemma 3n only (its vision tower is not "
+                   "implemented)" if self.config.model_type.startswith("gemma3n")
+                   else "its config.json has no vision_config: a text-only checkpoint")
+            raise GemmaRefError(f"{self.source}: this model takes no images ({why})")
         if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
             images = [images]
         return list(images)

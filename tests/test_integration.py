@@ -161,3 +161,11 @@ def test_chat_template_kwargs_reach_the_template(tmp_path, capsys, monkeypatch):
         assert main(["generate", "-m", d, *argv, "Hi"]) == 1
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+def test_gemma3n_says_why_it_takes_no_images():
+    from gemma_ref import GemmaRefError
+
+    model = Model.from_pretrained(DATA / "tiny" / "gemma3n-2streams", progress=False)
+    with pytest.raises(GemmaRefError, match=r"takes no images \(gemma-ref runs the language model of Gemma 3n"):
+        model.generate("Hi", images=[DATA / "vision" / "images" / "rgba.png"], max_new_tokens=1)
