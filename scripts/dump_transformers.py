@@ -77,6 +77,9 @@ def prompts_and_ids(args, tokenizer_loader) -> list[tuple[str | None, list[int]]
         for line in Path(args.prompts).read_text().splitlines():
             if line.strip():
                 item = json.loads(line)
+                if isinstance(item, dict) and item.get("images"):
+                    sys.exit(f"{args.prompts}: image prompts: write them with `gemma-ref dump --prompts` "
+                             "and pass that dump here as --ids-from (the same ids and pixels)")
                 items.append(item.get("prompt", item.get("text", item.get("input_ids")))
                              if isinstance(item, dict) else item)
     tok = tokenizer_loader() if any(isinstance(p, str) for p in items) else None
