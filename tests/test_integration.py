@@ -169,3 +169,16 @@ def test_gemma3n_says_why_it_takes_no_images():
     model = Model.from_pretrained(DATA / "tiny" / "gemma3n-2streams", progress=False)
     with pytest.raises(GemmaRefError, match=r"takes no images \(gemma-ref runs the language model of Gemma 3n"):
         model.generate("Hi", images=[DATA / "vision" / "images" / "rgba.png"], max_new_tokens=1)
+
+
+def test_image_parts_as_transformers_names_them():
+    from gemma_ref import GemmaRefError
+    from gemma_ref.tokenizer import chat_images
+
+    f = str(DATA / "vision" / "images" / "rgba.png")
+    parts = [{"type": "image", "image": f}, {"type": "image", "path": f}, {"type": "image", "url": f}]
+    assert chat_images([{"role": "user", "content": parts}]) == [f, f, f]
+    with pytest.raises(GemmaRefError, match="downloads none"):
+        chat_images([{"role": "user", "content": [{"type": "image", "url": "https://example.com/a.png"}]}])
+    with pytest.raises(GemmaRefError, match='needs "image"'):
+        chat_images([{"role": "user", "content": [{"type": "image"}]}])
