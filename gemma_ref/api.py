@@ -195,6 +195,7 @@ class Model:
         if isinstance(images, np.ndarray) and images.ndim == (3 if gemma4 else 4) and images.dtype.kind == "f":
             return self.embed_pixels(images, trace=trace)
         if gemma4:
+            _no_pan_and_scan(pan_and_scan)
             return self._embed_patches([vision_gemma4.preprocess_one(image, self._preprocessing(), f"image {k + 1}")
                                         for k, image in enumerate(self._check_images(images))], trace)
         pixels, _ = vision.preprocess(self._check_images(images), self._preprocessing(), pan_and_scan)
@@ -254,6 +255,7 @@ class Model:
         if marker not in prompt:
             prompt = marker * len(images) + prompt
         if isinstance(self.vision, Gemma4VisionConfig):
+            _no_pan_and_scan(pan_and_scan)
             if prompt.count(marker) != len(images):  # before the (slow) encoder
                 raise GemmaRefError(f"the prompt has {prompt.count(marker)} {marker} marker(s) for "
                                     f"{len(images)} image(s); give one image per marker")
@@ -535,6 +537,13 @@ class Model:
         c = self.config
         return (f"Model({self.source!r}, {c.model_type}, {c.num_parameters / 1e6:.0f}M params, "
                 f"{c.num_hidden_layers} layers, dtype={self.dtype})")
+
+
+def _no_pan_and_scan(pan_and_scan) -> None:
+    """Gemma 4 resizes each image to its token budget: pan-and-scan crops are Gemma 3's."""
+    if pan_and_scan:
+        raise GemmaRefError("pan_and_scan: Gemma 3 only (Gemma 4 keeps each image's aspect ratio "
+                            "within its soft-token budget instead)")
 
 
 def _rows(features) -> np.ndarray:

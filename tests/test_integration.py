@@ -182,3 +182,15 @@ def test_image_parts_as_transformers_names_them():
         chat_images([{"role": "user", "content": [{"type": "image", "url": "https://example.com/a.png"}]}])
     with pytest.raises(GemmaRefError, match='needs "image"'):
         chat_images([{"role": "user", "content": [{"type": "image"}]}])
+
+
+def test_gemma4_refuses_pan_and_scan():
+    from gemma_ref import GemmaRefError
+
+    model = Model.from_pretrained(DATA / "vision" / "gemma4-vision", progress=False)
+    image = DATA / "vision" / "images" / "rgb_wide.png"
+    for call in (lambda: model.generate("Hi", images=[image], pan_and_scan=True, max_new_tokens=1),
+                 lambda: model.embed_images([image], pan_and_scan=True)):
+        with pytest.raises(GemmaRefError, match="pan_and_scan: Gemma 3 only"):
+            call()
+    assert model.generate("Hi", images=[image], pan_and_scan=False, max_new_tokens=1, stop=[])
