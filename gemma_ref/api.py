@@ -517,7 +517,12 @@ class Model:
         if kwargs.get("stop") is None and self.end_of_turn_id is not None:
             kwargs["stop"] = sorted(self._default_stop | {self.end_of_turn_id})
         # Image parts become image markers in the rendered prompt, expanded by stream.
-        return self.stream(prompt, images=chat_images(messages), **kwargs)
+        images = chat_images(messages)
+        if images and not any(m in prompt for m in (IMAGE_MARKER, self._image_marker())):
+            self._check_images(images)  # a text-only model says so first
+            raise GemmaRefError(f"chat: the chat template ({self.chat_template.source}) wrote no image "
+                                f"marker for the conversation's {len(images)} image part(s)")
+        return self.stream(prompt, images=images, **kwargs)
 
     # --- scoring (see scoring.py) ---------------------------------------------------
 

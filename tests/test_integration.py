@@ -194,3 +194,19 @@ def test_gemma4_refuses_pan_and_scan():
         with pytest.raises(GemmaRefError, match="pan_and_scan: Gemma 3 only"):
             call()
     assert model.generate("Hi", images=[image], pan_and_scan=False, max_new_tokens=1, stop=[])
+
+
+def test_a_template_that_drops_image_parts_is_an_error(tmp_path):
+    """Images the template does not place would otherwise be put before its <bos>."""
+    from gemma_ref import GemmaRefError
+
+    d = tmp_path / "m"
+    shutil.copytree(DATA / "vision" / "gemma3-vision-mqa", d)
+    (d / "chat_template.jinja").write_text(
+        "{{ bos_token }}{% for m in messages %}{% for p in m['content'] %}{% if p['type'] == 'text' %}"
+        "{{ p['text'] }}{% endif %}{% endfor %}{% endfor %}")
+    model = Model.from_pretrained(d, progress=False)
+    messages = [{"role": "user", "content": [{"type": "image", "image": str(DATA / "vision" / "images" / "rgba.png")},
+                                             {"type": "text", "text": "Hi"}]}]
+    with pytest.raises(GemmaRefError, match=r"wrote no image marker for the conversation's 1 image part"):
+        model.chat(messages, max_new_tokens=1)
