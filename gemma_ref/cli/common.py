@@ -70,8 +70,8 @@ def add_sampling(p):
     g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 penalizes repeats")
     g.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (same seed, same text)")
     g.add_argument("--stop", action="append", default=None, metavar="TEXT",
-                   help="stop when this text appears (repeatable); default: <eos> (and "
-                        "<end_of_turn> for -it models and --chat)")
+                   help="stop when this text appears (repeatable); default: <eos> (and the "
+                        "end of turn, <end_of_turn> or Gemma 4's <turn|>, for -it models and --chat)")
 
 
 def sampling(args) -> dict:

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import GemmaRefError
 from ..tokenizer import check_text
 from .common import (add_model, add_sampling, check_model_args, load, read_stdin, read_text,
@@ -24,7 +26,9 @@ def add_commands(sub, examples: str):
     p.add_argument("--chat", action="store_true",
                    help="wrap the prompt in the chat template (for -it models)")
     p.add_argument("--system", default=None,
-                   help="with --chat: system instructions (folded into the first turn)")
+                   help="with --chat: system instructions (placed as the chat template says: "
+                        "Gemma 3 folds them into the first turn, Gemma 1/2 templates refuse one)")
+    _add_template_kwargs(p)
     _add_images(p)
     p.set_defaults(func=cmd_generate)
 
@@ -34,6 +38,7 @@ def add_commands(sub, examples: str):
     p.add_argument("--system", default=None, help="system instructions (placed as the chat "
                                                    "template says; Gemma 1/2 templates refuse one)")
     p.add_argument("--verbose", "-v", action="store_true", help="speed after each reply, on stderr")
+    _add_template_kwargs(p)
     _add_images(p)
     p.set_defaults(func=cmd_chat)
 
@@ -48,11 +53,30 @@ def add_commands(sub, examples: str):
     p.set_defaults(func=cmd_info)
 
 
+def _add_template_kwargs(p):
+    p.add_argument("--chat-template-kwargs", default=None, metavar="JSON",
+                   help='more variables for the chat template, a JSON object, e.g. '
+                        '\'{"enable_thinking": true}\' (Gemma 4)')
+
+
+def _template_kwargs(args) -> dict | None:
+    """--chat-template-kwargs, checked before the load."""
+    if args.chat_template_kwargs is None:
+        return None
+    try:
+        kw = json.loads(args.chat_template_kwargs)
+    except json.JSONDecodeError as e:
+        raise GemmaRefError(f"--chat-template-kwargs: not JSON ({e})") from None
+    if not isinstance(kw, dict):
+        raise GemmaRefError("--chat-template-kwargs: expected a JSON object, e.g. '{\"enable_thinking\": true}'")
+    return kw
+
+
 def _add_images(p):
     p.add_argument("--image", action="append", default=[], metavar="FILE",
                    help="an image for the prompt (repeatable; image-text models such as 3-4b-it). "
-                        "Each <start_of_image> in the prompt takes the next image; with no "
-                        "marker, the images go before the text")
+                        "Each <start_of_image> (or Gemma 4's <|image|>) in the prompt takes the "
+                        "next image; with no marker, the images go before the text")
 
 
 def _images(args) -> list[str]:
@@ -67,21 +91,26 @@ def _images(args) -> list[str]:
 
 def _with_images(text: str, images: list[str]):
     """A user message's content: the text alone, or parts with the images where the text
-    has <start_of_image> markers (in order), else before the text."""
+    has image markers (<start_of_image>, or Gemma 4's <|image|>; in order), else before
+    the text."""
+    import re
+
     from ..vision import IMAGE_MARKER
+    from ..vision_gemma4 import IMAGE_MARKER as GEMMA4_MARKER
 
     if not images:
         return text
-    pieces = text.split(IMAGE_MARKER)
+    pieces = re.split(f"{re.escape(IMAGE_MARKER)}|{re.escape(GEMMA4_MARKER)}", text)
     if len(pieces) == 1:
         return [{"type": "image", "image": f} for f in images] + [{"type": "text", "text": text}]
     if len(pieces) - 1 != len(images):
-        raise GemmaRefError(f"the prompt has {len(pieces) - 1} {IMAGE_MARKER} marker(s) for "
+        marker = IMAGE_MARKER if IMAGE_MARKER in text else GEMMA4_MARKER
+        raise GemmaRefError(f"the prompt has {len(pieces) - 1} {marker} marker(s) for "
                             f"{len(images)} image(s); give one image per marker")
     parts = [{"type": "text", "text": pieces[0]}]
     for image, piece in zip(images, pieces[1:]):
         parts += [{"type": "image", "image": image}, {"type": "text", "text": piece}]
-    return parts
+    return [p for p in parts if p.get("text") != ""]  # no empty text parts
 
 
 def cmd_generate(args) -> int:
@@ -90,6 +119,9 @@ def cmd_generate(args) -> int:
                             "--file FILE (one of them)")
     if args.system is not None and not args.chat:
         raise GemmaRefError("generate: --system goes with --chat")
+    if args.chat_template_kwargs is not None and not args.chat:
+        raise GemmaRefError("generate: --chat-template-kwargs goes with --chat")
+    template_kwargs = _template_kwargs(args)
     kw = sampling(args)
     check_model_args(args)
     if args.file is not None:
@@ -107,7 +139,7 @@ def cmd_generate(args) -> int:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
         content = _with_images(prompt, images)
         pieces = model.stream_chat(messages + [{"role": "user", "content": content}],
-                                   stop=args.stop, stats=stats, **kw)
+                                   chat_template_kwargs=template_kwargs, stop=args.stop, stats=stats, **kw)
     else:  # stream() reads the images now: a bad one is an error before any output
         pieces = model.stream(prompt, images=images, stop=args.stop, stats=stats, **kw)
         sys.stdout.write(prompt)
@@ -132,6 +164,7 @@ def cmd_chat(args) -> int:
     kw = sampling(args)
     if args.system is not None:
         check_text(args.system, "--system")
+    template_kwargs = _template_kwargs(args)
     images = _images(args)  # they go with the first message
     model = load(args)
     messages = [{"role": "system", "content": args.system}] if args.system else []
@@ -154,7 +187,8 @@ def cmd_chat(args) -> int:
         if interactive:
             print("gemma> ", end="", flush=True)
         reply, stats = "", {}
-        for piece in model.stream_chat(messages, stop=args.stop, stats=stats, **kw):
+        for piece in model.stream_chat(messages, chat_template_kwargs=template_kwargs, stop=args.stop,
+                                       stats=stats, **kw):
             reply += piece
             sys.stdout.write(piece)
             sys.stdout.flush()
@@ -183,8 +217,9 @@ def cmd_info(args) -> int:
     print(f"template    {info['chat_template']}")
     for line in info["special"]:  # what is special (Gemma 3n, 4: shared K/V, PLE, AltUp, experts, ...)
         print(line)
+    width = max(map(len, info["config"])) + 2
     for key, value in info["config"].items():
-        print(f"  {key:<26}{value}")
+        print(f"  {key:<{width}}{value}")
     return 0
 
 
@@ -213,15 +248,37 @@ def _info(args) -> dict:
             raise GemmaRefError(f"{path}: expected a checkpoint directory or a .gguf file")
         config_file = checkpoint / "config.json"
     config = GemmaConfig.from_json(config_file)
-    tok = config_file.parent / "tokenizer.model"
+    tok = None if checkpoint is None else Tokenizer.from_checkpoint(config_file.parent)  # .model or .json
     info = {"source": source, "files": where, "parameters": config.num_parameters,
-            "tokenizer_vocab": Tokenizer.from_file(tok).vocab_size if tok.exists() else None,
+            "tokenizer_vocab": tok.vocab_size if tok else None,
             "instruction_tuned": hub.is_instruction_tuned(source), "config": config.to_dict(),
-            "chat_template": _template_source(checkpoint, config, where), "special": config.summary(),
+            "chat_template": _template_source(checkpoint, config, where),
+            "special": config.summary() + _images_summary(config_file, config),
             "file_sizes": sizes, "loaded": False}
     if checkpoint is not None and str(checkpoint) != where:
         info["checkpoint"] = str(checkpoint)  # e.g. a GGUF's float32 conversion
     return info
+
+
+def _images_summary(config_file: Path, config) -> list[str]:
+    """One line on an image-text checkpoint's vision encoder (its parameters are not in the
+    language model's count); none for a text-only one."""
+    from ..vision import VisionConfig
+    from ..vision_gemma4 import Gemma4VisionConfig
+
+    raw = json.loads(Path(config_file).read_text())
+    v = VisionConfig.from_dict(raw, str(config_file)) or Gemma4VisionConfig.from_dict(raw, str(config_file))
+    if v is None:
+        return []
+    n = sum(int(np.prod(shape)) for shape in v.expected_shapes(config.hidden_size).values())
+    if isinstance(v, VisionConfig):
+        what = (f"Gemma 3 SigLIP, {v.image_size} px, patch {v.patch_size}, {v.mm_tokens_per_image} "
+                f"tokens per image")
+    else:
+        both_ways = {"sliding": "sliding layers", "none": "no layer (causal)"}[v.bidirectional_layers]
+        what = (f"Gemma 4 encoder, patch {v.patch_size}, {v.pooling_kernel_size}x{v.pooling_kernel_size} "
+                f"pooling, an image's tokens see each other on {both_ways}")
+    return [f"images            {what}; {v.num_hidden_layers} layer(s), {n:,} parameters (not counted above)"]
 
 
 def _template_source(checkpoint, config, where) -> str:
@@ -242,11 +299,13 @@ def _info_loaded(args) -> dict:
     info = {"source": model.source, "files": where, "parameters": model.config.num_parameters,
             "tokenizer_vocab": model.tokenizer.vocab_size if model.tokenizer else None,
             "instruction_tuned": model.instruction_tuned, "config": model.config.to_dict(),
-            "chat_template": model.chat_template.source, "special": model.config.summary(),
+            "chat_template": model.chat_template.source,
+            "special": model.config.summary() + _images_summary(Path(model.checkpoint) / "config.json",
+                                                                 model.config),
             "file_sizes": {f.name: f.stat().st_size for f in sorted(Path(where).iterdir())
                            if f.is_file()} if Path(where).is_dir() else
                           {Path(where).name: Path(where).stat().st_size},
             "loaded": True}
-    if str(model.checkpoint) != where:
+    if str(Path(model.checkpoint).resolve()) != where:  # e.g. a GGUF's float32 conversion
         info["checkpoint"] = str(model.checkpoint)
     return info
