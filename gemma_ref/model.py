@@ -229,16 +229,30 @@ def sparse_geglu(x, w_gate, w_up, w_down, sparsity):
 class Weights:
     """Read-only view of the checkpoint: HF key -> array widened to the compute dtype.
 
-    Arrays already in the compute dtype are returned as they are (no copy); narrower
-    ones (bfloat16, float16, memory-mapped) are widened on each use. `rows` reads and
-    widens only some rows of a big table (per-layer embeddings, one expert).
+    Arrays already in the compute dtype are returned as they are (no copy). The text
+    model's matrices held narrower (bfloat16, float16; in RAM or memory-mapped, see
+    loader.py's tiers) are returned as stored when computing in float32: every product
+    that takes them (parallel.dense, linear) widens them block by block as it goes, so
+    they are read once, at their stored width. Anything else narrower is widened whole
+    on each use. `rows` reads and widens only some rows of a big table (the embedding,
+    per-layer embeddings, one expert).
     """
 
     def __init__(self, arrays: Mapping[str, np.ndarray], dtype=np.float32):
         self.arrays, self.dtype = arrays, np.dtype(dtype)
+        self.narrow = any(self._stays_narrow(n) for n in arrays)  # parallel.threads_for
+
+    def _stays_narrow(self, name: str) -> bool:
+        """Whether W[name] is handed to the products as stored (see the class docstring)."""
+        a = self.arrays[name]
+        return (self.dtype == np.float32 and name.startswith("model.") and len(a.shape) == 2
+                and np.dtype(a.dtype).itemsize == 2)
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return np.asarray(self.arrays[name]).astype(self.dtype, copy=False)
+        a = self.arrays[name]
+        if self._stays_narrow(name):
+            return a if isinstance(a, np.ndarray) else a.memmap()  # loader.StoredTensor: mapped
+        return np.asarray(a).astype(self.dtype, copy=False)
 
     def rows(self, name: str, index) -> np.ndarray:
         """self[name][index], widening only the rows taken.     [R, ...] -> [index.shape..., ...]"""
@@ -364,11 +378,13 @@ def qkv(x, cos, sin, W, pre, config, spec, own_kv=True, trace=None):
     B, T, _ = x.shape
     N, K, H = config.num_attention_heads, spec.num_key_value_heads, spec.head_dim
     eps, off = config.rms_norm_eps, config.norm_offset
-    q = dense(x, W[pre + "q_proj.weight"]).reshape(B, T, N, H)  # [B, T, N, H]
+    # linear: split between cores when that pays (big narrow weights; inside a prefill's
+    # split_tokens shard it runs on the shard's thread).
+    q = linear(x, W[pre + "q_proj.weight"]).reshape(B, T, N, H)  # [B, T, N, H]
     k = v = None
     if own_kv:
-        k = dense(x, W[pre + "k_proj.weight"]).reshape(B, T, K, H)  # [B, T, K, H]
-        v = dense(x, W[pre + "v_proj.weight"]).reshape(B, T, K, H) if spec.v_proj else k
+        k = linear(x, W[pre + "k_proj.weight"]).reshape(B, T, K, H)  # [B, T, K, H]
+        v = linear(x, W[pre + "v_proj.weight"]).reshape(B, T, K, H) if spec.v_proj else k
         record(trace, pre + "k_proj", k, pre + "v_proj", v)
     record(trace, pre + "q_proj", q)
     if config.qk_norm:  # Gemma 3, 4: RMSNorm over each head, before RoPE
@@ -619,8 +635,8 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *, im
                 f"{full[0].pos.shape[1]} positions")
 
     # Embedding, scaled by sqrt(D); the scale is rounded to the activation dtype first.
-    E = W["model.embed_tokens.weight"]  # [V, D]
-    x = E[ids] * np.asarray(np.sqrt(config.hidden_size), dtype)  # [B, T, D]
+    E = W["model.embed_tokens.weight"]  # [V, D] (as stored, when held narrow)
+    x = W.rows("model.embed_tokens.weight", ids) * np.asarray(np.sqrt(config.hidden_size), dtype)  # [B, T, D]
     record(trace, "model.embed_tokens", x)
     if images is not None:  # image soft tokens: the image features, unscaled
         x[images.at] = images.embeds
@@ -641,7 +657,7 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *, im
                    for r in config.ropes}
     shared = {}  # layer -> (k, v, positions) that later layers attend with (Gemma 4)
     reuse_freed_memory()  # once per process: fewer page faults (parallel.py)
-    with threads_for(B * T):  # prefill: our threads split the products; decoding: BLAS's (parallel.py)
+    with threads_for(B * T, W.narrow):  # prefill: our threads split the products; decoding: BLAS's (parallel.py)
         last = len(config.layers) - 1
         first_shared = config.num_hidden_layers - config.num_kv_shared_layers
         for i, spec in enumerate(config.layers):

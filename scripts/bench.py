@@ -121,6 +121,17 @@ class GemmaRef:
         self.model = Model.from_pretrained(model, progress=False, **kw)
         self.n_vocab = self.model.n_vocab
 
+    def tiers(self) -> dict:
+        """GB of weights by where they are held (loader.plan_tiers): float32 / stored in RAM, mapped."""
+        import numpy as np
+
+        gb = {}
+        for a in self.model.weights.arrays.values():
+            mapped = isinstance(a, np.memmap) or not isinstance(a, np.ndarray)  # StoredTensor
+            kind = f"mapped ({np.dtype(a.dtype).name})" if mapped else f"{a.dtype.name} in RAM"
+            gb[kind] = gb.get(kind, 0) + int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize / 1e9
+        return gb
+
     def generate(self, prompts, n_new):
         """(t_start, [time each step's tokens were ready], ids of row 0)."""
         stamps, ids = [], []
@@ -272,6 +283,8 @@ def child(spec: dict) -> dict:
         r["long_prefill_tps"] = spec["long_len"] / (stamps[0] - s)
         r["long_decode_tps"] = (len(stamps) - 1) / (stamps[-1] - stamps[0])
     elif task == "memtest":
+        if hasattr(eng, "tiers"):
+            r["tiers_gb"] = eng.tiers()
         (p,) = prompts_for(eng.n_vocab, 5, spec["mem_prompt"])
         s, stamps, _ = eng.generate([p], spec["mem_new"])
         r["first_token_s"] = stamps[0] - s
@@ -330,6 +343,7 @@ def child_info(threads: int) -> dict:
         from threadpoolctl import threadpool_info
 
         info["threadpools"] = sorted({f"{p['internal_api']} {p.get('version')} "
+                                      f"{p.get('architecture') or ''} "
                                       f"{p['num_threads']} threads" for p in threadpool_info()})
     except ImportError:
         info["threadpools"] = ["threadpoolctl not installed"]
@@ -609,8 +623,9 @@ def main(argv=None):
     ap.add_argument("--memory-test", type=Path, default=None, metavar="DIR",
                     help="instead: load DIR with gemma-ref under --max-memory-gb, decode a few "
                          "tokens, report load time, tok/s and peak RSS")
-    ap.add_argument("--max-memory-gb", type=float, default=4.0,
-                    help="--memory-test: gemma-ref's max_memory budget, GB (default 4)")
+    ap.add_argument("--max-memory-gb", type=float, default=None,
+                    help="--memory-test: gemma-ref's max_memory (GB of RAM for the weights; "
+                         "default: gemma-ref's own, 85%% of the available memory)")
     ap.add_argument("--rev", default=None,
                     help="--memory-test: measure gemma-ref as of this git revision (default: "
                          "the working tree)")
@@ -821,14 +836,15 @@ def report(args, machine, model, sizes, repeats, summary, labels, agree, notes, 
 
 def memory_test(args, machine, log):
     d = args.memory_test.resolve()
-    budget = int(args.max_memory_gb * 1e9)
+    budget = None if args.max_memory_gb is None else int(args.max_memory_gb * 1e9)
     spec = dict(engine="gemma-ref", task="memtest", model=str(d), threads=args.threads,
                 max_memory=budget, mem_prompt=8, mem_new=args.mem_new, hf_attn=args.hf_attn)
     if args.rev:
         spec["gemma_ref_src"], spec["gemma_ref_rev"] = export_rev(args.rev)
     size = sum(f.stat().st_size for f in d.glob("*.safetensors"))
     cfg = json.loads((d / "config.json").read_text())
-    log(f"memory test: {d} ({size / 1e9:.1f} GB on disk), max_memory={args.max_memory_gb} GB")
+    log(f"memory test: {d} ({size / 1e9:.1f} GB on disk), max_memory="
+        f"{'default' if budget is None else f'{args.max_memory_gb} GB'}")
     if args.wait_idle:
         wait_idle(args.wait_idle, log)
     r = run_child(spec, args.timeout, log)
@@ -842,7 +858,10 @@ def memory_test(args, machine, log):
         lines.append(f"FAILED: {r['error']}")
     else:
         lines += ["| metric | gemma-ref |", "|---|---|",
-                  f"| max_memory budget (GB of float32 weights in RAM) | {args.max_memory_gb:g} |",
+                  f"| max_memory (GB of RAM for weights) | "
+                  f"{'default (85% of available)' if budget is None else f'{args.max_memory_gb:g}'} |",
+                  f"| weights held (GB) | " + ", ".join(
+                      f"{k} {v:.1f}" for k, v in r.get("tiers_gb", {}).items()) + " |",
                   f"| load (s) | {r['load_s']:.1f} |",
                   f"| first token, 8-token prompt (s) | {r['first_token_s']:.1f} |",
                   f"| decode (tok/s) | {r['decode_tps']:.3f} |",

@@ -109,6 +109,37 @@ def test_weights_over_budget_stay_mapped_and_give_same_logits(tiny_dirs):
     np.testing.assert_array_equal(held.forward(ids), mapped.forward(ids))
 
 
+@pytest.mark.parametrize("block", [1 << 18, 40])  # one block per matrix; many, ragged
+def test_bf16_held_as_stored_under_a_small_budget_gives_the_float32_logits(tiny_dirs, monkeypatch,
+                                                                            block):
+    from gemma_ref import parallel
+    from gemma_ref.loader import StoredTensor
+
+    monkeypatch.setattr(parallel, "WIDEN_BLOCK", block)
+    d = tiny_dirs["gemma1-gqa-bf16"]
+    held = Model.from_pretrained(d)  # all of it fits as float32
+    as_f32 = sum(a.nbytes for a in held.weights.arrays.values())
+    stored = Model.from_pretrained(d, max_memory=as_f32 - 1)  # fits as bf16 only
+    kinds = {(a.dtype.name, type(a)) for a in stored.weights.arrays.values()}
+    assert kinds == {("bfloat16", np.ndarray), ("float32", np.ndarray)}  # nothing mapped
+    for name, a in stored.weights.arrays.items():  # matrices as stored, vectors widened
+        assert a.dtype.name == ("bfloat16" if a.ndim == 2 else "float32"), name
+        assert not isinstance(a, (np.memmap, StoredTensor))
+    ids = np.arange(4, 20)
+    np.testing.assert_allclose(stored.forward(ids), held.forward(ids), rtol=1e-6, atol=1e-5)
+    # decoding (one column per product) and a batch of 3 through the cache, as generate does
+    for B in (1, 3):
+        ids = np.arange(4, 4 + 10 * B).reshape(B, 10)
+        outs = []
+        for m in (held, stored):
+            cache = m.new_cache(B, 16)
+            outs.append([forward(m.weights, m.config, ids[:, :6], cache=cache)] +
+                        [forward(m.weights, m.config, ids[:, t:t + 1], cache=cache)
+                         for t in range(6, 10)])
+        for a, b in zip(*outs):
+            np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-5)  # only the sums' order differs
+
+
 @pytest.mark.parametrize("name", ["gemma2-gqa", "gemma3-mqa", "gemma4-ple-shared", "gemma4-moe-kv"])
 def test_sliding_cache_is_bounded_and_exact_past_the_window(tiny_models, name):
     m = tiny_models[name]
