@@ -240,17 +240,17 @@ class Weights:
 
     def __init__(self, arrays: Mapping[str, np.ndarray], dtype=np.float32):
         self.arrays, self.dtype = arrays, np.dtype(dtype)
-        self.narrow = any(self._stays_narrow(n) for n in arrays)  # parallel.threads_for
-
-    def _stays_narrow(self, name: str) -> bool:
-        """Whether W[name] is handed to the products as stored (see the class docstring)."""
-        a = self.arrays[name]
-        return (self.dtype == np.float32 and name.startswith("model.") and len(a.shape) == 2
-                and np.dtype(a.dtype).itemsize == 2)
+        # Names handed to the products as stored (decided once: __getitem__ runs ~250
+        # times a decoding step).
+        self.narrow_names = frozenset(
+            n for n, a in arrays.items()
+            if self.dtype == np.float32 and n.startswith("model.") and len(a.shape) == 2
+            and np.dtype(a.dtype).itemsize == 2)
+        self.narrow = bool(self.narrow_names)  # parallel.threads_for
 
     def __getitem__(self, name: str) -> np.ndarray:
         a = self.arrays[name]
-        if self._stays_narrow(name):
+        if name in self.narrow_names:
             return a if isinstance(a, np.ndarray) else a.memmap()  # loader.StoredTensor: mapped
         return np.asarray(a).astype(self.dtype, copy=False)
 
