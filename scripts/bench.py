@@ -16,9 +16,11 @@ so every engine decodes exactly the same number of tokens.
 
 Engines:
   gemma-ref        gemma_ref.Model.from_pretrained(model), float32 NumPy
-  transformers     AutoModelForCausalLM, float32, PyTorch CPU, attention --hf-attn
+  transformers     AutoModelForCausalLM, float32, PyTorch CPU, attention --hf-attn, generate()
                    (default sdpa); from a GGUF via from_pretrained(dir, gguf_file=name)
                    (dequantized to float32 on load, as gemma-ref does)
+  transformers-loop  the same model in a plain greedy loop without generate(): the prompt
+                   in one call, then a token a call, logits_to_keep=1 (its fastest path)
   llama.cpp        llama-cpp-python on the GGUF as it is (quantized, e.g. Q4_K_M: not float32)
   llama.cpp-f32    llama-cpp-python on an F32 GGUF written from the source GGUF by
                    dequantizing every tensor (the gguf package's reader/writer): the very
@@ -41,7 +43,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ENGINES = ("gemma-ref", "transformers", "llama.cpp", "llama.cpp-f32")
+ENGINES = ("gemma-ref", "transformers", "transformers-loop", "llama.cpp", "llama.cpp-f32")
 MARK = "@@BENCH@@"
 
 # Workload sizes: full run, and --quick.
@@ -236,7 +238,34 @@ class LlamaCpp:
         return t0, stamps, ids
 
 
-ADAPTERS = {"gemma-ref": GemmaRef, "transformers": Transformers, "llama.cpp": LlamaCpp,
+class TransformersLoop(Transformers):
+    """transformers' model without generate(): a plain greedy loop, the fastest ordinary
+    path (no logits processors, no stopping criteria, no streamer): the prompt in one
+    call, then one token a call through the cache, logits of the last position only
+    (logits_to_keep=1)."""
+
+    name = "transformers-loop"
+
+    def generate(self, prompts, n_new):
+        torch = self.torch
+        ids = torch.tensor(prompts, dtype=torch.long)
+        stamps, new = [], []
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            for _ in range(n_new):
+                nxt = out.logits[:, -1].argmax(-1, keepdim=True)  # [B, 1]
+                stamps.append(time.perf_counter())
+                new.append(int(nxt[0, 0]))
+                if len(new) == n_new:
+                    break
+                out = self.model(input_ids=nxt, past_key_values=out.past_key_values,
+                                 use_cache=True, logits_to_keep=1)
+        return t0, stamps, new
+
+
+ADAPTERS = {"gemma-ref": GemmaRef, "transformers": Transformers,
+            "transformers-loop": TransformersLoop, "llama.cpp": LlamaCpp,
             "llama.cpp-f32": LlamaCpp}
 
 
@@ -295,7 +324,7 @@ def child(spec: dict) -> dict:
     r["peak_rss_gb"] = r.pop("peak_rss_before_all", st["VmHWM"] / 1e9)  # generation's peak
     r["peak_anon_gb"] = peaks["RssAnon"] / 1e9
     r["peak_file_gb"] = peaks["RssFile"] / 1e9
-    if engine == "transformers":
+    if engine.startswith("transformers"):
         r["attn"] = eng.attn
     return r
 
@@ -683,6 +712,7 @@ def main(argv=None):
     quant = gguf_type(model) if is_gguf else None
     labels = {"gemma-ref": "gemma-ref (f32)",
               "transformers": f"transformers (f32, {args.hf_attn})",
+              "transformers-loop": f"transformers loop (f32, {args.hf_attn}, logits_to_keep=1)",
               "llama.cpp": f"llama.cpp ({quant or 'gguf'})",
               "llama.cpp-f32": "llama.cpp (F32)"}
     sources = {}  # gemma-ref@REV -> (exported source dir, short commit)
