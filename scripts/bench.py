@@ -38,6 +38,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -633,6 +634,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="small sizes, 1 repeat: a smoke run")
     ap.add_argument("--no-long", action="store_true", help="skip the long-context run")
+    ap.add_argument("--no-ceiling", action="store_true",
+                    help="skip the products-only ceiling (scripts/bench_products.py, run once "
+                         "per repeat between the engines; Gemma 3 270M's shapes)")
     ap.add_argument("--long-repeats", type=int, default=None,
                     help="repeats of the long-context run (default: --repeats)")
     ap.add_argument("--long-len", type=int, default=None, help="long prompt length (default 8192)")
@@ -724,7 +728,13 @@ def main(argv=None):
     results = {e: {"main": [], "long": []} for e in engines}
     tasks = ["main"] + ([] if args.no_long else ["long"])
     long_repeats = repeats if args.long_repeats is None else args.long_repeats
+    ceilings = []  # bench_products.py's totals, one per repeat
     for r in range(repeats):
+        if not args.no_ceiling:
+            log(f"[repeat {r + 1}/{repeats}] products-only ceiling ...")
+            if args.wait_idle:
+                wait_idle(args.wait_idle, log)
+            ceilings.append(run_ceiling(args.threads, sizes, args.timeout, log))
         order = engines[r % len(engines):] + engines[:r % len(engines)]
         for task in tasks:
             if task == "long" and r >= long_repeats:
@@ -757,6 +767,7 @@ def main(argv=None):
                 results[e][task].append(res)
 
     summary = summarize(results, sizes)
+    ceiling_md = ceiling_rows(ceilings, summary, labels, sizes) if ceilings else []
     agree = agreement(results)
     attn = {r.get("attn") for r in results.get("transformers", {}).get("main", []) if "attn" in r}
     commits = sorted({r.get("gemma_ref_commit", "?") for e in engines if e.startswith("gemma-ref")
@@ -764,6 +775,7 @@ def main(argv=None):
     if commits:
         machine["gemma_ref_commit"] = ", ".join(commits) + " (as the gemma-ref runs saw it)"
     md = report(args, machine, model, sizes, repeats, summary, labels, agree, notes, attn, quant)
+    md += "\n".join([""] + ceiling_md) if ceiling_md else ""
     print(md)
     if args.json:
         args.json.write_text(json.dumps(dict(machine=machine, model=str(model), sizes=sizes,
@@ -801,6 +813,57 @@ def gguf_type(path: Path) -> str:
         return gguf.LlamaFileType(int(ft.contents())).name.replace("MOSTLY_", "") if ft else "gguf"
     except Exception:  # noqa: BLE001 (a label only)
         return "gguf"
+
+
+def run_ceiling(threads: int, sizes: dict, timeout: float, log) -> dict:
+    """scripts/bench_products.py's per-step product times, in a process of its own."""
+    out = Path(tempfile.mkdtemp()) / "ceiling.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_products.py"), "--threads", str(threads),
+           "--batch", str(sizes["batch"]), "--prefill", str(sizes["prefill_len"]),
+           "--repeats", "5", "--json", str(out)]
+    env = child_env(threads)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {}
+    if not out.exists():
+        log("    products-only ceiling failed: " + (p.stderr.strip().splitlines() or ["?"])[-1])
+        return {}
+    return json.loads(out.read_text())
+
+
+def ceiling_rows(ceilings: list, summary: dict, labels: dict, sizes: dict) -> list:
+    """Markdown lines: the products-only ceiling, and each engine's ratio to NumPy's."""
+    ceilings = [c for c in ceilings if c]
+    if not ceilings:
+        return ["products-only ceiling: failed"]
+    libs = list(ceilings[0])
+    B, n = sizes["batch"], sizes["prefill_len"]
+
+    def tps(lib, key, tokens):
+        return median([tokens / (c[lib][key] / 1e3) for c in ceilings if key in c.get(lib, {})])
+
+    ceil = {lib: {"prefill_tps": tps(lib, "prefill_ms", n), "batch1_decode_tps": tps(lib, "batch1_ms", 1),
+                  "batchB_decode_tps": tps(lib, "batchB_ms", B)} for lib in libs}
+    rows = [("prefill_tps", f"prefill {n} tok, generation path (tok/s)"),
+            ("batch1_decode_tps", "batch 1 decode only (tok/s)"),
+            ("batchB_decode_tps", f"batch {B} decode only (new tok/s)")]
+    lines = ["", f"Ceiling: the matrix products alone (scripts/bench_products.py, Gemma 3 270M "
+             f"shapes, random float32 weights; median of {len(ceilings)} runs, one per repeat, "
+             f"between the engines); no engine on that library can be faster. Each engine's "
+             f"ratio to NumPy's ceiling:", "",
+             "| metric | " + " | ".join(f"ceiling: {lib}" for lib in libs) + " | "
+             + " | ".join(f"{labels.get(e, e)} / numpy ceiling" for e in summary) + " |",
+             "|---" * (1 + len(libs) + len(summary)) + "|"]
+    numpy_lib = next((lib for lib in libs if lib.startswith("numpy")), libs[0])
+    for key, name in rows:
+        cells = [f"{ceil[lib][key]:.1f}" if ceil[lib][key] else "n/a" for lib in libs]
+        for e, m in summary.items():
+            v, c = m.get(key), ceil[numpy_lib][key]
+            cells.append(f"{v / c:.2f}x" if v and c else "n/a")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def run_child_info(threads: int) -> dict:
