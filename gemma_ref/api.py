@@ -77,6 +77,7 @@ class Model:
         self.chat_template = chat_template or chat_templates.builtin(
             config.model_type, chat_templates.special_tokens({}, tokenizer))
         self.weights = Weights(weights, self.dtype)
+        self.weights.fuse(config)  # q/k/v and gate/up stacked once, for decoding
         self.instruction_tuned = (hub.is_instruction_tuned(source) if instruction_tuned is None
                                   else instruction_tuned)
         # The head covers the tokenizer's vocabulary; rows beyond it are padding.

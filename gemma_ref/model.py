@@ -28,7 +28,7 @@ import numpy as np
 
 from .config import GemmaConfig, LayerSpec
 from .errors import GemmaRefError
-from .parallel import (dense, linear, reuse_freed_memory, sharded_attention, sharded_geglu,
+from .parallel import (FEW_ROWS, dense, linear, reuse_freed_memory, sharded_attention, sharded_geglu,
                        split_tokens, threads_for)
 
 
@@ -62,6 +62,16 @@ def geglu(x, w_gate, w_up, w_down):
     dense(x, w) is x @ w.T (parallel.py says why it is spelled so).
     """
     return dense(gelu_tanh(dense(x, w_gate)) * dense(x, w_up), w_down)  # [B,T,F] -> [B,T,D]
+
+
+def geglu_fused(x, w_gate_up, w_down):
+    """geglu with gate and up stacked in one [2F, D] matrix: one product for both.
+
+    [B, T, D] -> [B, T, D]; w_gate_up = concat(w_gate, w_up) (Weights.fuse).
+    """
+    gate_up = dense(x, w_gate_up)  # [B, T, 2F]
+    F = w_gate_up.shape[0] // 2
+    return dense(gelu_tanh(gate_up[..., :F]) * gate_up[..., F:], w_down)
 
 
 def softcap(x, cap):
@@ -248,6 +258,33 @@ class Weights:
             and np.dtype(a.dtype).itemsize == 2)
         self.narrow = bool(self.narrow_names)  # parallel.threads_for
 
+        self.fused: dict[str, np.ndarray] = {}  # see fuse
+
+    def fuse(self, config: GemmaConfig) -> None:
+        """Stack, once, the matrices that multiply the same input, for one product each.
+
+        Per layer: q_proj, k_proj, v_proj (those it has) as `...self_attn.qkv`, and
+        gate_proj, up_proj as `...mlp.gate_up`, when all are float32 arrays in RAM. A
+        decoding step then makes 2 products of these instead of 5 (each product pays a
+        BLAS call and its threads' hand-off). The HF names stay, as views into the
+        stacked array (memory is held once); products that trace or split by rows use them.
+        """
+        for i, spec in enumerate(config.layers):
+            p = f"model.layers.{i}."
+            groups = {p + "mlp.gate_up": [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]}
+            if spec.kv_source == i:
+                groups[p + "self_attn.qkv"] = [p + f"self_attn.{n}_proj.weight"
+                                               for n in ("q", "k", "v")[:3 if spec.v_proj else 2]]
+            for name, parts in groups.items():
+                arrays = [self.arrays[n] for n in parts]
+                if not all(type(a) is np.ndarray and a.dtype == self.dtype for a in arrays):
+                    continue  # narrow, memory-mapped or on disk: left as it is
+                stacked = self.fused[name] = np.concatenate(arrays)  # [sum of rows, D]
+                start = 0
+                for n, a in zip(parts, arrays):
+                    self.arrays[n] = stacked[start:start + a.shape[0]]  # a view, same values
+                    start += a.shape[0]
+
     def __getitem__(self, name: str) -> np.ndarray:
         a = self.arrays[name]
         if name in self.narrow_names:
@@ -380,9 +417,17 @@ def qkv(x, cos, sin, W, pre, config, spec, own_kv=True, trace=None):
     eps, off = config.rms_norm_eps, config.norm_offset
     # linear: split between cores when that pays (big narrow weights; inside a prefill's
     # split_tokens shard it runs on the shard's thread).
-    q = linear(x, W[pre + "q_proj.weight"]).reshape(B, T, N, H)  # [B, T, N, H]
+    decoding = x.size // x.shape[-1] <= FEW_ROWS  # a few rows: one product for q, k, v
+    stacked = W.fused.get(pre + "qkv") if own_kv and trace is None and decoding else None
     k = v = None
-    if own_kv:
+    if stacked is not None:  # q, k, v in one product (Weights.fuse)
+        qkv_out = linear(x, stacked)  # [B, T, (N + 2K) H] (N + K without v_proj)
+        q = qkv_out[..., :N * H].reshape(B, T, N, H)
+        k = qkv_out[..., N * H:(N + K) * H].reshape(B, T, K, H)
+        v = qkv_out[..., (N + K) * H:].reshape(B, T, K, H) if spec.v_proj else k
+    else:
+        q = linear(x, W[pre + "q_proj.weight"]).reshape(B, T, N, H)  # [B, T, N, H]
+    if own_kv and stacked is None:
         k = linear(x, W[pre + "k_proj.weight"]).reshape(B, T, K, H)  # [B, T, K, H]
         v = linear(x, W[pre + "v_proj.weight"]).reshape(B, T, K, H) if spec.v_proj else k
         record(trace, pre + "k_proj", k, pre + "v_proj", v)
@@ -553,8 +598,11 @@ def decoder_layer(x, W, i, config, cos_sin, positions, cache, shared, trace, kee
     # Gemma 1 calls its pre-MLP norm "post_attention_layernorm".
     h = norm(x, "pre_feedforward_layernorm" if config.sandwich_norms else "post_attention_layernorm")
     mlp = [W[pre + "mlp.gate_proj.weight"], W[pre + "mlp.up_proj.weight"], W[pre + "mlp.down_proj.weight"]]
+    gate_up = W.fused.get(pre + "mlp.gate_up")
     if config.layers[i].activation_sparsity:  # Gemma 3n; its cutoff needs whole rows of F: one thread
         m = sparse_geglu(h, *mlp, config.layers[i].activation_sparsity)
+    elif gate_up is not None and h.size // h.shape[-1] <= FEW_ROWS:  # decoding: one product for both
+        m = geglu_fused(h, gate_up, mlp[2])
     else:
         m = sharded_geglu(geglu, h, *mlp)  # geglu(h, ...) on all cores
     record(trace, pre + "mlp", m)

@@ -106,7 +106,9 @@ def test_weights_over_budget_stay_mapped_and_give_same_logits(tiny_dirs):
     assert all(a.dtype == np.float32 for a in held.weights.arrays.values())
     assert all(a.dtype != np.float32 for a in mapped.weights.arrays.values())
     ids = np.arange(4, 20)
-    np.testing.assert_array_equal(held.forward(ids), mapped.forward(ids))
+    # held stacks q/k/v and gate/up for few rows (Weights.fuse), mapped widens block by
+    # block: the same products, summed in another order
+    np.testing.assert_allclose(held.forward(ids), mapped.forward(ids), rtol=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("block", [1 << 18, 40])  # one block per matrix; many, ragged
@@ -227,3 +229,24 @@ def test_sliding_layers_do_not_grow_with_context():
     grow = cache_nbytes(c, 65536) - cache_nbytes(c, 32768)
     per_position = 2 * c.num_key_value_heads * c.head_dim * 4 + 8
     assert grow == 3 * 32768 * per_position  # only the 3 global layers grew
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_stacked_products_give_the_logits_of_separate_ones(tiny_models, name):
+    """Weights.fuse: q/k/v and gate/up in one product each while decoding (every
+    generation: K=V layers, KV sharing, MoE, AltUp), the same logits as unstacked."""
+    from gemma_ref.model import Weights
+
+    m = tiny_models[name]
+    assert m.weights.fused  # a float32 model in RAM has stacked matrices
+    plain = Weights({k: np.array(v) for k, v in m.weights.arrays.items()})  # nothing stacked
+    assert not plain.fused
+    ids = ids_for(m, seed=5, B=3, T=12)
+    for W in (m.weights, plain):
+        cache = m.new_cache(3, 16)
+        out = [forward(W, m.config, ids[:, :8], cache=cache)]
+        out += [forward(W, m.config, ids[:, t:t + 1], cache=cache) for t in range(8, 12)]
+        if W is m.weights:
+            stacked = out
+    for a, b in zip(stacked, out):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)  # the sums' order differs
