@@ -250,3 +250,17 @@ def test_stacked_products_give_the_logits_of_separate_ones(tiny_models, name):
             stacked = out
     for a, b in zip(stacked, out):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)  # the sums' order differs
+
+
+def test_a_budget_between_tiers_holds_some_as_stored_and_maps_the_rest(tiny_dirs):
+    from gemma_ref.loader import StoredTensor
+
+    d = tiny_dirs["gemma1-gqa-bf16"]
+    held = Model.from_pretrained(d)
+    stored_bytes = sum(a.size * (2 if a.ndim == 2 else 4) for a in held.weights.arrays.values())
+    mixed = Model.from_pretrained(d, max_memory=stored_bytes // 2)
+    kinds = {type(a) for a in mixed.weights.arrays.values()}
+    assert kinds == {np.ndarray, StoredTensor}  # the first half held, the rest on disk
+    assert mixed.weights.narrow
+    ids = np.arange(4, 20)
+    np.testing.assert_allclose(mixed.forward(ids), held.forward(ids), rtol=1e-6, atol=1e-5)
