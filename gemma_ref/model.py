@@ -12,7 +12,8 @@ config values (see config.py); what differs between the layers of one model
 Parameters are a mapping from Hugging Face checkpoint keys to arrays
 (`model.layers.3.self_attn.q_proj.weight`, shape [out, in]). Precision: the
 activations are float32 (or float64, for ground truth); weights stored in a
-narrower type are widened as they are used (`Weights.__getitem__`).
+narrower type are widened as they are used (`Weights`: matrices block by block inside
+the products, parallel.widen_into).
 Images (Gemma 3 4B+) arrive as `ImageTokens` made by vision.py: embeddings for the
 image soft tokens and a wider reach for their attention; no pixels here.
 """
