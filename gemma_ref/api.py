@@ -77,6 +77,7 @@ class Model:
         self.chat_template = chat_template or chat_templates.builtin(
             config.model_type, chat_templates.special_tokens({}, tokenizer))
         self.weights = Weights(weights, self.dtype)
+        self.weights.fuse(config)  # q/k/v and gate/up stacked once, for decoding
         self.instruction_tuned = (hub.is_instruction_tuned(source) if instruction_tuned is None
                                   else instruction_tuned)
         # The head covers the tokenizer's vocabulary; rows beyond it are padding.
@@ -105,9 +106,9 @@ class Model:
         """Load from a directory, a .gguf file, a Hugging Face repo id or an alias.
 
         With no source, the default model (Gemma 3 270M, from the `demo` extra).
-        max_memory: bytes of float32 weights to hold in RAM; the rest stay on disk
-        and are read (from the page cache) and widened as each layer uses them.
-        Default: from the machine (loader.default_max_memory).
+        max_memory: bytes of RAM for the weights: all float32 if they fit, else bf16/f16
+        matrices as stored (widened block by block as used), else the rest stays on
+        disk, memory-mapped (loader.plan_tiers). Default: 85% of the available memory.
         A .gguf is converted once to a float32 checkpoint in gemma-ref's cache
         ($XDG_CACHE_HOME/gemma_ref/gguf/, default ~/.cache/gemma_ref/gguf/);
         `model.checkpoint` is the directory actually read.

@@ -142,6 +142,10 @@ class StoredTensor:
         a = np.fromfile(self.path, dtype=self.dtype, count=self.size, offset=self.offset)
         return a.reshape(self.shape).astype(np.float32, copy=False)  # bf16/f16 -> f32 is exact
 
+    def read_stored(self) -> np.ndarray:
+        """A private copy in RAM in the stored dtype (bf16 stays bf16: half of float32)."""
+        return np.fromfile(self.path, dtype=self.dtype, count=self.size, offset=self.offset).reshape(self.shape)
+
     def memmap(self) -> np.ndarray:
         """The tensor as a read-only memory map, in its stored dtype (nothing read yet)."""
         return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape)
@@ -281,10 +285,9 @@ def load_safetensors_checkpoint(directory: Path, config: GemmaConfig,
                                 vision=None):
     """Read and check a checkpoint directory: HF key -> array, in HF layout.
 
-    Tensors already float32 stay memory-mapped. Narrower ones (bf16, f16) are
-    widened to float32 while the total stays within `max_memory` bytes; the rest
-    stay memory-mapped and are widened layer by layer as the forward pass uses
-    them (see model.Weights), so a checkpoint larger than RAM in float32 still runs.
+    Tensors are held float32 in RAM, in their stored dtype in RAM, or memory-mapped,
+    within `max_memory` bytes (plan_tiers says which), so a checkpoint larger than RAM
+    as float32, or at all, still runs (see model.Weights and parallel.widen_into).
     vision: a vision.VisionConfig to load (and check) the vision tower and projector too.
     """
     found: dict[str, StoredTensor] = {}
@@ -327,9 +330,8 @@ def check_and_widen(found: dict[str, StoredTensor | np.ndarray], config: GemmaCo
                     extra_shapes: dict | None = None) -> dict[str, np.ndarray]:
     """Strict check (missing / unexpected / mis-shaped), then load within the budget.
 
-    Tensors are taken in checkpoint order while their float32 size fits in
-    `max_memory` bytes: those are read into RAM as float32; the rest stay on disk
-    as StoredTensor records, read and widened each time they are used.
+    Each tensor is then held as plan_tiers says: float32 in RAM, in its stored dtype
+    in RAM, or memory-mapped (a StoredTensor record, mapped as used).
     """
     expected = {**expected_shapes(config), **(extra_shapes or {})}  # + the vision tower's
     found = {n: t for n, t in found.items() if n not in unused_shapes(config)}
@@ -345,21 +347,58 @@ def check_and_widen(found: dict[str, StoredTensor | np.ndarray], config: GemmaCo
             raise GemmaRefError(f"{_where(found[name], source)}: tensor {name} has shape "
                                 f"{tuple(found[name].shape)}, config.json implies {shape}")
 
-    budget = (default_max_memory({n: t for n, t in found.items() if n not in ROW_TABLES})
-              if max_memory is None else max_memory)
-    weights, used = {}, 0
-    for name in _progress(list(expected), source, progress):
-        t = found[name]
-        if name in ROW_TABLES:  # read row by row as used: mapped, never widened whole
-            weights[name] = t.memmap() if isinstance(t, StoredTensor) else t
-            continue
-        used += int(np.prod(t.shape)) * 4
-        if isinstance(t, np.ndarray):
-            weights[name] = t
-        else:
-            weights[name] = t.read() if used <= budget else t
-        check_finite(name, weights[name], _where(t, source))
+    weights = {}
+    for name, t, how in _progress(plan_tiers(found, expected, max_memory), source, progress):
+        if how == FLOAT32:
+            weights[name] = t if isinstance(t, np.ndarray) else t.read()
+        elif how == STORED:
+            weights[name] = t if isinstance(t, np.ndarray) else t.read_stored()
+        else:  # MAPPED (and the row tables)
+            weights[name] = t.memmap() if name in ROW_TABLES and isinstance(t, StoredTensor) else t
+        if name not in ROW_TABLES:
+            check_finite(name, weights[name], _where(t, source))
     return weights
+
+
+# Where each tensor lives (the tiers), best first:
+FLOAT32 = "float32 in RAM"  # widened once at load; products read 4 bytes a value
+STORED = "stored dtype in RAM"  # bf16/f16 read as they are, widened block by block as used
+MAPPED = "memory-mapped"  # left in the file (page cache), widened block by block as used
+
+
+def plan_tiers(found: dict, expected: dict, max_memory: int | None) -> list:
+    """[(name, tensor, tier)] for the tensors of `expected`, in that order.
+
+    The budget is `max_memory` bytes of RAM for weights (default: 85% of the available
+    memory, default_max_memory). Chosen for the whole checkpoint:
+    1. FLOAT32 for everything, when all of it fits as float32 (Gemma 3 270M to 4B on a
+       24 GB machine; every float32 checkpoint that fits).
+    2. Else STORED: the narrow (bf16, f16) matrices held in RAM as stored, the rest
+       (float32 tensors, and vectors: norms, scalars) as float32, while that fits: Gemma 7B in bf16
+       (17 GB, 34 GB as float32) on a 24 GB machine. Each weight then crosses main
+       memory once per token at 2 bytes; nothing is re-read from disk.
+    3. What does not fit even so stays MAPPED, read through the page cache as used
+       (Gemma 3 27B in bf16, 54 GB): as fast as the disk, once the cache is full.
+    Row tables (ROW_TABLES) are always mapped, outside the budget.
+    """
+    budget = default_max_memory() if max_memory is None else max_memory
+    names = [n for n in expected if n not in ROW_TABLES]
+    sizes = {n: int(np.prod(found[n].shape)) for n in names}
+
+    def narrow(n):
+        return np.dtype(found[n].dtype).itemsize < 4 and len(found[n].shape) >= 2
+
+    def stored_bytes(n):
+        return sizes[n] * (np.dtype(found[n].dtype).itemsize if narrow(n) else 4)
+
+    if sum(4 * sizes[n] for n in names) <= budget:
+        tiers = {n: FLOAT32 for n in names}
+    else:
+        tiers, used = {}, 0
+        for n in names:
+            used += stored_bytes(n)
+            tiers[n] = MAPPED if used > budget else STORED if narrow(n) else FLOAT32
+    return [(n, found[n], tiers.get(n, MAPPED)) for n in expected]
 
 
 def check_finite(name: str, t: np.ndarray | StoredTensor, where: str) -> None:
@@ -372,10 +411,15 @@ def check_finite(name: str, t: np.ndarray | StoredTensor, where: str) -> None:
     """
     if t.size == 0:
         return
-    if isinstance(t, StoredTensor):
-        flat = np.memmap(t.path, dtype=t.dtype, mode="r", offset=t.offset, shape=(t.size,))
-        step = 1 << 24
-        blocks = ((i, flat[i:i + step].astype(np.float32)) for i in range(0, t.size, step))
+    if isinstance(t, StoredTensor) or t.dtype != np.float32:  # in blocks, widened (bits exact)
+        from .parallel import widen_into
+
+        flat = (t.memmap() if isinstance(t, StoredTensor) else t).reshape(-1)
+        step = 1 << 22
+        buf = np.empty(min(step, t.size), np.float32)
+        blocks = ((i, widen_into(flat[i:i + step], buf[:flat[i:i + step].size])
+                   if flat.dtype.itemsize == 2 else flat[i:i + step].astype(np.float32))
+                  for i in range(0, t.size, step))
     else:
         blocks = ((0, t.reshape(-1)),)
     for start, block in blocks:
@@ -438,28 +482,14 @@ def gguf_as_checkpoint(path: Path, progress: bool = True) -> Path:
     return directory
 
 
-def default_max_memory(found=None) -> int:
-    """Bytes of float32 weights to hold in RAM by default.
-
-    Everything, when it fits in 85% of the available memory. Otherwise the weights
-    left on disk are re-read every token, so they should stay in the page cache:
-    hold as many as leaves room for the rest in their stored dtype (a 17 GB bf16
-    Gemma 7B on a 24 GB machine holds ~5 GB as float32 and re-reads ~14 GB).
-    """
+def default_max_memory() -> int:
+    """Bytes of RAM to hold weights in by default: 85% of the available memory."""
     try:
         with open("/proc/meminfo") as f:
             info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
-        available = int(0.85 * info.get("MemAvailable", info["MemTotal"]))
+        return int(0.85 * info.get("MemAvailable", info["MemTotal"]))
     except (OSError, KeyError, ValueError):
-        available = 8 << 30
-    if not found:
-        return available
-    sizes = [(int(np.prod(t.shape)), np.dtype(t.dtype).itemsize) for t in found.values()]
-    as_f32, as_stored = sum(4 * n for n, _ in sizes), sum(n * b for n, b in sizes)
-    if as_f32 <= available:
-        return available
-    # 4h + (stored bytes of the rest) <= available; with bf16 storage: 4h + 2(N - h) <= A.
-    return max(0, 2 * (available - as_stored))
+        return 8 << 30
 
 
 def _progress(items, source, enabled):

@@ -12,7 +12,8 @@ config values (see config.py); what differs between the layers of one model
 Parameters are a mapping from Hugging Face checkpoint keys to arrays
 (`model.layers.3.self_attn.q_proj.weight`, shape [out, in]). Precision: the
 activations are float32 (or float64, for ground truth); weights stored in a
-narrower type are widened as they are used (`Weights.__getitem__`).
+narrower type are widened as they are used (`Weights`: matrices block by block inside
+the products, parallel.widen_into).
 Images (Gemma 3 4B+) arrive as `ImageTokens` made by vision.py: embeddings for the
 image soft tokens and a wider reach for their attention; no pixels here.
 """
@@ -28,7 +29,7 @@ import numpy as np
 
 from .config import GemmaConfig, LayerSpec
 from .errors import GemmaRefError
-from .parallel import (dense, linear, reuse_freed_memory, sharded_attention, sharded_geglu,
+from .parallel import (FEW_ROWS, dense, linear, reuse_freed_memory, sharded_attention, sharded_geglu,
                        split_tokens, threads_for)
 
 
@@ -62,6 +63,16 @@ def geglu(x, w_gate, w_up, w_down):
     dense(x, w) is x @ w.T (parallel.py says why it is spelled so).
     """
     return dense(gelu_tanh(dense(x, w_gate)) * dense(x, w_up), w_down)  # [B,T,F] -> [B,T,D]
+
+
+def geglu_fused(x, w_gate_up, w_down):
+    """geglu with gate and up stacked in one [2F, D] matrix: one product for both.
+
+    [B, T, D] -> [B, T, D]; w_gate_up = concat(w_gate, w_up) (Weights.fuse).
+    """
+    gate_up = dense(x, w_gate_up)  # [B, T, 2F]
+    F = w_gate_up.shape[0] // 2
+    return dense(gelu_tanh(gate_up[..., :F]) * gate_up[..., F:], w_down)
 
 
 def softcap(x, cap):
@@ -229,16 +240,57 @@ def sparse_geglu(x, w_gate, w_up, w_down, sparsity):
 class Weights:
     """Read-only view of the checkpoint: HF key -> array widened to the compute dtype.
 
-    Arrays already in the compute dtype are returned as they are (no copy); narrower
-    ones (bfloat16, float16, memory-mapped) are widened on each use. `rows` reads and
-    widens only some rows of a big table (per-layer embeddings, one expert).
+    Arrays already in the compute dtype are returned as they are (no copy). The text
+    model's matrices held narrower (bfloat16, float16; in RAM or memory-mapped, see
+    loader.py's tiers) are returned as stored when computing in float32: every product
+    that takes them (parallel.dense, linear) widens them block by block as it goes, so
+    they are read once, at their stored width. Anything else narrower is widened whole
+    on each use. `rows` reads and widens only some rows of a big table (the embedding,
+    per-layer embeddings, one expert).
     """
 
     def __init__(self, arrays: Mapping[str, np.ndarray], dtype=np.float32):
         self.arrays, self.dtype = arrays, np.dtype(dtype)
+        # Names handed to the products as stored (decided once: __getitem__ runs ~250
+        # times a decoding step).
+        self.narrow_names = frozenset(
+            n for n, a in arrays.items()
+            if self.dtype == np.float32 and n.startswith("model.") and len(a.shape) == 2
+            and np.dtype(a.dtype).itemsize == 2)
+        self.narrow = bool(self.narrow_names)  # parallel.threads_for
+
+        self.fused: dict[str, np.ndarray] = {}  # see fuse
+
+    def fuse(self, config: GemmaConfig) -> None:
+        """Stack, once, the matrices that multiply the same input, for one product each.
+
+        Per layer: q_proj, k_proj, v_proj (those it has) as `...self_attn.qkv`, and
+        gate_proj, up_proj as `...mlp.gate_up`, when all are float32 arrays in RAM. A
+        decoding step then makes 2 products of these instead of 5 (each product pays a
+        BLAS call and its threads' hand-off). The HF names stay, as views into the
+        stacked array (memory is held once); products that trace or split by rows use them.
+        """
+        for i, spec in enumerate(config.layers):
+            p = f"model.layers.{i}."
+            groups = {p + "mlp.gate_up": [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]}
+            if spec.kv_source == i:
+                groups[p + "self_attn.qkv"] = [p + f"self_attn.{n}_proj.weight"
+                                               for n in ("q", "k", "v")[:3 if spec.v_proj else 2]]
+            for name, parts in groups.items():
+                arrays = [self.arrays[n] for n in parts]
+                if not all(type(a) is np.ndarray and a.dtype == self.dtype for a in arrays):
+                    continue  # narrow, memory-mapped or on disk: left as it is
+                stacked = self.fused[name] = np.concatenate(arrays)  # [sum of rows, D]
+                start = 0
+                for n, a in zip(parts, arrays):
+                    self.arrays[n] = stacked[start:start + a.shape[0]]  # a view, same values
+                    start += a.shape[0]
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return np.asarray(self.arrays[name]).astype(self.dtype, copy=False)
+        a = self.arrays[name]
+        if name in self.narrow_names:
+            return a if isinstance(a, np.ndarray) else a.memmap()  # loader.StoredTensor: mapped
+        return np.asarray(a).astype(self.dtype, copy=False)
 
     def rows(self, name: str, index) -> np.ndarray:
         """self[name][index], widening only the rows taken.     [R, ...] -> [index.shape..., ...]"""
@@ -364,11 +416,21 @@ def qkv(x, cos, sin, W, pre, config, spec, own_kv=True, trace=None):
     B, T, _ = x.shape
     N, K, H = config.num_attention_heads, spec.num_key_value_heads, spec.head_dim
     eps, off = config.rms_norm_eps, config.norm_offset
-    q = dense(x, W[pre + "q_proj.weight"]).reshape(B, T, N, H)  # [B, T, N, H]
+    # linear: split between cores when that pays (big narrow weights; inside a prefill's
+    # split_tokens shard it runs on the shard's thread).
+    decoding = x.size // x.shape[-1] <= FEW_ROWS  # a few rows: one product for q, k, v
+    stacked = W.fused.get(pre + "qkv") if own_kv and trace is None and decoding else None
     k = v = None
-    if own_kv:
-        k = dense(x, W[pre + "k_proj.weight"]).reshape(B, T, K, H)  # [B, T, K, H]
-        v = dense(x, W[pre + "v_proj.weight"]).reshape(B, T, K, H) if spec.v_proj else k
+    if stacked is not None:  # q, k, v in one product (Weights.fuse)
+        qkv_out = linear(x, stacked)  # [B, T, (N + 2K) H] (N + K without v_proj)
+        q = qkv_out[..., :N * H].reshape(B, T, N, H)
+        k = qkv_out[..., N * H:(N + K) * H].reshape(B, T, K, H)
+        v = qkv_out[..., (N + K) * H:].reshape(B, T, K, H) if spec.v_proj else k
+    else:
+        q = linear(x, W[pre + "q_proj.weight"]).reshape(B, T, N, H)  # [B, T, N, H]
+    if own_kv and stacked is None:
+        k = linear(x, W[pre + "k_proj.weight"]).reshape(B, T, K, H)  # [B, T, K, H]
+        v = linear(x, W[pre + "v_proj.weight"]).reshape(B, T, K, H) if spec.v_proj else k
         record(trace, pre + "k_proj", k, pre + "v_proj", v)
     record(trace, pre + "q_proj", q)
     if config.qk_norm:  # Gemma 3, 4: RMSNorm over each head, before RoPE
@@ -537,8 +599,11 @@ def decoder_layer(x, W, i, config, cos_sin, positions, cache, shared, trace, kee
     # Gemma 1 calls its pre-MLP norm "post_attention_layernorm".
     h = norm(x, "pre_feedforward_layernorm" if config.sandwich_norms else "post_attention_layernorm")
     mlp = [W[pre + "mlp.gate_proj.weight"], W[pre + "mlp.up_proj.weight"], W[pre + "mlp.down_proj.weight"]]
+    gate_up = W.fused.get(pre + "mlp.gate_up")
     if config.layers[i].activation_sparsity:  # Gemma 3n; its cutoff needs whole rows of F: one thread
         m = sparse_geglu(h, *mlp, config.layers[i].activation_sparsity)
+    elif gate_up is not None and h.size // h.shape[-1] <= FEW_ROWS:  # decoding: one product for both
+        m = geglu_fused(h, gate_up, mlp[2])
     else:
         m = sharded_geglu(geglu, h, *mlp)  # geglu(h, ...) on all cores
     record(trace, pre + "mlp", m)
@@ -619,8 +684,8 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *, im
                 f"{full[0].pos.shape[1]} positions")
 
     # Embedding, scaled by sqrt(D); the scale is rounded to the activation dtype first.
-    E = W["model.embed_tokens.weight"]  # [V, D]
-    x = E[ids] * np.asarray(np.sqrt(config.hidden_size), dtype)  # [B, T, D]
+    E = W["model.embed_tokens.weight"]  # [V, D] (as stored, when held narrow)
+    x = W.rows("model.embed_tokens.weight", ids) * np.asarray(np.sqrt(config.hidden_size), dtype)  # [B, T, D]
     record(trace, "model.embed_tokens", x)
     if images is not None:  # image soft tokens: the image features, unscaled
         x[images.at] = images.embeds
@@ -641,7 +706,7 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *, im
                    for r in config.ropes}
     shared = {}  # layer -> (k, v, positions) that later layers attend with (Gemma 4)
     reuse_freed_memory()  # once per process: fewer page faults (parallel.py)
-    with threads_for(B * T):  # prefill: our threads split the products; decoding: BLAS's (parallel.py)
+    with threads_for(B * T, W.narrow):  # prefill: our threads split the products; decoding: BLAS's (parallel.py)
         last = len(config.layers) - 1
         first_shared = config.num_hidden_layers - config.num_kv_shared_layers
         for i, spec in enumerate(config.layers):

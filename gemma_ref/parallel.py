@@ -46,6 +46,11 @@ FEW_ROWS = 64
 # faster in 512- to 2048-row blocks (1.3-5 MB, cache-sized) than in one call, on one
 # thread per half as on its own 2 threads.
 ROW_BLOCK = 1024
+# Weights held in their stored dtype (bfloat16, float16: loader.py's second tier) are
+# widened this many values at a time (1 MB of float32, cache-sized) into a reused
+# buffer right before each product (see widen_into), so each weight crosses main memory
+# once per use, at 2 bytes a value.
+WIDEN_BLOCK = 1 << 18
 # Queries per block in prefill attention (sharded_attention).
 QUERY_BLOCK = 128
 # Busy machine (see the module docstring): re-measure others' CPU use at most this often
@@ -62,6 +67,7 @@ _free: int | None = None  # the last back-off decision
 _pool: ThreadPoolExecutor | None = None
 _blas = None
 _split = True  # products may be split between our threads (see threads_for)
+_local = threading.local()  # per thread: .in_shard (no nested split), .buffer (widen_into)
 
 
 def set_threads(n: int | None) -> None:
@@ -140,11 +146,63 @@ def dense(x, w):
     on the transposed layout.
     """
     rows = x.reshape(-1, x.shape[-1])  # [B*T, in]
+    if is_narrow(w, x):
+        few = rows.shape[0] <= FEW_ROWS
+        out = np.empty((w.shape[0], rows.shape[0]) if few else (rows.shape[0], w.shape[0]), x.dtype)
+        _narrow_product(w, rows, out, few)
+        return (out.T if few else out).reshape(*x.shape[:-1], w.shape[0])
     if rows.shape[0] > FEW_ROWS:
         return (rows @ w.T).reshape(*x.shape[:-1], w.shape[0])
     out = np.empty((w.shape[0], rows.shape[0]), np.result_type(x, w))
     _w_times_columns(w, rows.T, out)
     return out.T.reshape(*x.shape[:-1], w.shape[0])
+
+
+def is_narrow(w, x) -> bool:
+    """Whether w is stored narrower than the float32 activations x (bfloat16, float16)."""
+    return x.dtype == np.float32 and w.dtype.itemsize == 2
+
+
+def widen_into(w, buf):
+    """buf[...] = w as float32, exactly.        [r, in] bfloat16 or float16 -> [r, in] float32
+
+    bfloat16 is the top half of a float32's bits: widening is a copy to uint32 and a
+    16-bit shift (together ~5 GB/s of bf16 on one core of this project's VM: the copy
+    7.5, the shift 19; ml_dtypes' astype, 0.2). float16: NumPy's cast.
+    """
+    if w.dtype.name == "bfloat16":
+        bits = buf.view(np.uint32)
+        bits[...] = w.view(np.uint16)  # [r, in] zero-extended
+        bits <<= 16
+    else:
+        buf[...] = w
+    return buf
+
+
+def _buffer(n: int) -> np.ndarray:
+    """This thread's reusable float32 buffer of at least n values (widen_into's target)."""
+    buf = getattr(_local, "buffer", None)
+    if buf is None or buf.size < n:
+        buf = _local.buffer = np.empty(n, np.float32)
+    return buf[:n]
+
+
+def _narrow_product(w, rows, out, few):
+    """out = w @ rows.T (few: out [out, M]) or rows @ w.T (out [M, out]), w widened in blocks.
+
+    w [out, in] in a narrow stored dtype, in RAM or memory-mapped; rows [M, in] float32.
+    Each block of WIDEN_BLOCK values is widened into this thread's buffer and used at
+    once, while it is in cache: w is read once, at its stored width.
+    """
+    n = max(1, WIDEN_BLOCK // w.shape[1])  # rows of w per block
+    cols = rows.T
+    for a in range(0, w.shape[0], n):
+        b = min(a + n, w.shape[0])
+        block = widen_into(w[a:b], _buffer((b - a) * w.shape[1]).reshape(b - a, w.shape[1]))
+        if few:
+            np.matmul(block, cols, out=out[a:b])
+        else:
+            np.matmul(rows, block.T, out=out[:, a:b])
 
 
 def _w_times_columns(w, cols, out):
@@ -169,10 +227,12 @@ def linear(x, w):
     # straight into the columns of [B*T, out], as transposing that back would cost more.
     few = rows.shape[0] <= FEW_ROWS
     out = np.empty((w.shape[0], rows.shape[0]) if few else (rows.shape[0], w.shape[0]),
-                   np.result_type(x, w))
+                   x.dtype if is_narrow(w, x) else np.result_type(x, w))
 
     def shard(lo, hi):
-        if few:
+        if is_narrow(w, x):
+            _narrow_product(w[lo:hi], rows, out[lo:hi] if few else out[:, lo:hi], few)
+        elif few:
             _w_times_columns(w[lo:hi], rows.T, out[lo:hi])
         else:
             np.matmul(rows, w[lo:hi].T, out=out[:, lo:hi])
@@ -252,12 +312,26 @@ def split_tokens(fn, *arrays):
 
 def _worth_splitting(x, w) -> bool:
     rows = x.size // x.shape[-1]
-    return _split and _threads > 1 and rows * w.size >= MIN_SPLIT
+    return (_split and _threads > 1 and rows * w.size >= MIN_SPLIT
+            and not getattr(_local, "in_shard", False))  # a shard's own products run on it
+
+
+def _as_shard(fn):
+    """fn, marked while it runs as a shard (its products are not split again: the pool's
+    threads would wait for each other)."""
+    def run(*args):
+        outer, _local.in_shard = getattr(_local, "in_shard", False), True
+        try:
+            return fn(*args)
+        finally:
+            _local.in_shard = outer
+    return run
 
 
 def _run_shards(fn, n):
     """[fn(lo, hi) for each of `_threads` equal slices of range(n)]; this thread does the first."""
     bounds = np.linspace(0, n, _threads + 1).astype(int)
+    fn = _as_shard(fn)
     others = [_get_pool().submit(fn, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
     return [fn(0, bounds[1])] + [f.result() for f in others]
 
@@ -277,6 +351,7 @@ def _run_tasks(fn, tasks):
                 return
             fn(*task)
 
+    worker = _as_shard(worker)
     others = [_get_pool().submit(worker) for _ in range(_threads - 1)] if _split else []
     worker()
     for f in others:
@@ -322,7 +397,7 @@ def reuse_freed_memory() -> bool:
 
 
 @contextmanager
-def threads_for(rows: int):
+def threads_for(rows: int, narrow: bool = False):
     """Share the cores out for a forward pass over `rows` tokens (batch x length).
 
     Prefill (more than FEW_ROWS rows): our threads split the products (linear,
@@ -332,6 +407,9 @@ def threads_for(rows: int):
     takes; OpenBLAS's threads spin while they wait. Measured (2026-11-23, one boot):
     60 such products 28.6 ms split by us vs 14.8 ms on BLAS's 2 threads; whole
     decoding steps 16-18.6 vs 11-14 tok/s; the 262144 x 640 head, the same either way.
+    narrow: weights held in a narrow dtype take part (widened block by block, in
+    Python): our threads split the products also when decoding, as NumPy's widening
+    runs on one thread; each product is big enough (a 7B's, ~20-150 MB) to pay.
     """
     global _blas, _split
     if _blas is None:
@@ -339,7 +417,7 @@ def threads_for(rows: int):
 
         _blas = ThreadpoolController()
     _back_off()
-    split = _threads > 1 and rows > FEW_ROWS
+    split = _threads > 1 and (rows > FEW_ROWS or narrow)
     saved, _split = _split, split
     try:
         with _blas.limit(limits=1 if split else _threads, user_api="blas"):

@@ -16,9 +16,11 @@ so every engine decodes exactly the same number of tokens.
 
 Engines:
   gemma-ref        gemma_ref.Model.from_pretrained(model), float32 NumPy
-  transformers     AutoModelForCausalLM, float32, PyTorch CPU, attention --hf-attn
+  transformers     AutoModelForCausalLM, float32, PyTorch CPU, attention --hf-attn, generate()
                    (default sdpa); from a GGUF via from_pretrained(dir, gguf_file=name)
                    (dequantized to float32 on load, as gemma-ref does)
+  transformers-loop  the same model in a plain greedy loop without generate(): the prompt
+                   in one call, then a token a call, logits_to_keep=1 (its fastest path)
   llama.cpp        llama-cpp-python on the GGUF as it is (quantized, e.g. Q4_K_M: not float32)
   llama.cpp-f32    llama-cpp-python on an F32 GGUF written from the source GGUF by
                    dequantizing every tensor (the gguf package's reader/writer): the very
@@ -36,12 +38,13 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ENGINES = ("gemma-ref", "transformers", "llama.cpp", "llama.cpp-f32")
+ENGINES = ("gemma-ref", "transformers", "transformers-loop", "llama.cpp", "llama.cpp-f32")
 MARK = "@@BENCH@@"
 
 # Workload sizes: full run, and --quick.
@@ -120,6 +123,17 @@ class GemmaRef:
         kw = {} if spec.get("max_memory") is None else {"max_memory": spec["max_memory"]}
         self.model = Model.from_pretrained(model, progress=False, **kw)
         self.n_vocab = self.model.n_vocab
+
+    def tiers(self) -> dict:
+        """GB of weights by where they are held (loader.plan_tiers): float32 / stored in RAM, mapped."""
+        import numpy as np
+
+        gb = {}
+        for a in self.model.weights.arrays.values():
+            mapped = isinstance(a, np.memmap) or not isinstance(a, np.ndarray)  # StoredTensor
+            kind = f"mapped ({np.dtype(a.dtype).name})" if mapped else f"{a.dtype.name} in RAM"
+            gb[kind] = gb.get(kind, 0) + int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize / 1e9
+        return gb
 
     def generate(self, prompts, n_new):
         """(t_start, [time each step's tokens were ready], ids of row 0)."""
@@ -225,7 +239,34 @@ class LlamaCpp:
         return t0, stamps, ids
 
 
-ADAPTERS = {"gemma-ref": GemmaRef, "transformers": Transformers, "llama.cpp": LlamaCpp,
+class TransformersLoop(Transformers):
+    """transformers' model without generate(): a plain greedy loop, the fastest ordinary
+    path (no logits processors, no stopping criteria, no streamer): the prompt in one
+    call, then one token a call through the cache, logits of the last position only
+    (logits_to_keep=1)."""
+
+    name = "transformers-loop"
+
+    def generate(self, prompts, n_new):
+        torch = self.torch
+        ids = torch.tensor(prompts, dtype=torch.long)
+        stamps, new = [], []
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            for _ in range(n_new):
+                nxt = out.logits[:, -1].argmax(-1, keepdim=True)  # [B, 1]
+                stamps.append(time.perf_counter())
+                new.append(int(nxt[0, 0]))
+                if len(new) == n_new:
+                    break
+                out = self.model(input_ids=nxt, past_key_values=out.past_key_values,
+                                 use_cache=True, logits_to_keep=1)
+        return t0, stamps, new
+
+
+ADAPTERS = {"gemma-ref": GemmaRef, "transformers": Transformers,
+            "transformers-loop": TransformersLoop, "llama.cpp": LlamaCpp,
             "llama.cpp-f32": LlamaCpp}
 
 
@@ -272,6 +313,8 @@ def child(spec: dict) -> dict:
         r["long_prefill_tps"] = spec["long_len"] / (stamps[0] - s)
         r["long_decode_tps"] = (len(stamps) - 1) / (stamps[-1] - stamps[0])
     elif task == "memtest":
+        if hasattr(eng, "tiers"):
+            r["tiers_gb"] = eng.tiers()
         (p,) = prompts_for(eng.n_vocab, 5, spec["mem_prompt"])
         s, stamps, _ = eng.generate([p], spec["mem_new"])
         r["first_token_s"] = stamps[0] - s
@@ -282,7 +325,7 @@ def child(spec: dict) -> dict:
     r["peak_rss_gb"] = r.pop("peak_rss_before_all", st["VmHWM"] / 1e9)  # generation's peak
     r["peak_anon_gb"] = peaks["RssAnon"] / 1e9
     r["peak_file_gb"] = peaks["RssFile"] / 1e9
-    if engine == "transformers":
+    if engine.startswith("transformers"):
         r["attn"] = eng.attn
     return r
 
@@ -330,6 +373,7 @@ def child_info(threads: int) -> dict:
         from threadpoolctl import threadpool_info
 
         info["threadpools"] = sorted({f"{p['internal_api']} {p.get('version')} "
+                                      f"{p.get('architecture') or ''} "
                                       f"{p['num_threads']} threads" for p in threadpool_info()})
     except ImportError:
         info["threadpools"] = ["threadpoolctl not installed"]
@@ -590,6 +634,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="small sizes, 1 repeat: a smoke run")
     ap.add_argument("--no-long", action="store_true", help="skip the long-context run")
+    ap.add_argument("--no-ceiling", action="store_true",
+                    help="skip the products-only ceiling (scripts/bench_products.py, run once "
+                         "per repeat between the engines; Gemma 3 270M's shapes)")
     ap.add_argument("--long-repeats", type=int, default=None,
                     help="repeats of the long-context run (default: --repeats)")
     ap.add_argument("--long-len", type=int, default=None, help="long prompt length (default 8192)")
@@ -609,8 +656,9 @@ def main(argv=None):
     ap.add_argument("--memory-test", type=Path, default=None, metavar="DIR",
                     help="instead: load DIR with gemma-ref under --max-memory-gb, decode a few "
                          "tokens, report load time, tok/s and peak RSS")
-    ap.add_argument("--max-memory-gb", type=float, default=4.0,
-                    help="--memory-test: gemma-ref's max_memory budget, GB (default 4)")
+    ap.add_argument("--max-memory-gb", type=float, default=None,
+                    help="--memory-test: gemma-ref's max_memory (GB of RAM for the weights; "
+                         "default: gemma-ref's own, 85%% of the available memory)")
     ap.add_argument("--rev", default=None,
                     help="--memory-test: measure gemma-ref as of this git revision (default: "
                          "the working tree)")
@@ -668,6 +716,7 @@ def main(argv=None):
     quant = gguf_type(model) if is_gguf else None
     labels = {"gemma-ref": "gemma-ref (f32)",
               "transformers": f"transformers (f32, {args.hf_attn})",
+              "transformers-loop": f"transformers loop (f32, {args.hf_attn}, logits_to_keep=1)",
               "llama.cpp": f"llama.cpp ({quant or 'gguf'})",
               "llama.cpp-f32": "llama.cpp (F32)"}
     sources = {}  # gemma-ref@REV -> (exported source dir, short commit)
@@ -679,7 +728,13 @@ def main(argv=None):
     results = {e: {"main": [], "long": []} for e in engines}
     tasks = ["main"] + ([] if args.no_long else ["long"])
     long_repeats = repeats if args.long_repeats is None else args.long_repeats
+    ceilings = []  # bench_products.py's totals, one per repeat
     for r in range(repeats):
+        if not args.no_ceiling:
+            log(f"[repeat {r + 1}/{repeats}] products-only ceiling ...")
+            if args.wait_idle:
+                wait_idle(args.wait_idle, log)
+            ceilings.append(run_ceiling(args.threads, sizes, args.timeout, log))
         order = engines[r % len(engines):] + engines[:r % len(engines)]
         for task in tasks:
             if task == "long" and r >= long_repeats:
@@ -712,6 +767,7 @@ def main(argv=None):
                 results[e][task].append(res)
 
     summary = summarize(results, sizes)
+    ceiling_md = ceiling_rows(ceilings, summary, labels, sizes) if ceilings else []
     agree = agreement(results)
     attn = {r.get("attn") for r in results.get("transformers", {}).get("main", []) if "attn" in r}
     commits = sorted({r.get("gemma_ref_commit", "?") for e in engines if e.startswith("gemma-ref")
@@ -719,6 +775,7 @@ def main(argv=None):
     if commits:
         machine["gemma_ref_commit"] = ", ".join(commits) + " (as the gemma-ref runs saw it)"
     md = report(args, machine, model, sizes, repeats, summary, labels, agree, notes, attn, quant)
+    md += "\n".join([""] + ceiling_md) if ceiling_md else ""
     print(md)
     if args.json:
         args.json.write_text(json.dumps(dict(machine=machine, model=str(model), sizes=sizes,
@@ -756,6 +813,57 @@ def gguf_type(path: Path) -> str:
         return gguf.LlamaFileType(int(ft.contents())).name.replace("MOSTLY_", "") if ft else "gguf"
     except Exception:  # noqa: BLE001 (a label only)
         return "gguf"
+
+
+def run_ceiling(threads: int, sizes: dict, timeout: float, log) -> dict:
+    """scripts/bench_products.py's per-step product times, in a process of its own."""
+    out = Path(tempfile.mkdtemp()) / "ceiling.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_products.py"), "--threads", str(threads),
+           "--batch", str(sizes["batch"]), "--prefill", str(sizes["prefill_len"]),
+           "--repeats", "5", "--json", str(out)]
+    env = child_env(threads)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {}
+    if not out.exists():
+        log("    products-only ceiling failed: " + (p.stderr.strip().splitlines() or ["?"])[-1])
+        return {}
+    return json.loads(out.read_text())
+
+
+def ceiling_rows(ceilings: list, summary: dict, labels: dict, sizes: dict) -> list:
+    """Markdown lines: the products-only ceiling, and each engine's ratio to NumPy's."""
+    ceilings = [c for c in ceilings if c]
+    if not ceilings:
+        return ["products-only ceiling: failed"]
+    libs = list(ceilings[0])
+    B, n = sizes["batch"], sizes["prefill_len"]
+
+    def tps(lib, key, tokens):
+        return median([tokens / (c[lib][key] / 1e3) for c in ceilings if key in c.get(lib, {})])
+
+    ceil = {lib: {"prefill_tps": tps(lib, "prefill_ms", n), "batch1_decode_tps": tps(lib, "batch1_ms", 1),
+                  "batchB_decode_tps": tps(lib, "batchB_ms", B)} for lib in libs}
+    rows = [("prefill_tps", f"prefill {n} tok, generation path (tok/s)"),
+            ("batch1_decode_tps", "batch 1 decode only (tok/s)"),
+            ("batchB_decode_tps", f"batch {B} decode only (new tok/s)")]
+    lines = ["", f"Ceiling: the matrix products alone (scripts/bench_products.py, Gemma 3 270M "
+             f"shapes, random float32 weights; median of {len(ceilings)} runs, one per repeat, "
+             f"between the engines); no engine on that library can be faster. Each engine's "
+             f"ratio to NumPy's ceiling:", "",
+             "| metric | " + " | ".join(f"ceiling: {lib}" for lib in libs) + " | "
+             + " | ".join(f"{labels.get(e, e)} / numpy ceiling" for e in summary) + " |",
+             "|---" * (1 + len(libs) + len(summary)) + "|"]
+    numpy_lib = next((lib for lib in libs if lib.startswith("numpy")), libs[0])
+    for key, name in rows:
+        cells = [f"{ceil[lib][key]:.1f}" if ceil[lib][key] else "n/a" for lib in libs]
+        for e, m in summary.items():
+            v, c = m.get(key), ceil[numpy_lib][key]
+            cells.append(f"{v / c:.2f}x" if v and c else "n/a")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def run_child_info(threads: int) -> dict:
@@ -821,14 +929,15 @@ def report(args, machine, model, sizes, repeats, summary, labels, agree, notes, 
 
 def memory_test(args, machine, log):
     d = args.memory_test.resolve()
-    budget = int(args.max_memory_gb * 1e9)
+    budget = None if args.max_memory_gb is None else int(args.max_memory_gb * 1e9)
     spec = dict(engine="gemma-ref", task="memtest", model=str(d), threads=args.threads,
                 max_memory=budget, mem_prompt=8, mem_new=args.mem_new, hf_attn=args.hf_attn)
     if args.rev:
         spec["gemma_ref_src"], spec["gemma_ref_rev"] = export_rev(args.rev)
     size = sum(f.stat().st_size for f in d.glob("*.safetensors"))
     cfg = json.loads((d / "config.json").read_text())
-    log(f"memory test: {d} ({size / 1e9:.1f} GB on disk), max_memory={args.max_memory_gb} GB")
+    log(f"memory test: {d} ({size / 1e9:.1f} GB on disk), max_memory="
+        f"{'default' if budget is None else f'{args.max_memory_gb} GB'}")
     if args.wait_idle:
         wait_idle(args.wait_idle, log)
     r = run_child(spec, args.timeout, log)
@@ -842,7 +951,10 @@ def memory_test(args, machine, log):
         lines.append(f"FAILED: {r['error']}")
     else:
         lines += ["| metric | gemma-ref |", "|---|---|",
-                  f"| max_memory budget (GB of float32 weights in RAM) | {args.max_memory_gb:g} |",
+                  f"| max_memory (GB of RAM for weights) | "
+                  f"{'default (85% of available)' if budget is None else f'{args.max_memory_gb:g}'} |",
+                  f"| weights held (GB) | " + ", ".join(
+                      f"{k} {v:.1f}" for k, v in r.get("tiers_gb", {}).items()) + " |",
                   f"| load (s) | {r['load_s']:.1f} |",
                   f"| first token, 8-token prompt (s) | {r['first_token_s']:.1f} |",
                   f"| decode (tok/s) | {r['decode_tps']:.3f} |",

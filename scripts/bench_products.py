@@ -2,6 +2,7 @@
 
     python scripts/bench_products.py                  # Gemma 3 270M shapes, NumPy and (if installed) torch
     python scripts/bench_products.py --repeats 15 --batch 8 --threads 2
+    python scripts/bench_products.py --prefill 512 --json /tmp/ceiling.json   # + a prefill's products
 
 A decoding step of B sequences multiplies every weight matrix by B columns. This
 times exactly those products (random float32 weights of the model's shapes, nothing
@@ -13,6 +14,13 @@ throughput of any engine built on that library's products, and 1 / (products at
 batch 1) the batch-1 throughput. It also prints what a target "batch B at R times a
 batch 1 of S tok/s" (--ratio, --batch1-tps; the performance issue asks for 5x and
 >= 16 tok/s) needs of a batch-B step. Never a test; it prints numbers.
+
+--prefill N also times the products of a prefill of N tokens on the generation path
+(every layer's products with N rows, the output head with the last row only), NumPy's
+as gemma-ref runs them then (`gemma_ref.parallel.linear`, its threads splitting the
+rows of each weight, single-threaded BLAS in each), torch's with its own threads.
+--json writes {engine: {batch1_ms, batchB_ms, prefill_ms}} (scripts/bench.py reads it
+for its "ceiling" rows).
 """
 
 from __future__ import annotations
@@ -35,13 +43,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=9, help="timed passes over all products (median)")
     ap.add_argument("--ratio", type=float, default=5.0, help="target batch-B / batch-1 throughput")
     ap.add_argument("--batch1-tps", type=float, default=16.0, help="target batch-1 tok/s")
+    ap.add_argument("--prefill", type=int, default=0, help="also a prefill of this many tokens")
+    ap.add_argument("--json", default=None, help="write the per-step totals here")
     args = ap.parse_args()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
     import numpy as np
     from threadpoolctl import threadpool_limits
 
-    from gemma_ref.parallel import dense
+    from gemma_ref import parallel
+    from gemma_ref.parallel import dense, linear, threads_for
 
     rng = np.random.default_rng(0)
     # One copy of each distinct matrix per use, so a step streams them from memory as
@@ -59,18 +70,27 @@ def main() -> None:
         torch = tw = None
         print("(torch not installed: NumPy only; `pip install \".[dev]\"` adds the peer)")
 
-    def step_times(engine, batch):
-        """Median seconds per product kind, over --repeats passes of a whole step."""
+    parallel.set_threads(args.threads)
+
+    def step_times(engine, batch, tokens=1):
+        """Median seconds per product kind, over --repeats passes of a whole step.
+
+        tokens > 1: a prefill of that many tokens (the head with the last one only)."""
         use_torch = engine.startswith("torch")
         ws = tw if use_torch else weights
         fn = engines[engine]
-        x = rng.standard_normal((batch, 1, 2048), dtype=np.float32)
+        if tokens > 1 and not use_torch:
+            fn = linear  # split between our threads, as in gemma-ref's prefill
+        x = rng.standard_normal((batch, tokens, 2048), dtype=np.float32)
         times = {name: [] for name in ws}
-        with threadpool_limits(args.threads, user_api="blas"):
+        limits = (threads_for(batch * tokens) if tokens > 1 and not use_torch
+                  else threadpool_limits(args.threads, user_api="blas"))
+        with limits:
             for rep in range(args.repeats + 1):  # the first pass warms up
                 for name, mats in ws.items():
                     cols = mats[0].shape[1]
-                    xi = torch.from_numpy(x[..., :cols].copy()) if use_torch else x[..., :cols].copy()
+                    xn = x[..., -1:, :cols] if name.startswith("lm_head") else x[..., :cols]
+                    xi = torch.from_numpy(xn.copy()) if use_torch else xn.copy()
                     t0 = time.perf_counter()
                     for w in mats:
                         fn(xi, w)
@@ -92,6 +112,21 @@ def main() -> None:
         s1, sb = sum(t1.values()), sum(tb.values())
         print(f"| all | {s1 * 1e3:.2f} | {sb * 1e3:.2f} | {sb / s1:.2f} |\n")
         summary.append((engine, s1, sb))
+    totals = {engine: {"batch1_ms": s1 * 1e3, "batchB_ms": sb * 1e3, "batch": B}
+              for engine, s1, sb in summary}
+    if args.prefill:
+        for engine in engines:
+            tp = step_times(engine, 1, args.prefill)
+            totals[engine]["prefill_ms"] = sum(tp.values()) * 1e3
+            totals[engine]["prefill_tokens"] = args.prefill
+            print(f"{engine}: products of a {args.prefill}-token prefill "
+                  f"{sum(tp.values()) * 1e3:.1f} ms (at most {args.prefill / sum(tp.values()):.0f} "
+                  f"tok/s): " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in tp.items()))
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump(totals, f, indent=1)
     need = args.ratio * args.batch1_tps  # batch-B tok/s
     for engine, s1, sb in summary:
         print(f"{engine}: products alone allow at most {1 / s1:.1f} tok/s at batch 1 and "

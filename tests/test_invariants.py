@@ -106,7 +106,40 @@ def test_weights_over_budget_stay_mapped_and_give_same_logits(tiny_dirs):
     assert all(a.dtype == np.float32 for a in held.weights.arrays.values())
     assert all(a.dtype != np.float32 for a in mapped.weights.arrays.values())
     ids = np.arange(4, 20)
-    np.testing.assert_array_equal(held.forward(ids), mapped.forward(ids))
+    # held stacks q/k/v and gate/up for few rows (Weights.fuse), mapped widens block by
+    # block: the same products, summed in another order
+    np.testing.assert_allclose(held.forward(ids), mapped.forward(ids), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("block", [1 << 18, 40])  # one block per matrix; many, ragged
+def test_bf16_held_as_stored_under_a_small_budget_gives_the_float32_logits(tiny_dirs, monkeypatch,
+                                                                            block):
+    from gemma_ref import parallel
+    from gemma_ref.loader import StoredTensor
+
+    monkeypatch.setattr(parallel, "WIDEN_BLOCK", block)
+    d = tiny_dirs["gemma1-gqa-bf16"]
+    held = Model.from_pretrained(d)  # all of it fits as float32
+    as_f32 = sum(a.nbytes for a in held.weights.arrays.values())
+    stored = Model.from_pretrained(d, max_memory=as_f32 - 1)  # fits as bf16 only
+    kinds = {(a.dtype.name, type(a)) for a in stored.weights.arrays.values()}
+    assert kinds == {("bfloat16", np.ndarray), ("float32", np.ndarray)}  # nothing mapped
+    for name, a in stored.weights.arrays.items():  # matrices as stored, vectors widened
+        assert a.dtype.name == ("bfloat16" if a.ndim == 2 else "float32"), name
+        assert not isinstance(a, (np.memmap, StoredTensor))
+    ids = np.arange(4, 20)
+    np.testing.assert_allclose(stored.forward(ids), held.forward(ids), rtol=1e-6, atol=1e-5)
+    # decoding (one column per product) and a batch of 3 through the cache, as generate does
+    for B in (1, 3):
+        ids = np.arange(4, 4 + 10 * B).reshape(B, 10)
+        outs = []
+        for m in (held, stored):
+            cache = m.new_cache(B, 16)
+            outs.append([forward(m.weights, m.config, ids[:, :6], cache=cache)] +
+                        [forward(m.weights, m.config, ids[:, t:t + 1], cache=cache)
+                         for t in range(6, 10)])
+        for a, b in zip(*outs):
+            np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-5)  # only the sums' order differs
 
 
 @pytest.mark.parametrize("name", ["gemma2-gqa", "gemma3-mqa", "gemma4-ple-shared", "gemma4-moe-kv"])
@@ -196,3 +229,38 @@ def test_sliding_layers_do_not_grow_with_context():
     grow = cache_nbytes(c, 65536) - cache_nbytes(c, 32768)
     per_position = 2 * c.num_key_value_heads * c.head_dim * 4 + 8
     assert grow == 3 * 32768 * per_position  # only the 3 global layers grew
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_stacked_products_give_the_logits_of_separate_ones(tiny_models, name):
+    """Weights.fuse: q/k/v and gate/up in one product each while decoding (every
+    generation: K=V layers, KV sharing, MoE, AltUp), the same logits as unstacked."""
+    from gemma_ref.model import Weights
+
+    m = tiny_models[name]
+    assert m.weights.fused  # a float32 model in RAM has stacked matrices
+    plain = Weights({k: np.array(v) for k, v in m.weights.arrays.items()})  # nothing stacked
+    assert not plain.fused
+    ids = ids_for(m, seed=5, B=3, T=12)
+    for W in (m.weights, plain):
+        cache = m.new_cache(3, 16)
+        out = [forward(W, m.config, ids[:, :8], cache=cache)]
+        out += [forward(W, m.config, ids[:, t:t + 1], cache=cache) for t in range(8, 12)]
+        if W is m.weights:
+            stacked = out
+    for a, b in zip(stacked, out):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)  # the sums' order differs
+
+
+def test_a_budget_between_tiers_holds_some_as_stored_and_maps_the_rest(tiny_dirs):
+    from gemma_ref.loader import StoredTensor
+
+    d = tiny_dirs["gemma1-gqa-bf16"]
+    held = Model.from_pretrained(d)
+    stored_bytes = sum(a.size * (2 if a.ndim == 2 else 4) for a in held.weights.arrays.values())
+    mixed = Model.from_pretrained(d, max_memory=stored_bytes // 2)
+    kinds = {type(a) for a in mixed.weights.arrays.values()}
+    assert kinds == {np.ndarray, StoredTensor}  # the first half held, the rest on disk
+    assert mixed.weights.narrow
+    ids = np.arange(4, 20)
+    np.testing.assert_allclose(mixed.forward(ids), held.forward(ids), rtol=1e-6, atol=1e-5)

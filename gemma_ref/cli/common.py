@@ -53,8 +53,9 @@ def add_model(p):
                    help="threads for the matrix products (default: the cores this process may "
                         "use, fewer while other processes keep them busy)")
     p.add_argument("--max-memory", default=None, metavar="SIZE",
-                   help="weights to widen to float32 and hold in RAM, e.g. 4G, 500M (the rest "
-                        "is read from disk as it is used; default: from the available memory)")
+                   help="RAM for the weights, e.g. 4G, 500M: float32 if they fit, else bf16/f16 "
+                        "as stored, else the rest is read from disk as used (default: 85%% of "
+                        "the available memory)")
 
 
 def add_sampling(p):
