@@ -1,4 +1,4 @@
-"""The Gemma forward pass, in NumPy, for every generation (1, 2, 3, 4 text).
+"""The Gemma forward pass, in NumPy, for every generation (1, 2, 3, 3n, 4).
 
 One function per equation, each with its shapes. Generations differ only by
 config values (see config.py); what differs between the layers of one model
@@ -7,15 +7,15 @@ config values (see config.py); what differs between the layers of one model
 
     B batch   T query length   S key length   D hidden   N query heads
     K kv heads   G = N / K   H head_dim   F ffn width   V vocab   C cache slots
-    L layers   P per-layer embedding width (Gemma 4)   E experts   M tokens (B*T)
+    L layers   P per-layer embedding width (Gemma 3n, 4)   E experts   M tokens (B*T)
 
 Parameters are a mapping from Hugging Face checkpoint keys to arrays
 (`model.layers.3.self_attn.q_proj.weight`, shape [out, in]). Precision: the
 activations are float32 (or float64, for ground truth); weights stored in a
 narrower type are widened as they are used (`Weights`: matrices block by block inside
-the products, parallel.widen_into).
-Images (Gemma 3 4B+) arrive as `ImageTokens` made by vision.py: embeddings for the
-image soft tokens and a wider reach for their attention; no pixels here.
+the products, parallel.widen_into). Images (Gemma 3 4B+, Gemma 4) arrive as
+`ImageTokens` made by vision.py / vision_gemma4.py: embeddings for the image soft
+tokens and a wider reach for their attention; no pixels here.
 """
 
 from __future__ import annotations
