@@ -59,6 +59,10 @@ def sample(logits, rng: np.random.Generator, params: SamplingParams, seen=()) ->
     with p >= min_p * max(p). All are O(V) but the nucleus, which sorts only as many
     candidates as it needs (`_nucleus`), so a 262k vocabulary costs ~1 ms per token.
     """
+    if params.temperature == 0 and params.repetition_penalty == 1.0:
+        # Greedy: float32 -> float64 is exact, so the argmax is the same without the
+        # widening copy (0.5 ms for 262 144 logits, per sequence and step).
+        return int(np.argmax(logits))
     logits = repetition_penalty(np.asarray(logits, np.float64), seen, params.repetition_penalty)
     if params.temperature == 0:
         return int(np.argmax(logits))
