@@ -863,6 +863,12 @@ def ceiling_rows(ceilings: list, summary: dict, labels: dict, sizes: dict) -> li
             v, c = m.get(key), ceil[numpy_lib][key]
             cells.append(f"{v / c:.2f}x" if v and c else "n/a")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    ways = [median([c[numpy_lib][k] for c in ceilings if k in c.get(numpy_lib, {})] or [0])
+            for k in ("prefill_split_ms", "prefill_blas_threads_ms")]
+    if all(ways):
+        lines += ["", f"NumPy's prefill products: {ways[0]:.1f} ms split between gemma-ref's threads "
+                      f"(as gemma-ref runs them), {ways[1]:.1f} ms on OpenBLAS's own threads; its "
+                      f"ceiling is the faster."]
     return lines
 
 

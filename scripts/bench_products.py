@@ -16,11 +16,16 @@ batch 1 of S tok/s" (--ratio, --batch1-tps; the performance issue asks for 5x an
 >= 16 tok/s) needs of a batch-B step. Never a test; it prints numbers.
 
 --prefill N also times the products of a prefill of N tokens on the generation path
-(every layer's products with N rows, the output head with the last row only), NumPy's
-as gemma-ref runs them then (`gemma_ref.parallel.linear`, its threads splitting the
-rows of each weight, single-threaded BLAS in each), torch's with its own threads.
+(every layer's products with N rows, the output head with the last row only), torch's
+with its own threads and NumPy's both ways it can run them: as gemma-ref does
+(`gemma_ref.parallel.linear`, its threads splitting the rows of each weight,
+single-threaded BLAS in each) and on OpenBLAS's own threads (`dense`, one call per
+product). NumPy's ceiling is the faster of the two.
 --json writes {engine: {batch1_ms, batchB_ms, prefill_ms}} (scripts/bench.py reads it
-for its "ceiling" rows).
+for its "ceiling" rows); for NumPy also prefill_split_ms and prefill_blas_threads_ms.
+
+With --threads 1 the same products on one core: how fast each library's GEMM is per
+core, apart from how it shares the work between cores.
 """
 
 from __future__ import annotations
@@ -72,19 +77,20 @@ def main() -> None:
 
     parallel.set_threads(args.threads)
 
-    def step_times(engine, batch, tokens=1):
+    def step_times(engine, batch, tokens=1, split=True):
         """Median seconds per product kind, over --repeats passes of a whole step.
 
-        tokens > 1: a prefill of that many tokens (the head with the last one only)."""
+        tokens > 1: a prefill of that many tokens (the head with the last one only);
+        NumPy's split between our threads (split, as in gemma-ref's prefill) or not."""
         use_torch = engine.startswith("torch")
         ws = tw if use_torch else weights
         fn = engines[engine]
-        if tokens > 1 and not use_torch:
+        split = split and tokens > 1 and not use_torch
+        if split:
             fn = linear  # split between our threads, as in gemma-ref's prefill
         x = rng.standard_normal((batch, tokens, 2048), dtype=np.float32)
         times = {name: [] for name in ws}
-        limits = (threads_for(batch * tokens) if tokens > 1 and not use_torch
-                  else threadpool_limits(args.threads, user_api="blas"))
+        limits = threads_for(batch * tokens) if split else threadpool_limits(args.threads, user_api="blas")
         with limits:
             for rep in range(args.repeats + 1):  # the first pass warms up
                 for name, mats in ws.items():
@@ -116,12 +122,18 @@ def main() -> None:
               for engine, s1, sb in summary}
     if args.prefill:
         for engine in engines:
-            tp = step_times(engine, 1, args.prefill)
-            totals[engine]["prefill_ms"] = sum(tp.values()) * 1e3
+            ways = [("", step_times(engine, 1, args.prefill))]
+            if not engine.startswith("torch"):
+                ways = [(" split by gemma-ref's threads", ways[0][1]),
+                        (" on OpenBLAS's threads", step_times(engine, 1, args.prefill, split=False))]
+                totals[engine]["prefill_split_ms"] = sum(ways[0][1].values()) * 1e3
+                totals[engine]["prefill_blas_threads_ms"] = sum(ways[1][1].values()) * 1e3
+            for how, tp in ways:
+                print(f"{engine}{how}: products of a {args.prefill}-token prefill "
+                      f"{sum(tp.values()) * 1e3:.1f} ms (at most {args.prefill / sum(tp.values()):.0f} "
+                      f"tok/s): " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in tp.items()))
+            totals[engine]["prefill_ms"] = min(sum(tp.values()) for _, tp in ways) * 1e3
             totals[engine]["prefill_tokens"] = args.prefill
-            print(f"{engine}: products of a {args.prefill}-token prefill "
-                  f"{sum(tp.values()) * 1e3:.1f} ms (at most {args.prefill / sum(tp.values()):.0f} "
-                  f"tok/s): " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in tp.items()))
     if args.json:
         import json
 
