@@ -165,6 +165,8 @@ def _describe(entry: Path) -> str:
         return "the default model's GGUF, joined from its PyPI chunks"
     if entry.suffix == ".sha256":
         return "checksum stamp of the GGUF beside it"
+    if entry.name == "bench" and entry.is_dir():
+        return "scripts/bench.py's (an F32 GGUF for llama.cpp, exported gemma-ref revisions)"
     try:
         source = json.loads((entry / "source.json").read_text())
         old = " (keyed by name, size and time: an older gemma-ref's)" if _OLD_KEY.search(entry.name) else ""

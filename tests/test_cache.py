@@ -133,6 +133,16 @@ def test_cache_command_lists_and_removes(tmp_path, xdg, capsys):
     assert entries(xdg / "gguf") == []
 
 
+def test_cache_command_names_what_it_lists_with_sizes_a_person_reads(xdg, capsys):
+    (xdg / "bench").mkdir(parents=True)
+    (xdg / "bench" / "f32.gguf").write_bytes(b"x" * 2500)
+    (xdg / "gguf" / "0123456789abcdef").mkdir(parents=True)  # a conversion without its source.json
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert "2.5 KB  bench" in out and "scripts/bench.py's" in out
+    assert "gguf/0123456789abcdef" in out and "incomplete (no source.json)" in out
+
+
 def test_cache_check_happens_before_reading_the_gguf(tmp_path, monkeypatch, capsys):
     """A cache we cannot fill fails at once, not after the (slow) GGUF read."""
     from gemma_ref import gguf

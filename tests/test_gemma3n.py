@@ -222,7 +222,8 @@ def test_info_shows_altup_ple_and_sharing(capsys):
                      "shared K/V        layers 4-6 attend with the K/V of layer(s) 1, 3",
                      "per-layer embed.  256 x 7 x 16", "LAuReL            rank 6",
                      "sparse gate       Gaussian top-k on layers 0, 1, 3, 4, target 0.95, 0.7, 0.5, 0.9",
-                     "MLP widths        48, 64, 80, 96, 64, 48, 32 (layer 0 to 6)", "parameters  203,808",
+                     "MLP widths        48, 64, 80, 96, 64, 48, 32 (layer 0 to 6)", "parameters  203,808 (204 k)",
+                     "KB  model.safetensors",
                      "  altup_num_inputs             4\n"):  # targets and widths in layer order
         assert expected in out
 

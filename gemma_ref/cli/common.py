@@ -101,6 +101,23 @@ def check_model_args(args) -> None:
         args.max_memory = parse_size(args.max_memory, "--max-memory")
 
 
+def human_bytes(n: float) -> str:
+    """'512 B', '3.4 MB', '1.1 GB' (powers of 1000, as file sizes are shown)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def human_count(n: int) -> str:
+    """'268 M', '4.6 B', '51 k': a parameter count, rounded for reading."""
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g} {unit}"
+    return str(n)
+
+
 def parse_size(text: str, what: str) -> int:
     """Bytes from '4G', '500M', '1.5GB', '123456' (powers of 1024)."""
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}

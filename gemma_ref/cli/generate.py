@@ -11,8 +11,8 @@ import numpy as np
 
 from ..errors import GemmaRefError
 from ..tokenizer import check_text
-from .common import (add_model, add_sampling, check_model_args, load, read_stdin, read_text,
-                     sampling)
+from .common import (add_model, add_sampling, check_model_args, human_bytes, human_count, load, read_stdin,
+                     read_text, sampling)
 
 
 def add_commands(sub, examples: str):
@@ -210,8 +210,8 @@ def cmd_info(args) -> int:
     if "checkpoint" in info:
         print(f"converted   {info['checkpoint']}")
     for name, size in info["file_sizes"].items():
-        print(f"  {size / 1e9:>8.2f} GB  {name}")
-    print(f"parameters  {n:,} ({n / 1e9:.2f} B)")
+        print(f"  {human_bytes(size):>9}  {name}")
+    print(f"parameters  {n:,} ({human_count(n)})")
     print(f"tokenizer   {info['tokenizer_vocab'] or 'none'} tokens")
     print(f"chat        {'yes (instruction-tuned)' if info['instruction_tuned'] else 'no: a base model'}")
     print(f"template    {info['chat_template']}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ..errors import GemmaRefError
+from .common import human_bytes
 
 
 def add_commands(sub):
@@ -35,10 +36,10 @@ def cmd_cache(args) -> int:
         if args.json:
             print(json.dumps({"directory": str(cache.cache_dir()), "entries": entries}, indent=1))
             return 0
-        print(f"{cache.cache_dir()}: {_human(sum(e['bytes'] for e in entries))} in "
+        print(f"{cache.cache_dir()}: {human_bytes(sum(e['bytes'] for e in entries))} in "
               f"{len(entries)} entries")
         for e in entries:
-            print(f"  {_human(e['bytes']):>9}  {e['name']:<48}  {e['what']}")
+            print(f"  {human_bytes(e['bytes']):>9}  {e['name']:<48}  {e['what']}")
         return 0
     if not args.names and not args.all:
         raise GemmaRefError("cache rm: name the entries to remove (as `gemma-ref cache` lists "
@@ -54,16 +55,8 @@ def cmd_cache(args) -> int:
         entry = cache.cache_dir() / name
         with cache.locked(entry.parent):  # not while a conversion is being written
             cache.remove(entry)
-        print(f"removed {name} ({_human(entries[name]['bytes'])})")
+        print(f"removed {name} ({human_bytes(entries[name]['bytes'])})")
     return 0
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 def cmd_models(args) -> int:
