@@ -28,7 +28,6 @@ from .vision_gemma4 import Gemma4Preprocessing, Gemma4VisionConfig
 PREFILL_CHUNK = 512  # prompt tokens per forward call: bounds the [T, S] score matrices
 MAX_NEW_TOKENS = 128  # the default of generate/stream/chat, and of the CLI's --max-new-tokens
 _DTYPES = {"float32": np.float32, "float64": np.float64}
-CHAT_MODEL_HINT = "3-1b-it or 3-270m-it"  # instruction-tuned aliases to suggest
 
 
 def check_dtype(dtype) -> np.dtype:
@@ -514,7 +513,8 @@ class Model:
             self._warned_base_chat = True
             print(f"gemma-ref: warning: {self.source or 'this model'} is a base model, not "
                   f"instruction-tuned: it continues text and will not follow the chat; for chat "
-                  f"use an instruction-tuned (-it) model, e.g. {CHAT_MODEL_HINT}", file=sys.stderr)
+                  f"use an instruction-tuned (-it) model, e.g. "
+                  f"{hub.chat_suggestion(self.source, self.config.model_type)}", file=sys.stderr)
         if kwargs.get("stop") is None and self.end_of_turn_id is not None:
             kwargs["stop"] = sorted(self._default_stop | {self.end_of_turn_id})
         # Image parts become image markers in the rendered prompt, expanded by stream.

@@ -52,6 +52,27 @@ def is_instruction_tuned(source: str | None) -> bool:
     return bool(source) and bool(re.search(r"-it\b", str(source)))
 
 
+# Instruction-tuned models to suggest for chat, by generation (config model_type).
+_CHAT_SUGGESTIONS = {"gemma": "2b-it or 7b-it", "gemma2": "2-2b-it or 2-9b-it",
+                     "gemma3_text": "3-1b-it or 3-270m-it", "gemma3n_text": "3n-e2b-it or 3n-e4b-it",
+                     "gemma4_text": "4-e2b-it or 4-e4b-it"}
+
+
+def chat_suggestion(source: str | None, model_type: str) -> str:
+    """An instruction-tuned model to name to someone chatting with the base model `source`:
+    its own -it sibling when `source` is an alias or repo id that has one, else -it models
+    of the same generation."""
+    name = str(source or "").lower()
+    if name in ALIASES and f"{name}-it" in ALIASES:
+        return f"{name}-it"
+    repo = ALIASES.get(name, str(source or ""))
+    for alias, it_repo in ALIASES.items():
+        base = re.sub(r"-it$", "", it_repo)  # google/gemma-2-9b(-it), google/gemma-3-1b(-pt)
+        if alias.endswith("-it") and repo in (base, base + "-pt"):
+            return alias
+    return _CHAT_SUGGESTIONS.get(model_type, _CHAT_SUGGESTIONS["gemma3_text"])
+
+
 def resolve(source: str | Path, cache_dir: str | Path | None = None) -> Path:
     """A local directory or file for `source` (path, repo id or alias)."""
     path = Path(source).expanduser()

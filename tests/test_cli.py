@@ -180,7 +180,7 @@ def test_chat_on_a_base_model_warns_once_and_names_an_it_model(tiny_dirs, tmp_pa
     code, out, err = run(["chat", "--model", str(tiny_dirs["gemma1-mqa"]), "-n", "2"], capsys,
                          "Hi\nAgain\n", monkeypatch)
     assert code == 0 and err.count("gemma-ref: warning:") == 1
-    assert "is a base model" in err and "instruction-tuned (-it) model, e.g. 3-1b-it" in err
+    assert "is a base model" in err and "instruction-tuned (-it) model, e.g. 2b-it or 7b-it" in err  # Gemma 1
     it = shutil.copytree(tiny_dirs["gemma1-mqa"], tmp_path / "tiny-it")
     code, out, err = run(["generate", "--chat", "--model", str(it), "-n", "2", "Hi"], capsys)
     assert code == 0 and "warning" not in err

@@ -89,3 +89,14 @@ def test_gemma4_alias_with_only_tokenizer_json(tmp_path, offline):
     m = Model.from_pretrained("4-e2b-it", cache_dir=tmp_path / "hf")
     assert m.instruction_tuned and m.tokenizer.source.endswith("tokenizer.json")
     assert m.tokenizer.end_of_turn_id in m._default_stop
+
+
+@pytest.mark.parametrize("source, model_type, expected", [
+    ("2-9b", "gemma2", "2-9b-it"), ("google/gemma-2-9b", "gemma2", "2-9b-it"),
+    ("3-1b", "gemma3_text", "3-1b-it"), ("google/gemma-3-4b-pt", "gemma3_text", "3-4b-it"),
+    ("google/gemma-4-E2B", "gemma4_text", "4-e2b-it"), ("codegemma-7b", "gemma", "codegemma-7b-it"),
+    ("/data/my-gemma", "gemma", "2b-it or 7b-it"), ("3-270m-gguf", "gemma3_text", "3-1b-it or 3-270m-it"),
+    (None, "gemma3n_text", "3n-e2b-it or 3n-e4b-it"), ("/x", "gemma4_text", "4-e2b-it or 4-e4b-it"),
+])
+def test_chat_suggestion_names_the_it_sibling_or_the_same_generation(source, model_type, expected):
+    assert hub.chat_suggestion(source, model_type) == expected
