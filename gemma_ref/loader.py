@@ -19,6 +19,7 @@ import numpy as np
 
 from .config import GemmaConfig
 from .errors import GemmaRefError
+from .model import ROW_TABLES
 
 # safetensors dtype tag -> NumPy dtype (bfloat16 comes from ml_dtypes).
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64}
@@ -36,10 +37,8 @@ _PREFIXES = {
 _VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
                     "model.multi_modal_projector.", "model.embed_vision.", "model.audio_tower.",
                     "model.embed_audio.")
-# Tables read a few rows at a time (the rows of the tokens in a step), never whole:
-# they stay memory-mapped in their stored dtype, outside the float32 budget. Gemma 4
-# E2B's per-layer embeddings are 262144 x 8960 values (4.7 GB in bfloat16).
-ROW_TABLES = ("model.embed_tokens_per_layer.weight",)
+# model.ROW_TABLES, read a few rows at a time (the rows of the tokens in a step), never
+# whole, stay memory-mapped in their stored dtype, outside the float32 budget.
 
 
 def expected_shapes(config: GemmaConfig) -> dict[str, tuple[int, ...]]:

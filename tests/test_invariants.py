@@ -264,3 +264,25 @@ def test_a_budget_between_tiers_holds_some_as_stored_and_maps_the_rest(tiny_dirs
     assert mixed.weights.narrow
     ids = np.arange(4, 20)
     np.testing.assert_allclose(mixed.forward(ids), held.forward(ids), rtol=1e-6, atol=1e-5)
+
+
+def test_a_narrow_row_table_leaves_decoding_on_blas_threads(tiny_models):
+    """Gemma 3n/4's per-layer embeddings held as stored (bfloat16) are read by rows only:
+    they do not make the products narrow (parallel.threads_for), a narrow matrix does."""
+    import ml_dtypes
+
+    from gemma_ref.model import ROW_TABLES, Weights
+
+    m = tiny_models["gemma4-ple-shared"]
+    [table] = ROW_TABLES
+    arrays = dict(m.weights.arrays)
+    arrays[table] = arrays[table].astype(ml_dtypes.bfloat16)
+    W = Weights(arrays)
+    assert table in W.narrow_names and not W.narrow
+    ids = ids_for(m, seed=6, B=1, T=6)
+    split = Weights(arrays)
+    split.narrow = True  # as before: our threads split every product
+    np.testing.assert_allclose(forward(W, m.config, ids), forward(split, m.config, ids), rtol=1e-5, atol=1e-5)
+    down = "model.layers.0.mlp.down_proj.weight"
+    arrays[down] = arrays[down].astype(ml_dtypes.bfloat16)
+    assert Weights(arrays).narrow
