@@ -1,4 +1,4 @@
-"""Read a llama.cpp GGUF file of a Gemma 1 / 2 / 3 / 4 (text) model.
+"""Read a llama.cpp GGUF file of a Gemma 1 / 2 / 3 / 3n / 4 (text) model.
 
 `read_gguf(path)` gives back what a Hugging Face checkpoint directory would hold:
 
@@ -19,9 +19,11 @@ written down in the tables and named constants just below.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections import Counter
+from statistics import NormalDist
 from typing import Any, Callable
 
 import gguf
@@ -72,11 +74,14 @@ __all__ = ["GGUFCheckpoint", "read_gguf", "TENSOR_NAME_TABLE", "SUPPORTED_ARCHIT
 
 NONE = "none"
 UNSHIFT = "subtract 1 (llama.cpp stores RMSNorm weights as 1 + w)"
+STACKED = "split: llama.cpp stacks the S - 1 AltUp matrices into one [S - 1, D, D] tensor"
 
 _SHIFTED = ("gemma", "gemma2", "gemma3")  # the architectures whose norms are stored as 1 + w
-_ALL = ("gemma", "gemma2", "gemma3", "gemma4")
-_G234 = ("gemma2", "gemma3", "gemma4")
-_G34 = ("gemma3", "gemma4")
+_ALL = ("gemma", "gemma2", "gemma3", "gemma3n", "gemma4")
+_G234 = ("gemma2", "gemma3", "gemma3n", "gemma4")
+_G34 = ("gemma3", "gemma3n", "gemma4")
+_PLE = ("gemma3n", "gemma4")  # per-layer embeddings
+_G3N = ("gemma3n",)
 _G4 = ("gemma4",)
 
 TENSOR_NAME_TABLE: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
@@ -107,12 +112,12 @@ TENSOR_NAME_TABLE: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     # per-layer embeddings, the layer scalar, and the mixture of experts. Experts are stored
     # as 3-D tensors, ne = [in, out, experts], i.e. HF's [E, out, in]. The router's `scale`
     # and `per_expert_scale` become `ffn_gate_inp.scale` and `ffn_down_exps.scale`.
-    ("per_layer_token_embd.weight",    _G4,       "model.embed_tokens_per_layer.weight",                  NONE),
-    ("per_layer_model_proj.weight",    _G4,       "model.per_layer_model_projection.weight",              NONE),
-    ("per_layer_proj_norm.weight",     _G4,       "model.per_layer_projection_norm.weight",               UNSHIFT),
-    ("blk.{i}.inp_gate.weight",        _G4,       "model.layers.{i}.per_layer_input_gate.weight",         NONE),
-    ("blk.{i}.proj.weight",            _G4,       "model.layers.{i}.per_layer_projection.weight",         NONE),
-    ("blk.{i}.post_norm.weight",       _G4,       "model.layers.{i}.post_per_layer_input_norm.weight",    UNSHIFT),
+    ("per_layer_token_embd.weight",    _PLE,      "model.embed_tokens_per_layer.weight",                  NONE),
+    ("per_layer_model_proj.weight",    _PLE,      "model.per_layer_model_projection.weight",              NONE),
+    ("per_layer_proj_norm.weight",     _PLE,      "model.per_layer_projection_norm.weight",               UNSHIFT),
+    ("blk.{i}.inp_gate.weight",        _PLE,      "model.layers.{i}.per_layer_input_gate.weight",         NONE),
+    ("blk.{i}.proj.weight",            _PLE,      "model.layers.{i}.per_layer_projection.weight",         NONE),
+    ("blk.{i}.post_norm.weight",       _PLE,      "model.layers.{i}.post_per_layer_input_norm.weight",    UNSHIFT),
     ("blk.{i}.layer_output_scale.weight", _G4,    "model.layers.{i}.layer_scalar",                        NONE),
     ("blk.{i}.ffn_gate_inp.weight",    _G4,       "model.layers.{i}.router.proj.weight",                  NONE),
     ("blk.{i}.ffn_gate_inp.scale",     _G4,       "model.layers.{i}.router.scale",                        NONE),
@@ -122,6 +127,20 @@ TENSOR_NAME_TABLE: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("blk.{i}.pre_ffw_norm_2.weight",  _G4,       "model.layers.{i}.pre_feedforward_layernorm_2.weight",  UNSHIFT),
     ("blk.{i}.post_ffw_norm_1.weight", _G4,       "model.layers.{i}.post_feedforward_layernorm_1.weight", UNSHIFT),
     ("blk.{i}.post_ffw_norm_2.weight", _G4,       "model.layers.{i}.post_feedforward_layernorm_2.weight", UNSHIFT),
+    # Gemma 3n (llama.cpp's `Gemma3NModel`, gguf-py MODEL_TENSORS[GEMMA3N]): per-layer
+    # embeddings as Gemma 4 (above), AltUp and LAuReL. Norms as they are (norm_shift 0). The
+    # converter stacks model.altup_projections.{0..S-2} (and the unembed ones) into one tensor,
+    # and pads the per-layer table with zero rows up to vocab_size (see _unpad_rows).
+    ("altup_proj.weight",              _G3N,      "model.altup_projections.{s}.weight",                   STACKED),
+    ("altup_unembd_proj.weight",       _G3N,      "model.altup_unembed_projections.{s}.weight",           STACKED),
+    ("blk.{i}.altup_correct_coef.weight", _G3N,   "model.layers.{i}.altup.correction_coefs.weight",       NONE),
+    ("blk.{i}.altup_correct_scale.weight", _G3N,  "model.layers.{i}.altup.correct_output_scale",          NONE),
+    ("blk.{i}.altup_predict_coef.weight", _G3N,   "model.layers.{i}.altup.prediction_coefs.weight",       NONE),
+    ("blk.{i}.altup_router.weight",    _G3N,      "model.layers.{i}.altup.modality_router.weight",        NONE),
+    ("blk.{i}.altup_router_norm.weight", _G3N,    "model.layers.{i}.altup.router_norm.weight",            UNSHIFT),
+    ("blk.{i}.laurel_l.weight",        _G3N,      "model.layers.{i}.laurel.linear_left.weight",           NONE),
+    ("blk.{i}.laurel_r.weight",        _G3N,      "model.layers.{i}.laurel.linear_right.weight",          NONE),
+    ("blk.{i}.laurel_post_norm.weight", _G3N,     "model.layers.{i}.laurel.post_laurel_norm.weight",      UNSHIFT),
 )
 # Gemma 4's full-attention RoPE as llama.cpp encodes it: one factor per frequency pair of the
 # full layers' heads, 1.0 for the pairs that rotate and 1e30 (frequency ~0) for the rest.
@@ -141,6 +160,7 @@ _MODEL_TYPES = {
     # The GGUF holds the text model only (llama.cpp writes the vision tower to a separate
     # mmproj file), so this is transformers' text-only Gemma 3, as its GGUF loader also says.
     "gemma3": ("gemma3_text", "Gemma3ForCausalLM"),
+    "gemma3n": ("gemma3n_text", "Gemma3nForCausalLM"),
     "gemma4": ("gemma4_text", "Gemma4ForCausalLM"),
 }
 
@@ -213,10 +233,10 @@ class GGUFCheckpoint:
 
 
 def read_gguf(path: str | os.PathLike[str], on_valid_header: Callable[[], None] | None = None) -> GGUFCheckpoint:
-    """Read a Gemma / Gemma 2 / Gemma 3 / Gemma 4 (text) GGUF file into HF-layout float32 tensors.
+    """Read a Gemma / 2 / 3 / 3n / 4 (text) GGUF file into HF-layout float32 tensors.
 
     Raises `GemmaRefError` for a missing, truncated or corrupt file, an architecture other than
-    gemma / gemma2 / gemma3 / gemma4, a tensor type that cannot be dequantized, or a missing, unknown or
+    gemma / gemma2 / gemma3 / gemma3n / gemma4, a tensor type that cannot be dequantized, or a missing, unknown or
     mis-shaped tensor. `on_valid_header()` is called once the header has been parsed and every
     tensor found inside the file, before the slow part (vocabulary, dequantization).
     """
@@ -385,6 +405,8 @@ def _build_config(
 
     if arch == "gemma4":
         return _gemma4_config(reader, path, vocab_size, tensor_names, key, positive_int)
+    if arch == "gemma3n":
+        return _gemma3n_config(reader, path, vocab_size, tensor_names, key, positive_int)
     hidden = positive_int("embedding_length", key("embedding_length"))
     layers = positive_int("block_count", key("block_count"))
     heads = positive_int("attention.head_count", key("attention.head_count"))
@@ -556,6 +578,64 @@ def _gemma4_config(reader, path, vocab_size, tensor_names, key, positive_int) ->
     }
 
 
+def _gemma3n_config(reader, path, vocab_size, tensor_names, key, positive_int) -> dict[str, Any]:
+    """config.json of a Gemma 3n GGUF, from what llama.cpp's Gemma3NModel writes.
+
+    feed_forward_length is per layer; activation_sparsity_scale holds, per layer, the
+    standard normal quantile of the target sparsity (-inf for a dense layer), which is
+    turned back into the sparsity. The file has no altup_correct_scale flag: llama.cpp
+    always scales (the real models set it), so it is True here. laurel_rank and the
+    per-layer table's rows come from the tensors' shapes.
+    """
+    layers = positive_int("block_count", key("block_count"))
+    ffn = key("feed_forward_length")
+    ffn = ffn if isinstance(ffn, list) else [ffn] * layers
+    pattern = key("attention.sliding_window_pattern")
+    if not isinstance(pattern, list) or len(pattern) != layers or len(ffn) != layers:
+        raise GemmaRefError(f"{path}: gemma3n.feed_forward_length and attention.sliding_window_pattern "
+                            f"must have one entry per layer ({layers})")
+    scales = key("activation_sparsity_scale", [float("-inf")] * layers)
+    scales = scales if isinstance(scales, list) else [scales] * layers
+    if len(scales) != layers:
+        raise GemmaRefError(f"{path}: gemma3n.activation_sparsity_scale has {len(scales)} entries for {layers} layers")
+    shapes = {t.name: [int(n) for n in reversed(t.shape.tolist())] for t in reader.tensors}
+    laurel = shapes.get("blk.0.laurel_l.weight", [0])[0]
+    heads = positive_int("attention.head_count", key("attention.head_count"))
+    head_dim = positive_int("attention.key_length", key("attention.key_length"))
+    softcap = key("final_logit_softcapping", None)
+    return {
+        "architectures": ["Gemma3nForCausalLM"],
+        "model_type": "gemma3n_text",
+        "vocab_size": vocab_size,
+        "hidden_size": positive_int("embedding_length", key("embedding_length")),
+        "intermediate_size": [positive_int("feed_forward_length", f) for f in ffn],
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": positive_int("attention.head_count_kv", key("attention.head_count_kv")),
+        "head_dim": head_dim,
+        "max_position_embeddings": positive_int("context_length", key("context_length")),
+        "rms_norm_eps": float(key("attention.layer_norm_rms_epsilon")),
+        "rope_theta": float(key("rope.freq_base", 1_000_000.0)),
+        "rope_local_base_freq": float(key("rope.freq_base_swa", GEMMA3_ROPE_LOCAL_BASE_FREQ)),
+        "sliding_window": key("attention.sliding_window", None),
+        "layer_types": ["sliding_attention" if p else "full_attention" for p in pattern],
+        "final_logit_softcapping": float(softcap) if softcap else None,
+        "num_kv_shared_layers": key("attention.shared_kv_layers", 0),
+        "hidden_size_per_layer_input": positive_int("embedding_length_per_layer_input",
+                                                    key("embedding_length_per_layer_input")),
+        "vocab_size_per_layer_input": shapes.get("per_layer_token_embd.weight", [vocab_size])[0],
+        "altup_num_inputs": positive_int("altup.num_inputs", key("altup.num_inputs")),
+        "altup_active_idx": key("altup.active_idx"),
+        "altup_correct_scale": True,
+        "laurel_rank": laurel,
+        # cdf(the float32 quantile) is the sparsity to ~1e-8; sparsities are short decimals.
+        "activation_sparsity_pattern": [0.0 if math.isinf(z) else round(NormalDist().cdf(z), 6) for z in scales],
+        "hidden_activation": HIDDEN_ACTIVATION,
+        "attention_bias": False,
+        **_token_fields(reader, path, vocab_size, tensor_names),
+    }
+
+
 def _token_fields(reader, path: str, vocab_size: int, tensor_names: list[str]) -> dict[str, Any]:
     """The special token ids (each checked to lie in the vocabulary) and whether the head is tied."""
     def token_id(name: str) -> int | None:
@@ -620,12 +700,15 @@ def _read_tensors(reader: gguf.GGUFReader, path: str, arch: str, config: dict[st
     expected = _expected_tensors(arch, config["num_hidden_layers"])
     by_name = {t.name: t for t in reader.tensors if t.name != ROPE_FREQS}
     shapes = optional = None
-    if arch == "gemma4":  # which of the table's tensors this file needs: from the config's layers
+    if arch in _PLE:  # which of the table's tensors this file needs: from the config's layers
         from .config import GemmaConfig
         from .loader import expected_shapes, unused_shapes
 
         gemma_config = GemmaConfig.from_dict(config, source=path)
         shapes = expected_shapes(gemma_config)
+        for g, (h, t) in expected.items():  # [S - 1, D, D], of S - 1 matrices [D, D]
+            if t == STACKED and h.format(s=0) in shapes:
+                shapes[h] = (config["altup_num_inputs"] - 1, *shapes[h.format(s=0)])
         optional = unused_shapes(gemma_config)  # k/v of the KV-sharing layers, if written
         expected = {g: (h, t) for g, (h, t) in expected.items() if h in shapes or h in optional}
         by_name = {n: t for n, t in by_name.items() if expected.get(n, ("",))[0] not in optional}
@@ -660,8 +743,27 @@ def _read_tensors(reader: gguf.GGUFReader, path: str, arch: str, config: dict[st
         array = _dequantize(t, path, shape)
         if transform == UNSHIFT and arch in _SHIFTED:
             array -= np.float32(1.0)
-        tensors[hf_key] = array
+        if transform == STACKED:
+            tensors.update({hf_key.format(s=s): array[s] for s in range(len(array))})
+        elif arch == "gemma3n" and hf_key == "model.embed_tokens_per_layer.weight":
+            array = tensors[hf_key] = _unpad_rows(array)
+            config["vocab_size_per_layer_input"] = len(array)
+        else:
+            tensors[hf_key] = array
     return tensors
+
+
+def _unpad_rows(table: np.ndarray) -> np.ndarray:
+    """Gemma 3n's per-layer table without the all-zero rows llama.cpp's converter appends.
+
+    The Hub table has 262144 rows and the vocabulary 262400 (image and audio tokens); the
+    converter pads the table to the vocabulary with zeros. transformers gives ids past the
+    table row 0, not a zero row, so the padding comes off (a trained row is never all zero).
+    """
+    n = len(table)
+    while n > 1 and not table[n - 1].any():
+        n -= 1
+    return table[:n]
 
 
 def _check_dequantizable(t: Any, path: str) -> None:

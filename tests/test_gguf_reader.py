@@ -19,7 +19,7 @@ from sentencepiece import sentencepiece_model_pb2
 
 import gemma_ref.gguf as reader_module
 from gemma_ref.errors import GemmaRefError
-from gemma_ref.gguf import TENSOR_NAME_TABLE, UNSHIFT, read_gguf
+from gemma_ref.gguf import STACKED, TENSOR_NAME_TABLE, UNSHIFT, read_gguf
 
 GOLDEN_DIR = Path(__file__).parent / "data" / "gemma3-270m"
 SP_TYPE = sentencepiece_model_pb2.ModelProto.SentencePiece.Type
@@ -164,13 +164,16 @@ def test_270m_tokenizer_proto(ckpt_270m, sp_270m):
 # ============================================================================================
 
 
-@pytest.mark.parametrize("arch", ["gemma", "gemma2", "gemma3", "gemma4"])
+@pytest.mark.parametrize("arch", ["gemma", "gemma2", "gemma3", "gemma3n", "gemma4"])
 def test_name_table_agrees_with_gguf_tensor_mapping(arch):
     arch_enum = next(a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == arch)
     name_map = gguf.get_tensor_name_map(arch_enum, 2)
     rows = [r for r in TENSOR_NAME_TABLE if arch in r[1]]
     for gguf_name, _, hf_key, transform in rows:
         if gguf_name.endswith(".scale"):  # the router's scales: renamed by Gemma4Model.modify_tensors
+            continue
+        if transform == STACKED:  # Gemma3NModel names the stack as model.altup_projections.weight
+            assert name_map.get_name(hf_key.removesuffix(".{s}.weight")) + ".weight" == gguf_name
             continue
         for i in (0, 1):
             theirs = name_map.get_name(hf_key.format(i=i).removesuffix(".weight"))
@@ -576,3 +579,90 @@ def test_gemma4_gguf_equals_transformers(tmp_path, monkeypatch, name):
     logits = m.forward(g["input_ids"])
     assert np.abs(logits - g["logits"][..., :m.n_vocab]).max() < 1e-4
     assert m.tokenizer.encode("Once upon a time") == Model.from_pretrained(ckpt).tokenizer.encode("Once upon a time")
+
+
+# ============================================================================================
+# Gemma 3n: a GGUF written here as llama.cpp's Gemma3NModel writes one (conversion/gemma.py)
+# ============================================================================================
+
+
+def write_gemma3n(path: Path, ckpt: Path) -> Path:
+    """The tiny checkpoint `ckpt` as llama.cpp's `Gemma3NModel` writes it: norms as they are,
+    per-layer MLP widths, activation_sparsity_scale = the normal quantile of each layer's
+    sparsity (float32; -inf for 0), AltUp projections stacked, `*_scale` tensors named
+    `*_scale.weight`, the per-layer table padded with zero rows to the vocabulary, and the
+    SentencePiece vocabulary as tokenizer.ggml.model 'llama'. (The converter refuses AltUp
+    with other than 4 streams; this writer does not, so the 2-stream checkpoint, whose
+    altup_correct_scale is true as in the real models, can be used.)"""
+    from statistics import NormalDist
+
+    from safetensors.numpy import load_file
+
+    cfg = json.loads((ckpt / "config.json").read_text())
+    hf = load_file(str(ckpt / "model.safetensors"))
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString((ckpt / "tokenizer.model").read_bytes())
+    L, V = cfg["num_hidden_layers"], cfg["vocab_size"]
+    w = gguf.GGUFWriter(str(path), "gemma3n")
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(L)
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_key_length(cfg["head_dim"])
+    w.add_value_length(cfg["head_dim"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    rope = cfg["rope_parameters"]  # (this checkpoint has transformers 5's spelling)
+    w.add_rope_freq_base(rope["full_attention"]["rope_theta"])
+    w.add_rope_freq_base_swa(rope["sliding_attention"]["rope_theta"])
+    w.add_final_logit_softcapping(cfg["final_logit_softcapping"])
+    w.add_sliding_window(cfg["sliding_window"])
+    w.add_altup_active_idx(cfg["altup_active_idx"])
+    w.add_altup_num_inputs(cfg["altup_num_inputs"])
+    w.add_embedding_length_per_layer_input(cfg["hidden_size_per_layer_input"])
+    w.add_shared_kv_layers(cfg["num_kv_shared_layers"])
+    w.add_activation_sparsity_scale([float(np.float32(NormalDist().inv_cdf(p))) if p else float("-inf")
+                                     for p in cfg["activation_sparsity_pattern"]])
+    w.add_sliding_window_pattern([t == "sliding_attention" for t in cfg["layer_types"]])
+    w.add_file_type(0)
+    w.add_tokenizer_model("llama")
+    pieces = list(proto.pieces)
+    w.add_token_list([p.piece for p in pieces] + [f"[PAD{i}]" for i in range(len(pieces), V)])
+    w.add_token_scores([p.score for p in pieces] + [-1000.0] * (V - len(pieces)))
+    w.add_token_types([int(p.type) for p in pieces] + [5] * (V - len(pieces)))  # same numbering
+    w.add_bos_token_id(cfg["bos_token_id"])
+    w.add_eos_token_id(cfg["eos_token_id"])
+    w.add_pad_token_id(cfg["pad_token_id"])
+    w.add_unk_token_id(next(i for i, p in enumerate(pieces) if p.type == 2))
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3N, L)
+    S = cfg["altup_num_inputs"]
+    for stack in ("altup_projections", "altup_unembed_projections"):
+        w.add_tensor(name_map.get_name(f"model.{stack}") + ".weight",
+                     np.stack([hf.pop(f"model.{stack}.{s}.weight") for s in range(S - 1)]))
+    for key, value in hf.items():
+        if key == "model.embed_tokens_per_layer.weight":
+            value = np.concatenate([value, np.zeros((V - len(value), value.shape[1]), value.dtype)])
+        w.add_tensor(name_map.get_name(key.removesuffix(".weight")) + ".weight", np.ascontiguousarray(value))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_gemma3n_gguf_equals_transformers(tmp_path, monkeypatch):
+    from gemma_ref import Model
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    ckpt = Path(__file__).parent / "data" / "tiny" / "gemma3n-2streams"
+    g = np.load(ckpt / "golden.npz")
+    hub_model = Model.from_pretrained(ckpt)
+    m = Model.from_pretrained(write_gemma3n(tmp_path / "g3n.gguf", ckpt), progress=False)
+    assert m.config.layers == hub_model.config.layers
+    assert m.config.vocab_size_per_layer_input == 300  # the converter's zero rows taken off
+    logits = m.forward(g["input_ids"])
+    assert np.abs(logits - g["logits"]).max() < 1e-4
+    ids = np.array([[2, 301, 450, 511, 7]])  # ids past the per-layer table read its row 0
+    np.testing.assert_allclose(m.forward(ids), hub_model.forward(ids), atol=1e-5)
+    assert m.tokenizer.encode("Once upon a time") == hub_model.tokenizer.encode("Once upon a time")
