@@ -8,7 +8,8 @@
 from .api import Model
 from .config import PRESETS, GemmaConfig
 from .errors import GemmaRefError
-from .model import forward, new_cache
+from .kv_cache import new_cache
+from .model import forward
 from .sampling import SamplingParams, sample
 from .tokenizer import Tokenizer, chat_prompt
 

@@ -19,7 +19,9 @@ from . import hub, vision, vision_gemma4
 from .config import GemmaConfig
 from .errors import GemmaRefError
 from .loader import gguf_as_checkpoint, load_safetensors_checkpoint
-from .model import Weights, forward, new_cache
+from .kv_cache import new_cache
+from .model import forward
+from .weights import Weights
 from .sampling import SamplingParams, check_seed, sample
 from .tokenizer import END_OF_TURN, Tokenizer, chat_images
 from .vision import IMAGE_MARKER, Preprocessing, VisionConfig
@@ -293,7 +295,7 @@ class Model:
         return self.preprocessing
 
     def new_cache(self, batch: int, max_len: int):
-        """An empty KV cache (see model.new_cache)."""
+        """An empty KV cache (see kv_cache.new_cache)."""
         return new_cache(self.config, batch, max_len, self.dtype)
 
     # --- generation --------------------------------------------------------------

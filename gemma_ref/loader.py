@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import GemmaConfig
 from .errors import GemmaRefError
-from .model import ROW_TABLES
+from .weights import ROW_TABLES
 
 # safetensors dtype tag -> NumPy dtype (bfloat16 comes from ml_dtypes).
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64}
@@ -37,7 +37,7 @@ _PREFIXES = {
 _VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
                     "model.multi_modal_projector.", "model.embed_vision.", "model.audio_tower.",
                     "model.embed_audio.")
-# model.ROW_TABLES, read a few rows at a time (the rows of the tokens in a step), never
+# weights.ROW_TABLES, read a few rows at a time (the rows of the tokens in a step), never
 # whole, stay memory-mapped in their stored dtype, outside the float32 budget.
 
 
@@ -286,7 +286,7 @@ def load_safetensors_checkpoint(directory: Path, config: GemmaConfig,
 
     Tensors are held float32 in RAM, in their stored dtype in RAM, or memory-mapped,
     within `max_memory` bytes (plan_tiers says which), so a checkpoint larger than RAM
-    as float32, or at all, still runs (see model.Weights and parallel.widen_into).
+    as float32, or at all, still runs (see weights.Weights and parallel.widen_into).
     vision: a vision.VisionConfig to load (and check) the vision tower and projector too.
     """
     found: dict[str, StoredTensor] = {}

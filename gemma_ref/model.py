@@ -12,10 +12,11 @@ config values (see config.py); what differs between the layers of one model
 Parameters are a mapping from Hugging Face checkpoint keys to arrays
 (`model.layers.3.self_attn.q_proj.weight`, shape [out, in]). Precision: the
 activations are float32 (or float64, for ground truth); weights stored in a
-narrower type are widened as they are used (`Weights`: matrices block by block inside
-the products, parallel.widen_into). Images (Gemma 3 4B+, Gemma 4) arrive as
-`ImageTokens` made by vision.py / vision_gemma4.py: embeddings for the image soft
-tokens and a wider reach for their attention; no pixels here.
+narrower type are widened as they are used (weights.py's `Weights`: matrices block by
+block inside the products, parallel.widen_into). Keys and values of earlier tokens live
+in kv_cache.py's cache. Images (Gemma 3 4B+, Gemma 4) arrive as `ImageTokens` made by
+vision.py / vision_gemma4.py: embeddings for the image soft tokens and a wider reach
+for their attention; no pixels here.
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Mapping
 
 import numpy as np
 
-from .config import GemmaConfig, LayerSpec
+from .config import GemmaConfig
 from .errors import GemmaRefError
+from .kv_cache import attended_kv
 from .parallel import (FEW_ROWS, dense, linear, reuse_freed_memory, sharded_attention, sharded_geglu,
                        split_tokens, threads_for)
+from .weights import Weights
 
 
 # --- primitives -------------------------------------------------------------
@@ -234,76 +236,7 @@ def sparse_geglu(x, w_gate, w_up, w_down, sparsity):
     return dense(gelu_tanh(g) * dense(x, w_up), w_down)
 
 
-# --- weights, images and cache -------------------------------------------------
-
-
-# Tables read a few rows at a time (the rows of a step's tokens, Weights.rows), never
-# multiplied whole: Gemma 3n's and Gemma 4's per-layer embeddings (4.7 GB in bfloat16 for
-# Gemma 4 E2B). The loader keeps them memory-mapped as stored, outside the budget.
-ROW_TABLES = frozenset({"model.embed_tokens_per_layer.weight"})
-
-
-class Weights:
-    """Read-only view of the checkpoint: HF key -> array widened to the compute dtype.
-
-    Arrays already in the compute dtype are returned as they are (no copy). The text
-    model's matrices held narrower (bfloat16, float16; in RAM or memory-mapped, see
-    loader.py's tiers) are returned as stored when computing in float32: every product
-    that takes them (parallel.dense, linear) widens them block by block as it goes, so
-    they are read once, at their stored width. Anything else narrower is widened whole
-    on each use. `rows` reads and widens only some rows of a big table (the embedding,
-    per-layer embeddings, one expert).
-    """
-
-    def __init__(self, arrays: Mapping[str, np.ndarray], dtype=np.float32):
-        self.arrays, self.dtype = arrays, np.dtype(dtype)
-        # Names handed to the products as stored (decided once: __getitem__ runs ~250
-        # times a decoding step).
-        self.narrow_names = frozenset(
-            n for n, a in arrays.items()
-            if self.dtype == np.float32 and n.startswith("model.") and len(a.shape) == 2
-            and np.dtype(a.dtype).itemsize == 2)
-        # Whether products take narrow weights (parallel.threads_for: then our threads split
-        # them, also when decoding). A row table never enters a product: held narrow, it
-        # leaves decoding on BLAS's threads (Gemma 3n E2B: 2.7 tok/s, not 1.6).
-        self.narrow = bool(self.narrow_names - ROW_TABLES)
-
-        self.fused: dict[str, np.ndarray] = {}  # see fuse
-
-    def fuse(self, config: GemmaConfig) -> None:
-        """Stack, once, the matrices that multiply the same input, for one product each.
-
-        Per layer: q_proj, k_proj, v_proj (those it has) as `...self_attn.qkv`, and
-        gate_proj, up_proj as `...mlp.gate_up`, when all are float32 arrays in RAM. A
-        decoding step then makes 2 products of these instead of 5 (each product pays a
-        BLAS call and its threads' hand-off). The HF names stay, as views into the
-        stacked array (memory is held once); products that trace or split by rows use them.
-        """
-        for i, spec in enumerate(config.layers):
-            p = f"model.layers.{i}."
-            groups = {p + "mlp.gate_up": [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]}
-            if spec.kv_source == i:
-                groups[p + "self_attn.qkv"] = [p + f"self_attn.{n}_proj.weight"
-                                               for n in ("q", "k", "v")[:3 if spec.v_proj else 2]]
-            for name, parts in groups.items():
-                arrays = [self.arrays[n] for n in parts]
-                if not all(type(a) is np.ndarray and a.dtype == self.dtype for a in arrays):
-                    continue  # narrow, memory-mapped or on disk: left as it is
-                stacked = self.fused[name] = np.concatenate(arrays)  # [sum of rows, D]
-                start = 0
-                for n, a in zip(parts, arrays):
-                    self.arrays[n] = stacked[start:start + a.shape[0]]  # a view, same values
-                    start += a.shape[0]
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        a = self.arrays[name]
-        if name in self.narrow_names:
-            return a if isinstance(a, np.ndarray) else a.memmap()  # loader.StoredTensor: mapped
-        return np.asarray(a).astype(self.dtype, copy=False)
-
-    def rows(self, name: str, index) -> np.ndarray:
-        """self[name][index], widening only the rows taken.     [R, ...] -> [index.shape..., ...]"""
-        return np.asarray(self.arrays[name][index]).astype(self.dtype, copy=False)
+# --- images ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -322,93 +255,6 @@ class ImageTokens:
     def sees_both_ways(self, spec) -> bool:
         """Whether an image's tokens see each other both ways on a layer (config.LayerSpec)."""
         return self.layers == "all" or (self.layers == "sliding" and spec.window is not None)
-
-
-@dataclass
-class LayerCache:
-    """Keys and values of one layer, after RoPE, in C slots; a position p lives in slot p % C.
-
-    Full-attention layers have C = the longest context; sliding layers C = window,
-    so the buffer is a ring that never grows past the window.
-    """
-
-    k: np.ndarray  # [B, C, K, H]
-    v: np.ndarray  # [B, C, K, H]
-    pos: np.ndarray  # [B, C] position held in each slot, -1 = empty
-    end: int = 0  # one past the highest position written (any row)
-
-    @property
-    def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes + self.pos.nbytes
-
-
-def _slots(spec: LayerSpec, max_len: int) -> int:
-    """C: cache slots of a layer (a sliding layer never needs more than its window)."""
-    return min(spec.window, max_len) if spec.window else max_len
-
-
-def new_cache(config: GemmaConfig, batch: int, max_len: int, dtype=np.float32) -> list[LayerCache | None]:
-    """An empty KV cache for `batch` sequences of at most `max_len` positions.
-
-    One LayerCache per layer, shaped by its LayerSpec; None for a layer that attends
-    with another layer's keys and values (Gemma 4 KV sharing): it owns no cache.
-    """
-    cache = []
-    for i, s in enumerate(config.layers):
-        if s.kv_source != i:
-            cache.append(None)
-            continue
-        C, K, H = _slots(s, max_len), s.num_key_value_heads, s.head_dim
-        cache.append(LayerCache(
-            k=np.zeros((batch, C, K, H), dtype), v=np.zeros((batch, C, K, H), dtype),
-            pos=np.full((batch, C), -1, np.int64),
-        ))
-    return cache
-
-
-def cache_nbytes(config: GemmaConfig, max_len: int, batch: int = 1, dtype=np.float32) -> int:
-    """Bytes of `new_cache(config, batch, max_len, dtype)`: keys, values and positions."""
-    item = np.dtype(dtype).itemsize
-    return batch * sum(_slots(s, max_len) * (2 * s.num_key_value_heads * s.head_dim * item + 8)
-                       for i, s in enumerate(config.layers) if s.kv_source == i)
-
-
-def cache_write(c: LayerCache, k, v, pos):
-    """Store new keys/values at slot pos % C (padding, pos < 0, is skipped).
-
-    k, v [B, T, K, H]; pos [B, T]. Only the last C positions of each row are kept.
-    """
-    C = c.pos.shape[1]
-    keep = (pos >= 0) & (pos > pos.max(axis=1, keepdims=True) - C)  # [B, T]
-    b, t = np.nonzero(keep)
-    slot = pos[b, t] % C
-    c.k[b, slot], c.v[b, slot], c.pos[b, slot] = k[b, t], v[b, t], pos[b, t]
-    c.end = max(c.end, int(pos.max()) + 1)
-
-
-def attended_kv(c: LayerCache | None, k, v, positions, ring: bool):
-    """The keys and values this step's queries attend over, the new ones stored in c.
-
-    k, v [B, T, K, H], positions [B, T] -> k, v [B, S, K, H], their positions [B, S]
-    Without a cache: the step's own. `ring`: c is a sliding layer's ring buffer.
-    """
-    if c is None:
-        return k, v, positions
-    if not ring or k.shape[1] == 1:
-        # Storing first evicts nothing still visible (a full layer never evicts; a
-        # ring evicts position p - window, just out of the new query's reach), so
-        # attend over the cache in place.
-        cache_write(c, k, v, positions)
-        used = min(c.end, c.pos.shape[1])
-        return c.k[:, :used], c.v[:, :used], c.pos[:, :used]  # [B, S, ...]
-    # A chunk on a ring: its last keys may evict ones its first queries need, so
-    # attend over what the ring held plus the chunk, then store.
-    used = min(c.end, c.pos.shape[1])
-    k_all = np.concatenate([c.k[:, :used], k], axis=1)  # [B, S, K, H]
-    v_all = np.concatenate([c.v[:, :used], v], axis=1)
-    k_pos = np.concatenate([c.pos[:, :used], positions], axis=1)  # [B, S]
-    cache_write(c, k, v, positions)
-    return k_all, v_all, k_pos
 
 
 # --- the network --------------------------------------------------------------

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from gemma_ref import vision
-from gemma_ref.model import Weights
+from gemma_ref.weights import Weights
 
 GEMMA3_SIGLIP = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
                      num_attention_heads=16, image_size=896, patch_size=14, mm_tokens_per_image=256)

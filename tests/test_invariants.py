@@ -194,7 +194,7 @@ def test_float64_close_to_float32(tiny_dirs):
 @pytest.mark.parametrize("preset", ["2b", "2-2b", "3-270m", "3-1b", "3-27b", "4-e2b", "4-26b-a4b"])
 def test_cache_nbytes_matches_allocation(preset):
     from gemma_ref import PRESETS
-    from gemma_ref.model import cache_nbytes, new_cache
+    from gemma_ref.kv_cache import cache_nbytes, new_cache
 
     config = PRESETS[preset]
     cache = new_cache(config, 1, 2048)  # np.zeros: allocated lazily, cheap
@@ -205,7 +205,7 @@ def test_gemma4_e2b_cache_by_hand():
     """E2B at 4096 positions: 15 layers own a cache (20 share); full layers H 512, sliding
     256, one kv head; 12 sliding rings of 512 slots, 3 full caches of 4096."""
     from gemma_ref import PRESETS
-    from gemma_ref.model import cache_nbytes
+    from gemma_ref.kv_cache import cache_nbytes
 
     c = PRESETS["4-e2b"]
     per_slot = lambda H: 2 * 1 * H * 4 + 8  # k and v in float32, plus the position
@@ -223,7 +223,7 @@ def test_num_parameters_counts_every_tensor(preset):
 
 def test_sliding_layers_do_not_grow_with_context():
     from gemma_ref import PRESETS
-    from gemma_ref.model import cache_nbytes
+    from gemma_ref.kv_cache import cache_nbytes
 
     c = PRESETS["3-270m"]  # 15 sliding layers (window 512), 3 global
     grow = cache_nbytes(c, 65536) - cache_nbytes(c, 32768)
@@ -235,7 +235,7 @@ def test_sliding_layers_do_not_grow_with_context():
 def test_stacked_products_give_the_logits_of_separate_ones(tiny_models, name):
     """Weights.fuse: q/k/v and gate/up in one product each while decoding (every
     generation: K=V layers, KV sharing, MoE, AltUp), the same logits as unstacked."""
-    from gemma_ref.model import Weights
+    from gemma_ref.weights import Weights
 
     m = tiny_models[name]
     assert m.weights.fused  # a float32 model in RAM has stacked matrices
@@ -271,7 +271,7 @@ def test_a_narrow_row_table_leaves_decoding_on_blas_threads(tiny_models):
     they do not make the products narrow (parallel.threads_for), a narrow matrix does."""
     import ml_dtypes
 
-    from gemma_ref.model import ROW_TABLES, Weights
+    from gemma_ref.weights import ROW_TABLES, Weights
 
     m = tiny_models["gemma4-ple-shared"]
     [table] = ROW_TABLES
