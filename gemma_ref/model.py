@@ -251,6 +251,9 @@ class ImageTokens:
     embeds: np.ndarray  # [n, D] their embeddings, row by row in order (n = at.sum())
     reach: np.ndarray  # [B, T] last position each token sees: its own, or its image's last
     layers: str = "all"  # where reach applies: "all" (Gemma 3), "sliding" (Gemma 4), "none"
+    # What the soft tokens are embedded as before their features replace them, as in
+    # transformers: <pad> (Gemma 4) or their own id (Gemma 3). Only traces see it.
+    embedded_as_pad: bool = False
 
     def sees_both_ways(self, spec) -> bool:
         """Whether an image's tokens see each other both ways on a layer (config.LayerSpec)."""
@@ -540,7 +543,8 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *, im
 
     # Embedding, scaled by sqrt(D); the scale is rounded to the activation dtype first.
     E = W["model.embed_tokens.weight"]  # [V, D] (as stored, when held narrow)
-    x = W.rows("model.embed_tokens.weight", ids) * np.asarray(np.sqrt(config.hidden_size), dtype)  # [B, T, D]
+    tok = ids if images is None or not images.embedded_as_pad else np.where(images.at, config.pad_token_id, ids)
+    x = W.rows("model.embed_tokens.weight", tok) * np.asarray(np.sqrt(config.hidden_size), dtype)  # [B, T, D]
     record(trace, "model.embed_tokens", x)
     if images is not None:  # image soft tokens: the image features, unscaled
         x[images.at] = images.embeds

@@ -25,7 +25,6 @@ import numpy as np
 
 from .cache import sha256
 from .errors import GemmaRefError
-from .vision_gemma4 import Gemma4VisionConfig
 
 FORMAT = "gemma-ref-golden/1"
 # Default tolerance of `compare` (relative error, see row_errors). Gemma 3 270M, prompts up
@@ -99,12 +98,6 @@ def dump_prompt(model, ids, *, k: int = 0, max_new_tokens: int = 16, trace: bool
     images = pixel_values if image_position_ids is None else {
         "pixel_values": pixel_values, "image_position_ids": image_position_ids}
     logits = model.forward(ids, images=images, trace=t)  # [T, V]
-    if "model.inputs_embeds" in t and isinstance(model.vision, Gemma4VisionConfig):
-        # Gemma 4: transformers embeds image soft tokens as <pad> (then replaces them); Gemma 3
-        # embeds their own id (modeling_gemma{3,4}.py, llm_input_ids)
-        soft = ids[None] == model.vision.image_token_index  # [1, T]
-        scale = np.asarray(np.sqrt(model.config.hidden_size), model.dtype)
-        t["model.embed_tokens"][soft] = model.weights["model.embed_tokens.weight"][model.config.pad_token_id] * scale
     d = PromptDump(input_ids=ids, hidden_states=hidden_states(t, model.config.num_hidden_layers)[:, 0],
                    text=text, pixel_values=pixel_values, image_position_ids=image_position_ids)
     if k:

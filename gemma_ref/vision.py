@@ -68,6 +68,7 @@ class VisionConfig:
     eoi_token_index: int = 256_000  # <end_of_image>
 
     bidirectional_layers = "all"  # an image's tokens see each other both ways on every layer
+    soft_tokens_embedded_as_pad = False  # see model.ImageTokens.embedded_as_pad
 
     def expected_shapes(self, text_hidden: int) -> dict[str, tuple[int, ...]]:
         return expected_vision_shapes(self, text_hidden)
@@ -480,4 +481,4 @@ def image_tokens(ids, positions, rows, c: VisionConfig):
         raise GemmaRefError(f"the ids hold {int(at.sum())} image soft tokens, the images give "
                             f"{len(rows)} ({c.mm_tokens_per_image} per image)")
     return ImageTokens(at=at, embeds=rows, reach=image_reach(ids, positions, c),
-                       layers=c.bidirectional_layers)
+                       layers=c.bidirectional_layers, embedded_as_pad=c.soft_tokens_embedded_as_pad)

@@ -65,6 +65,8 @@ class Gemma4VisionConfig:
     def bidirectional_layers(self) -> str:  # where an image's tokens see each other both ways
         return "sliding" if self.bidirectional == "vision" else "none"
 
+    soft_tokens_embedded_as_pad = True  # transformers' llm_input_ids (model.ImageTokens)
+
     # Gemma 3's names for the image tokens (what vision.image_tokens and the API read)
     image_token_index = property(lambda self: self.image_token_id)
     boi_token_index = property(lambda self: self.boi_token_id)
