@@ -666,3 +666,18 @@ def test_gemma3n_gguf_equals_transformers(tmp_path, monkeypatch):
     ids = np.array([[2, 301, 450, 511, 7]])  # ids past the per-layer table read its row 0
     np.testing.assert_allclose(m.forward(ids), hub_model.forward(ids), atol=1e-5)
     assert m.tokenizer.encode("Once upon a time") == hub_model.tokenizer.encode("Once upon a time")
+
+
+def test_gemma3n_gguf_with_per_layer_metadata_of_the_wrong_length_is_refused(tmp_path, monkeypatch):
+    """One clear error naming the key, not an index error or a silently wrong model."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    ckpt = Path(__file__).parent / "data" / "tiny" / "gemma3n-2streams"
+    add = gguf.GGUFWriter.add_activation_sparsity_scale
+    monkeypatch.setattr(gguf.GGUFWriter, "add_activation_sparsity_scale", lambda w, v: add(w, v[:-1]))
+    with pytest.raises(GemmaRefError, match="activation_sparsity_scale has 5 entries for 6 layers"):
+        read_gguf(write_gemma3n(tmp_path / "short.gguf", ckpt))
+    monkeypatch.undo()
+    add = gguf.GGUFWriter.add_sliding_window_pattern
+    monkeypatch.setattr(gguf.GGUFWriter, "add_sliding_window_pattern", lambda w, v: add(w, v[:2]))
+    with pytest.raises(GemmaRefError, match="sliding_window_pattern must have one entry per layer"):
+        read_gguf(write_gemma3n(tmp_path / "short2.gguf", ckpt))
