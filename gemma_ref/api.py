@@ -18,14 +18,15 @@ from . import chat_template as chat_templates
 from . import hub, vision, vision_gemma4
 from .config import GemmaConfig
 from .errors import GemmaRefError
-from .loader import gguf_as_checkpoint, load_safetensors_checkpoint
 from .kv_cache import new_cache
+from .loader import gguf_as_checkpoint, load_safetensors_checkpoint
 from .model import forward
-from .weights import Weights
+from .parallel import pipelined, prefill_chunk_size
 from .sampling import SamplingParams, check_seed, sample
 from .tokenizer import END_OF_TURN, Tokenizer, chat_images
 from .vision import IMAGE_MARKER, Preprocessing, VisionConfig
 from .vision_gemma4 import Gemma4Preprocessing, Gemma4VisionConfig
+from .weights import Weights
 
 PREFILL_CHUNK = 512  # prompt tokens per forward call: bounds the [T, S] score matrices
 MAX_NEW_TOKENS = 128  # the default of generate/stream/chat, and of the CLI's --max-new-tokens
@@ -341,7 +342,8 @@ class Model:
         t0 = time.perf_counter()
         cache = self.new_cache(B, max_len)
         rows = _image_rows(image_features, B)  # per row: soft-token embeddings, in order
-        for start, end in _prefill_chunks(ids, self.vision, PREFILL_CHUNK):
+        chunks = []  # (ids, positions, images) of each chunk of the prompt
+        for start, end in _prefill_chunks(ids, self.vision, prefill_chunk_size(P, PREFILL_CHUNK)):
             chunk, chunk_pos = ids[:, start:end], pos[:, start:end]
             images = None
             if rows is not None:  # this chunk's soft tokens take the next rows of each row's images
@@ -349,10 +351,16 @@ class Model:
                 embeds = np.concatenate([r[:n] for r, n in zip(rows, take)])
                 rows = [r[n:] for r, n in zip(rows, take)]
                 images = vision.image_tokens(chunk, chunk_pos, embeds, self.vision)
-            logits = forward(self.weights, self.config, chunk, chunk_pos, cache, images=images,
-                             last_only=True, n_vocab=self.n_vocab)
+            chunks.append((chunk, chunk_pos, images))
         if rows is not None and any(len(r) for r in rows):
             raise GemmaRefError("the prompt has fewer image soft tokens than its images give")
+
+        def prefill(chunk, chunk_pos, images):  # into the shared cache
+            return forward(self.weights, self.config, chunk, chunk_pos, cache, images=images,
+                           last_only=True, n_vocab=self.n_vocab)
+
+        # The chunks in order, or side by side on all threads (parallel.pipelined)
+        logits = pipelined(prefill, chunks, self.config.num_hidden_layers)[-1]
         seen = [list(p) for p in prompts]
         next_pos = np.array([len(p) for p in prompts], np.int64)
         done = np.zeros(B, bool)

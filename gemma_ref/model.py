@@ -30,8 +30,8 @@ import numpy as np
 from .config import GemmaConfig
 from .errors import GemmaRefError
 from .kv_cache import attended_kv
-from .parallel import (FEW_ROWS, dense, linear, reuse_freed_memory, sharded_attention, sharded_geglu,
-                       split_tokens, threads_for)
+from .parallel import (FEW_ROWS, dense, layer_turn, linear, reuse_freed_memory, sharded_attention,
+                       sharded_geglu, split_tokens, threads_for)
 from .weights import Weights
 
 
@@ -330,7 +330,8 @@ def attention_block(x, W, i, config, cos_sin, positions, cache, shared, trace, k
         q, k, v = qkv(x, *cos_sin, W, pre, config, spec, own_kv, trace)
 
     if own_kv:
-        kv = attended_kv(None if cache is None else cache[i], k, v, positions, spec.window is not None)
+        with layer_turn(i):  # a pipelined prefill's chunks write layer i's cache in order
+            kv = attended_kv(None if cache is None else cache[i], k, v, positions, spec.window is not None)
         if spec.shares_kv:
             shared[i] = kv
     else:

@@ -286,3 +286,89 @@ def test_a_narrow_row_table_leaves_decoding_on_blas_threads(tiny_models):
     down = "model.layers.0.mlp.down_proj.weight"
     arrays[down] = arrays[down].astype(ml_dtypes.bfloat16)
     assert Weights(arrays).narrow
+
+
+# --- pipelined prefill (parallel.pipelined) ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("chunk", [5, 8])
+def test_pipelined_prefill_equals_one_shot(tiny_models, name, chunk):
+    """The chunks of a prompt side by side on 2 threads, each waiting per layer for the one
+    before it (layer_turn): the last logits of a full forward, and the same cache as the
+    chunks one after another. Rows of a batch, ring caches (window 8 < 30) and shared K/V."""
+    from gemma_ref import parallel
+
+    m = tiny_models[name]
+    ids = ids_for(m, seed=7)
+    full = m.forward(ids)
+    caches = {}
+    parallel.set_threads(2)
+    try:
+        for how in ("pipelined", "in order"):
+            cache = caches[how] = m.new_cache(2, T)
+            chunks = [(ids[:, s:s + chunk], np.broadcast_to(np.arange(s, min(s + chunk, T)), (2, len(range(s, min(s + chunk, T)))))) for s in range(0, T, chunk)]
+
+            def run(part, positions):
+                return forward(m.weights, m.config, part, positions, cache, last_only=True, n_vocab=m.n_vocab)
+
+            last = (parallel.pipelined(run, chunks, m.config.num_hidden_layers) if how == "pipelined"
+                    else [run(*c) for c in chunks])[-1]
+            np.testing.assert_allclose(last[:, -1], full[:, -1], atol=1e-4, rtol=0)
+    finally:
+        parallel.set_threads(None)
+    for a, b in zip(caches["pipelined"], caches["in order"]):
+        if a is not None:
+            np.testing.assert_allclose(a.k, b.k, atol=1e-5, rtol=0)
+            np.testing.assert_array_equal(a.pos, b.pos)
+            assert a.end == b.end
+
+
+def test_generation_prefills_long_prompts_pipelined(tiny_models, monkeypatch):
+    """Model.generate cuts a long prompt into an even number of chunks per thread and runs them
+    pipelined: the same tokens as with one thread (chunks in order)."""
+    from gemma_ref import api, parallel
+
+    m = tiny_models["gemma3-mqa"]
+    prompt = ids_for(m, seed=8, B=1)[0].tolist()
+    monkeypatch.setattr(parallel, "MIN_PIPELINED", 4)
+    monkeypatch.setattr(api, "PREFILL_CHUNK", 12)
+    calls = []
+    real = parallel.pipelined
+    monkeypatch.setattr(api, "pipelined", lambda fn, chunks, layers: calls.append(len(chunks)) or real(fn, chunks, layers))
+    try:
+        parallel.set_threads(2)
+        two = m.generate(prompt, max_new_tokens=10, stop=[])
+        parallel.set_threads(1)
+        one = m.generate(prompt, max_new_tokens=10, stop=[])
+    finally:
+        parallel.set_threads(None)
+    assert calls == [4, 3]  # 30 tokens: 2 threads x 2 chunks of <= 12 (8 each); 1 thread: 12, 12, 6
+    assert two == one
+
+
+def test_a_failing_chunk_stops_the_pipeline_with_its_own_error():
+    """The first failure is raised, whichever thread ran it, and no chunk waits forever."""
+    import threading
+
+    from gemma_ref import parallel
+
+    def run(j):
+        with parallel.layer_turn(0):
+            if j == 1:
+                raise ValueError("chunk 1 failed")
+        with parallel.layer_turn(1):
+            pass
+        return j
+
+    parallel.set_threads(2)
+    try:
+        done = []
+        t = threading.Thread(target=lambda: done.append(pytest.raises(ValueError, parallel.pipelined, run,
+                                                                    [(j,) for j in range(6)], 2)))
+        t.start()
+        t.join(timeout=20)
+        assert not t.is_alive() and "chunk 1 failed" in str(done[0].value)
+        assert parallel.pipelined(run, [(0,), (2,), (3,)], 2) == [0, 2, 3]  # and it works again
+    finally:
+        parallel.set_threads(None)

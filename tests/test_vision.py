@@ -136,6 +136,26 @@ def test_chunked_prefill_keeps_images_whole(variant, monkeypatch):
     assert full[len(ids) - 1:-1].argmax(-1).tolist() == out
 
 
+def test_pipelined_prefill_keeps_images_whole(variant, monkeypatch):
+    """The same with the chunks pipelined on 2 threads (parallel.pipelined): an image's
+    tokens, which see each other both ways, stay in one chunk; the golden continuation."""
+    from gemma_ref import parallel
+
+    model, g = variant
+    monkeypatch.setattr(api, "PREFILL_CHUNK", 5)
+    monkeypatch.setattr(parallel, "MIN_PIPELINED", 2)
+    prompt, names, pas = CASES["two"]
+    ids, _ = model.prompt_ids(prompt, images_of(names), pan_and_scan=pas)
+    n = len(g["two.greedy_ids"])
+    try:
+        parallel.set_threads(2)
+        assert parallel.prefill_chunk_size(len(ids), 5) <= 5
+        out = model.generate(ids, images=images_of(names), max_new_tokens=n, stop=[])
+    finally:
+        parallel.set_threads(None)
+    assert out == g["two.greedy_ids"].tolist()
+
+
 def test_batch_with_and_without_images_equals_singles(variant):
     model, g = variant
     with_images, features = model.prompt_ids(CASES["one"][0], images_of(CASES["one"][1]))
