@@ -482,10 +482,11 @@ def pipelined(fn, chunks, layers: int) -> list:
     j - 1 has written that layer (layer_turn) and otherwise runs beside it: on 2 threads,
     chunk j's layer i while chunk j - 1 computes layer i + 1. Each thread computes whole
     layers of its own tokens with single-threaded BLAS: no hand-offs inside a layer, and
-    norms, RoPE and GELU in parallel too. Measured against splitting each product
-    between the threads (docs/BENCH.md): 4096 tokens 836-878 vs 722-747 tok/s, 768 tokens
-    964-972 vs 801-832, 512 tokens (2 x 256) level. The same values, up to the order of
-    the sums.
+    norms, RoPE and GELU in parallel too. Against the chunks in order, each product
+    split between the threads (docs/BENCH.md, one process, alternating, medians of 3):
+    768 tokens 812 vs 730 tok/s, 2048 tokens 778 vs 685, 8192 (scripts/bench.py) 729 vs
+    603; 512 tokens (2 x 256) level: one thread's GEMM on 256 rows is ~10% slower than
+    on 512. The same values, up to the order of the sums.
     """
     global _blas, _split
     _back_off()
