@@ -30,8 +30,8 @@ import numpy as np
 from .config import GemmaConfig
 from .errors import GemmaRefError
 from .kv_cache import attended_kv
-from .parallel import (FEW_ROWS, dense, layer_turn, linear, reuse_freed_memory, sharded_attention,
-                       sharded_geglu, split_tokens, threads_for)
+from .parallel import (FEW_ROWS, dense, in_pipeline, layer_turn, linear, reuse_freed_memory,
+                       sharded_attention, sharded_geglu, split_tokens, threads_for)
 from .weights import Weights
 
 
@@ -529,6 +529,8 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *, im
     ids = np.asarray(ids)
     B, T = ids.shape
     if positions is None:
+        if in_pipeline():  # the chunks before this one may not have written the cache yet
+            raise RuntimeError("a chunk of a pipelined prefill must be given its positions")
         start = 0 if cache is None else cache[0].end
         positions = np.broadcast_to(np.arange(start, start + T), (B, T))
     positions = np.asarray(positions, dtype=np.int64)

@@ -456,6 +456,11 @@ class _Wave:
         self.error: BaseException | None = None  # the first chunk's failure, if any
 
 
+def in_pipeline() -> bool:
+    """Whether this thread is running a chunk of a pipelined prefill."""
+    return getattr(_local, "wave", None) is not None
+
+
 @contextmanager
 def layer_turn(i: int):
     """Around layer i's use of the KV cache: in a pipelined prefill, wait until the chunk
@@ -477,7 +482,8 @@ def layer_turn(i: int):
 def pipelined(fn, chunks, layers: int) -> list:
     """[fn(*chunk) for chunk in chunks] for the chunks of one prompt, on all threads at once.
 
-    fn runs the forward pass over one chunk, all chunks sharing one KV cache. Chunk j
+    fn runs the forward pass over one chunk, all chunks sharing one KV cache, with the
+    chunk's positions given (the cache cannot tell them while earlier chunks run). Chunk j
     attends to the keys of the chunks before it, so at each layer it waits until chunk
     j - 1 has written that layer (layer_turn) and otherwise runs beside it: on 2 threads,
     chunk j's layer i while chunk j - 1 computes layer i + 1. Each thread computes whole

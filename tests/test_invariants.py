@@ -372,3 +372,20 @@ def test_a_failing_chunk_stops_the_pipeline_with_its_own_error():
         assert parallel.pipelined(run, [(0,), (2,), (3,)], 2) == [0, 2, 3]  # and it works again
     finally:
         parallel.set_threads(None)
+
+
+def test_a_pipelined_chunk_without_its_positions_is_refused(tiny_models):
+    """The cache's end is not the chunk's start while earlier chunks run: forward says so
+    instead of guessing positions."""
+    from gemma_ref import parallel
+
+    m = tiny_models["gemma3-mqa"]
+    ids = ids_for(m, seed=9, B=1)
+    cache = m.new_cache(1, T)
+    parallel.set_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="must be given its positions"):
+            parallel.pipelined(lambda part: forward(m.weights, m.config, part, cache=cache, last_only=True),
+                               [(ids[:, :15],), (ids[:, 15:],)], m.config.num_hidden_layers)
+    finally:
+        parallel.set_threads(None)
