@@ -389,3 +389,25 @@ def test_a_pipelined_chunk_without_its_positions_is_refused(tiny_models):
                                [(ids[:, :15],), (ids[:, 15:],)], m.config.num_hidden_layers)
     finally:
         parallel.set_threads(None)
+
+
+@pytest.mark.parametrize("name", ["gemma3-mqa", "gemma4-ple-shared", "gemma3n-altup"])
+def test_ragged_batch_generation_equals_singles_when_pipelined(tiny_models, name, monkeypatch):
+    """Left padding (positions -1) in pipelined chunks: each row still gets its single result."""
+    from gemma_ref import api, parallel
+
+    m = tiny_models[name]
+    monkeypatch.setattr(parallel, "MIN_PIPELINED", 2)
+    monkeypatch.setattr(api, "PREFILL_CHUNK", 6)
+    rng = np.random.default_rng(11)
+    prompts = [rng.integers(4, m.n_vocab, n).tolist() for n in (9, 26, 17)]
+    parallel.set_threads(2)
+    try:
+        batch = m.generate(prompts, max_new_tokens=12, stop=[])
+    finally:
+        parallel.set_threads(1)
+    try:
+        singles = [m.generate(p, max_new_tokens=12, stop=[]) for p in prompts]
+    finally:
+        parallel.set_threads(None)
+    assert batch == singles
