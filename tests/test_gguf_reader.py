@@ -586,7 +586,7 @@ def test_gemma4_gguf_equals_transformers(tmp_path, monkeypatch, name):
 # ============================================================================================
 
 
-def write_gemma3n(path: Path, ckpt: Path) -> Path:
+def write_gemma3n(path: Path, ckpt: Path, extra_tokens: int = 0) -> Path:
     """The tiny checkpoint `ckpt` as llama.cpp's `Gemma3NModel` writes it: norms as they are,
     per-layer MLP widths, activation_sparsity_scale = the normal quantile of each layer's
     sparsity (float32; -inf for 0), AltUp projections stacked, `*_scale` tensors named
@@ -602,7 +602,7 @@ def write_gemma3n(path: Path, ckpt: Path) -> Path:
     hf = load_file(str(ckpt / "model.safetensors"))
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString((ckpt / "tokenizer.model").read_bytes())
-    L, V = cfg["num_hidden_layers"], cfg["vocab_size"]
+    L, V = cfg["num_hidden_layers"], cfg["vocab_size"] + extra_tokens  # the real 3n: 262144 pieces, vocab 262400
     w = gguf.GGUFWriter(str(path), "gemma3n")
     w.add_context_length(cfg["max_position_embeddings"])
     w.add_embedding_length(cfg["hidden_size"])
@@ -641,7 +641,7 @@ def write_gemma3n(path: Path, ckpt: Path) -> Path:
         w.add_tensor(name_map.get_name(f"model.{stack}") + ".weight",
                      np.stack([hf.pop(f"model.{stack}.{s}.weight") for s in range(S - 1)]))
     for key, value in hf.items():
-        if key == "model.embed_tokens_per_layer.weight":
+        if key in ("model.embed_tokens.weight", "model.embed_tokens_per_layer.weight"):  # zero rows up to V
             value = np.concatenate([value, np.zeros((V - len(value), value.shape[1]), value.dtype)])
         w.add_tensor(name_map.get_name(key.removesuffix(".weight")) + ".weight", np.ascontiguousarray(value))
     w.write_header_to_file()
@@ -651,20 +651,24 @@ def write_gemma3n(path: Path, ckpt: Path) -> Path:
     return path
 
 
-def test_gemma3n_gguf_equals_transformers(tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra_tokens", [0, 8])
+def test_gemma3n_gguf_equals_transformers(tmp_path, monkeypatch, extra_tokens):
+    """extra_tokens: a vocabulary longer than the tokenizer's pieces, padded by the converter
+    with [PAD] tokens and zero embedding rows (as the real model's image and audio ids)."""
     from gemma_ref import Model
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     ckpt = Path(__file__).parent / "data" / "tiny" / "gemma3n-2streams"
     g = np.load(ckpt / "golden.npz")
     hub_model = Model.from_pretrained(ckpt)
-    m = Model.from_pretrained(write_gemma3n(tmp_path / "g3n.gguf", ckpt), progress=False)
+    m = Model.from_pretrained(write_gemma3n(tmp_path / "g3n.gguf", ckpt, extra_tokens), progress=False)
     assert m.config.layers == hub_model.config.layers
+    assert m.config.vocab_size == 512 + extra_tokens
     assert m.config.vocab_size_per_layer_input == 300  # the converter's zero rows taken off
     logits = m.forward(g["input_ids"])
-    assert np.abs(logits - g["logits"]).max() < 1e-4
+    assert np.abs(logits[..., :512] - g["logits"]).max() < 1e-4
     ids = np.array([[2, 301, 450, 511, 7]])  # ids past the per-layer table read its row 0
-    np.testing.assert_allclose(m.forward(ids), hub_model.forward(ids), atol=1e-5)
+    np.testing.assert_allclose(m.forward(ids)[..., :512], hub_model.forward(ids), atol=1e-5)
     assert m.tokenizer.encode("Once upon a time") == hub_model.tokenizer.encode("Once upon a time")
 
 
