@@ -4,7 +4,8 @@
 
 * `config`: the `config.json` keys transformers' Gemma / Gemma2 / Gemma3-text config has,
 * `tensors`: every weight as a float32 NumPy array under its Hugging Face key and in its
-  Hugging Face shape, with llama.cpp's own changes to the values undone,
+  Hugging Face shape, with llama.cpp's own changes to the values undone (or, lazy=True,
+  as a `GGUFTensor` that dequantizes a block of rows at a time when used),
 * `tokenizer_model`: a serialized SentencePiece `ModelProto` rebuilt from the file's vocabulary,
 * `metadata`: a few facts about where the weights came from.
 
@@ -19,6 +20,7 @@ metadata keys and defaults) is in gguf_layout.py; this module reads files with i
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections import Counter
@@ -31,7 +33,7 @@ from sentencepiece import sentencepiece_model_pb2
 from .errors import GemmaRefError
 from .gguf_layout import (NONE, OPTIONAL_TENSORS, PLE_ARCHITECTURES, REQUIRED, ROPE_FREQS, SHIFTED, STACKED,
                           SUPPORTED_ARCHITECTURES, TENSOR_NAME_TABLE, UNSHIFT, build_config, expected_shape,
-                          expected_tensors, unpad_rows)
+                          expected_tensors, unpadded_rows)
 
 __all__ = ["GGUFCheckpoint", "read_gguf", "TENSOR_NAME_TABLE", "SUPPORTED_ARCHITECTURES", "NONE", "UNSHIFT",
            "STACKED", "ROPE_FREQS"]
@@ -63,18 +65,22 @@ class GGUFCheckpoint:
     """A Gemma checkpoint read from a GGUF file, in Hugging Face terms."""
 
     config: dict[str, Any]
-    tensors: dict[str, np.ndarray]
+    tensors: dict[str, np.ndarray]  # (GGUFTensor with read_gguf(..., lazy=True))
     tokenizer_model: bytes
     metadata: dict[str, Any]
 
 
-def read_gguf(path: str | os.PathLike[str], on_valid_header: Callable[[], None] | None = None) -> GGUFCheckpoint:
+def read_gguf(path: str | os.PathLike[str], on_valid_header: Callable[[], None] | None = None,
+              lazy: bool = False) -> GGUFCheckpoint:
     """Read a Gemma / 2 / 3 / 3n / 4 (text) GGUF file into HF-layout float32 tensors.
 
     Raises `GemmaRefError` for a missing, truncated or corrupt file, an architecture other than
     gemma / gemma2 / gemma3 / gemma3n / gemma4, a tensor type that cannot be dequantized, or a missing, unknown or
     mis-shaped tensor. `on_valid_header()` is called once the header has been parsed and every
     tensor found inside the file, before the slow part (vocabulary, dequantization).
+    lazy: the tensors as GGUFTensor, dequantized block by block when used (the file stays
+    open; NaN or Inf in the file is found then): converting a file this way holds one block
+    of rows at a time, not the whole model in float32.
     """
     path = os.fspath(path)
     reader = _open_reader(path)
@@ -99,6 +105,8 @@ def read_gguf(path: str | os.PathLike[str], on_valid_header: Callable[[], None] 
     for key in [k for k in reader.fields if k.startswith("tokenizer.ggml.") and k.endswith(("tokens", "scores", "token_type", "merges"))]:
         del reader.fields[key]
     tensors = _read_tensors(reader, path, arch, config)
+    if not lazy:
+        tensors = {k: np.asarray(t) for k, t in tensors.items()}
 
     file_type = _get(reader, path, "general.file_type", None)
     try:
@@ -260,7 +268,7 @@ def _read_tensors(reader: gguf.GGUFReader, path: str, arch: str, config: dict[st
     for t in wanted:
         _check_dequantizable(t, path)
 
-    tensors: dict[str, np.ndarray] = {}
+    tensors: dict[str, GGUFTensor] = {}
     for t in wanted:
         hf_key, transform = expected[t.name]
         shape = tuple(int(n) for n in reversed(t.shape.tolist()))
@@ -269,17 +277,82 @@ def _read_tensors(reader: gguf.GGUFReader, path: str, arch: str, config: dict[st
             raise GemmaRefError(
                 f"{path}: tensor {t.name!r} has shape {shape}, expected {want} for {hf_key} from the config"
             )
-        array = _dequantize(t, path, shape)
-        if transform == UNSHIFT and arch in SHIFTED:
-            array -= np.float32(1.0)
-        if transform == STACKED:
-            tensors.update({hf_key.format(s=s): array[s] for s in range(len(array))})
+        tensor = GGUFTensor(t, path, shape, shift=transform == UNSHIFT and arch in SHIFTED)
+        if transform == STACKED:  # [S - 1, D, D]: one tensor per matrix, each a range of rows
+            tensors.update({hf_key.format(s=s): tensor.part(s) for s in range(shape[0])})
         elif arch == "gemma3n" and hf_key == "model.embed_tokens_per_layer.weight":
-            array = tensors[hf_key] = unpad_rows(array)
-            config["vocab_size_per_layer_input"] = len(array)
+            tensors[hf_key] = tensor.first_rows(unpadded_rows(tensor.row_blocks(reverse=True), shape[0]))
+            config["vocab_size_per_layer_input"] = tensors[hf_key].shape[0]
         else:
-            tensors[hf_key] = array
+            tensors[hf_key] = tensor
     return tensors
+
+
+@dataclasses.dataclass(frozen=True)
+class GGUFTensor:
+    """One weight of the file as float32, in its Hugging Face shape, with llama.cpp's changes
+    undone: dequantized when it is used, a block of rows at a time.
+
+    `write_to(f)` streams it into an open file (the conversion to safetensors, so that
+    converting a big GGUF never holds more than one block in memory); NumPy sees it as the
+    array (`np.asarray(t)`). rows [start, stop) of the file's tensor, taken as rows of
+    `row_size` values: a stacked tensor's part, or a table without its padding.
+    """
+
+    t: Any  # gguf's ReaderTensor
+    path: str
+    shape: tuple[int, ...]
+    shift: bool = False  # subtract 1: a norm that llama.cpp stores as 1 + w
+    start: int = 0
+    stop: int | None = None
+
+    dtype = np.dtype(np.float32)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def _rows(self) -> np.ndarray:
+        """The file's tensor as rows of raw blocks (or of values, for F32/F16)."""
+        data = self.t.data  # NumPy shape = reversed(ne)
+        return data.reshape(-1, data.shape[-1]) if data.ndim > 1 else data.reshape(1, -1)
+
+    def part(self, s: int) -> "GGUFTensor":
+        """Matrix s of a stacked [S, r, c] tensor, as its own [r, c] tensor."""
+        per = self.shape[1]
+        return dataclasses.replace(self, shape=self.shape[1:], start=s * per, stop=(s + 1) * per)
+
+    def first_rows(self, n: int) -> "GGUFTensor":
+        return dataclasses.replace(self, shape=(n, *self.shape[1:]), stop=self.start + n)
+
+    def row_blocks(self, reverse: bool = False):
+        """(first row, float32 values [rows, row size]) of consecutive blocks of rows."""
+        rows = self._rows()
+        start, stop = self.start, len(rows) if self.stop is None else self.stop
+        row_size = math.prod(int(n) for n in self.t.shape) // len(rows)  # values per row
+        step = max(1, _CHUNK_ELEMENTS // max(1, row_size))
+        starts = range(start, stop, step)
+        for a in (reversed(starts) if reverse else starts):
+            block = gguf.quants.dequantize(np.ascontiguousarray(rows[a:min(a + step, stop)]), self.t.tensor_type)
+            block = block.reshape(min(a + step, stop) - a, -1)
+            if self.shift:
+                block = block - np.float32(1.0)  # (an F32 block is a view of the read-only file)
+            if not np.isfinite(block).all():
+                raise GemmaRefError(f"{self.path}: tensor {self.t.name!r} contains NaN or infinite values: "
+                                    f"the file is corrupt")
+            yield a, block
+
+    def write_to(self, f) -> None:
+        for _, block in self.row_blocks():
+            block.tofile(f)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = np.empty(self.shape, np.float32)
+        flat, done = out.reshape(-1), 0
+        for _, block in self.row_blocks():
+            flat[done:done + block.size] = block.reshape(-1)
+            done += block.size
+        return out if dtype is None else out.astype(dtype)
 
 
 def _check_dequantizable(t: Any, path: str) -> None:
@@ -297,21 +370,6 @@ def _check_dequantizable(t: Any, path: str) -> None:
             f"{path}: tensor {t.name!r} has ggml type {t.tensor_type.name}, which does not "
             f"dequantize to float32 weights (unsupported quant type)"
         )
-
-
-def _dequantize(t: Any, path: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Dequantize one tensor to a fresh, writable, C-contiguous float32 array of `shape`."""
-    data = t.data  # rows of raw blocks (or of values, for F32/F16), NumPy shape = reversed(ne)
-    out = np.empty(shape, dtype=np.float32)
-    rows = data.reshape(-1, data.shape[-1]) if data.ndim > 1 else data.reshape(1, -1)
-    flat_out = out.reshape(rows.shape[0], -1)
-    step = max(1, _CHUNK_ELEMENTS // max(1, flat_out.shape[1]))
-    for start in range(0, rows.shape[0], step):
-        chunk = gguf.quants.dequantize(np.ascontiguousarray(rows[start : start + step]), t.tensor_type)
-        flat_out[start : start + step] = chunk.reshape(-1, flat_out.shape[1])
-    if not np.isfinite(out).all():
-        raise GemmaRefError(f"{path}: tensor {t.name!r} contains NaN or infinite values: the file is corrupt")
-    return out
 
 
 # --------------------------------------------------------------------------------------------

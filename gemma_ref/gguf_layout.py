@@ -498,14 +498,17 @@ def expected_shape(hf_key: str, config: dict[str, Any]) -> tuple[int, ...]:
     }.get(leaf, (d,))  # every other tensor is a hidden-size RMSNorm weight
 
 
-def unpad_rows(table: np.ndarray) -> np.ndarray:
-    """Gemma 3n's per-layer table without the all-zero rows llama.cpp's converter appends.
+def unpadded_rows(blocks_from_the_end, rows: int) -> int:
+    """How many rows Gemma 3n's per-layer table has without the all-zero rows llama.cpp's
+    converter appends. blocks_from_the_end: (first row, values) of the table's blocks of
+    rows, last block first.
 
     The Hub table has 262144 rows and the vocabulary 262400 (image and audio tokens); the
     converter pads the table to the vocabulary with zeros. transformers gives ids past the
     table row 0, not a zero row, so the padding comes off (a trained row is never all zero).
     """
-    n = len(table)
-    while n > 1 and not table[n - 1].any():
-        n -= 1
-    return table[:n]
+    for first, block in blocks_from_the_end:
+        used = np.flatnonzero(block.any(axis=1))
+        if used.size:
+            return first + int(used[-1]) + 1
+    return 1  # all zero: keep one row

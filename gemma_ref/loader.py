@@ -236,8 +236,9 @@ def _header_entry(path: Path, name: str, t) -> tuple[np.dtype, tuple[int, ...], 
     return np.dtype(_DTYPES[t["dtype"]]), tuple(shape), (offsets[0], offsets[1])
 
 
-def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
-    """Write float32 tensors as .safetensors, one tensor at a time (no second full copy)."""
+def write_safetensors(path: Path, tensors: dict) -> None:
+    """Write float32 tensors as .safetensors, one tensor at a time (no second full copy);
+    a tensor with `write_to(file)` (gguf.GGUFTensor) writes itself, a block at a time."""
     header, offset = {}, 0
     for name, a in tensors.items():
         header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + a.size * 4]}
@@ -248,7 +249,10 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
     with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(blob)) + blob)
         for a in tensors.values():
-            np.ascontiguousarray(a, dtype=np.float32).tofile(f)
+            if hasattr(a, "write_to"):
+                a.write_to(f)
+            else:
+                np.ascontiguousarray(a, dtype=np.float32).tofile(f)
     os.replace(tmp, path)
 
 
@@ -460,7 +464,9 @@ def gguf_as_checkpoint(path: Path, progress: bool = True) -> Path:
 
         tmp = cache.temporary(directory)
         try:
-            ckpt = read_gguf(path, on_valid_header=announce)  # a broken file: only the error is printed
+            # A broken file: only the error is printed. lazy: each tensor is dequantized
+            # as it is written, a block of rows at a time (a big GGUF never in RAM as float32).
+            ckpt = read_gguf(path, on_valid_header=announce, lazy=True)
             tmp.mkdir()
             (tmp / "config.json").write_text(json.dumps(ckpt.config, indent=1))
             (tmp / "tokenizer.model").write_bytes(ckpt.tokenizer_model)

@@ -685,3 +685,26 @@ def test_gemma3n_gguf_with_per_layer_metadata_of_the_wrong_length_is_refused(tmp
     monkeypatch.setattr(gguf.GGUFWriter, "add_sliding_window_pattern", lambda w, v: add(w, v[:2]))
     with pytest.raises(GemmaRefError, match="sliding_window_pattern must have one entry per layer"):
         read_gguf(write_gemma3n(tmp_path / "short2.gguf", ckpt))
+
+
+def test_a_nan_in_the_file_stops_the_conversion_and_leaves_nothing(tmp_path, monkeypatch):
+    """The conversion dequantizes each tensor as it writes it (read_gguf(lazy=True)): a NaN
+    met there is one clear error, and no half-written conversion stays in the cache."""
+    from gemma_ref import Model
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    tensors = tiny_tensors("gemma3")
+    tensors["blk.1.ffn_down.weight"][3, 5] = np.nan
+    with pytest.raises(GemmaRefError, match=r"tensor 'blk\.1\.ffn_down\.weight' contains NaN or infinite values"):
+        Model.from_pretrained(write_tiny(tmp_path / "nan.gguf", tensors=tensors), progress=False)
+    assert [p.name for p in (tmp_path / "cache" / "gemma_ref" / "gguf").iterdir()] == [".lock"]
+
+
+def test_lazy_tensors_are_the_arrays(tmp_path):
+    """read_gguf(lazy=True) gives the same values as the arrays, block by block too."""
+    path = write_tiny(tmp_path / "g.gguf", quant={"blk.0.ffn_up.weight": gguf.GGMLQuantizationType.Q8_0})
+    arrays, lazy = read_gguf(path).tensors, read_gguf(path, lazy=True).tensors
+    assert list(arrays) == list(lazy)
+    for k, a in arrays.items():
+        assert lazy[k].shape == a.shape
+        np.testing.assert_array_equal(np.asarray(lazy[k]), a)
