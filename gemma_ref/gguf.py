@@ -281,7 +281,7 @@ def _read_tensors(reader: gguf.GGUFReader, path: str, arch: str, config: dict[st
         if transform == STACKED:  # [S - 1, D, D]: one tensor per matrix, each a range of rows
             tensors.update({hf_key.format(s=s): tensor.part(s) for s in range(shape[0])})
         elif arch == "gemma3n" and hf_key == "model.embed_tokens_per_layer.weight":
-            tensors[hf_key] = tensor.first_rows(unpadded_rows(tensor.row_blocks(reverse=True), shape[0]))
+            tensors[hf_key] = tensor.first_rows(unpadded_rows(tensor.row_blocks(reverse=True)))
             config["vocab_size_per_layer_input"] = tensors[hf_key].shape[0]
         else:
             tensors[hf_key] = tensor

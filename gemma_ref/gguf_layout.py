@@ -498,7 +498,7 @@ def expected_shape(hf_key: str, config: dict[str, Any]) -> tuple[int, ...]:
     }.get(leaf, (d,))  # every other tensor is a hidden-size RMSNorm weight
 
 
-def unpadded_rows(blocks_from_the_end, rows: int) -> int:
+def unpadded_rows(blocks_from_the_end) -> int:
     """How many rows Gemma 3n's per-layer table has without the all-zero rows llama.cpp's
     converter appends. blocks_from_the_end: (first row, values) of the table's blocks of
     rows, last block first.
