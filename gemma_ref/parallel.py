@@ -489,9 +489,9 @@ def pipelined(fn, chunks, layers: int) -> list:
     chunk j's layer i while chunk j - 1 computes layer i + 1. Each thread computes whole
     layers of its own tokens with single-threaded BLAS: no hand-offs inside a layer, and
     norms, RoPE and GELU in parallel too. Against the chunks in order, each product
-    split between the threads (docs/BENCH.md, one process, alternating, medians of 3):
-    768 tokens 812 vs 730 tok/s, 2048 tokens 778 vs 685, 8192 (scripts/bench.py) 729 vs
-    603; 512 tokens (2 x 256) level: one thread's GEMM on 256 rows is ~10% slower than
+    split between the threads (scripts/bench_prefill_chunks.py; docs/BENCH.md): 768
+    tokens 769 vs 666 tok/s, 2048 tokens 703 vs 610, 8192 (scripts/bench.py) 729 vs 603;
+    512 tokens (2 x 256) level to +8%: one thread's GEMM on 256 rows is ~10% slower than
     on 512. The same values, up to the order of the sums.
     """
     global _blas, _split
