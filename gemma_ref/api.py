@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from . import chat_template as chat_templates
-from . import hub, vision, vision_gemma4
+from . import families, hub, vision, vision_gemma4
 from .config import GemmaConfig
 from .errors import GemmaRefError
 from .kv_cache import new_cache
@@ -129,6 +129,10 @@ class Model:
             gguf_file, path = path, gguf_as_checkpoint(path, progress)
         elif path.is_file():
             raise GemmaRefError(f"{path}: expected a checkpoint directory or a .gguf file")
+        family = families.family_of(_raw_config(path), path)
+        if family is not None:  # another architecture: its own module (see families.py)
+            return families.load_class(family).from_checkpoint(
+                path, source=str(source), dtype=dtype, max_memory=max_memory, progress=progress)
         config = GemmaConfig.from_json(path / "config.json")
         raw = json.loads((path / "config.json").read_text())
         vision = (VisionConfig.from_dict(raw, str(path / "config.json"))
@@ -593,6 +597,15 @@ def _prefill_chunks(ids, vision_config, size: int) -> list[tuple[int, int]]:
         chunks.append((start, end))
         start = end
     return chunks
+
+
+def _raw_config(path: Path) -> dict:
+    """config.json as a dict ({} if it is missing or not JSON: GemmaConfig.from_json says why)."""
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
 
 
 def _generation_config_eos(path: Path) -> list[int]:

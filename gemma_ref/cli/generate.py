@@ -223,9 +223,18 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _read_json(path) -> dict:
+    """A JSON object from a file, {} if it cannot be read (the config's own reader says why)."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
 def _info(args) -> dict:
     """What info prints, from config.json and the file list only."""
-    from .. import default_model, hub
+    from .. import default_model, families, hub
     from ..config import GemmaConfig
     from ..loader import gguf_as_checkpoint
     from ..tokenizer import Tokenizer
@@ -247,14 +256,17 @@ def _info(args) -> dict:
         else:
             raise GemmaRefError(f"{path}: expected a checkpoint directory or a .gguf file")
         config_file = checkpoint / "config.json"
-    config = GemmaConfig.from_json(config_file)
     tok = None if checkpoint is None else Tokenizer.from_checkpoint(config_file.parent)  # .model or .json
-    info = {"source": source, "files": where, "parameters": config.num_parameters,
-            "tokenizer_vocab": tok.vocab_size if tok else None,
-            "instruction_tuned": hub.is_instruction_tuned(source), "config": config.to_dict(),
-            "chat_template": _template_source(checkpoint, config, where),
-            "special": config.summary() + _images_summary(config_file, config),
-            "file_sizes": sizes, "loaded": False}
+    info = {"source": source, "files": where, "tokenizer_vocab": tok.vocab_size if tok else None,
+            "instruction_tuned": hub.is_instruction_tuned(source), "file_sizes": sizes, "loaded": False}
+    family = families.family_of(_read_json(config_file), checkpoint)
+    if family is not None:  # another architecture (families.py) describes itself
+        info.update(families.load_class(family).describe(config_file))
+    else:
+        config = GemmaConfig.from_json(config_file)
+        info.update(parameters=config.num_parameters, config=config.to_dict(),
+                    chat_template=_template_source(checkpoint, config, where),
+                    special=config.summary() + _images_summary(config_file, config))
     if checkpoint is not None and str(checkpoint) != where:
         info["checkpoint"] = str(checkpoint)  # e.g. a GGUF's float32 conversion
     return info
