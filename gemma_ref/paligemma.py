@@ -260,13 +260,15 @@ class PaliGemma(Model):
         """What PaliGemmaProcessor(images, text=prompt, suffix=suffix) gives, as
         {"input_ids", "token_type_ids"} (lists) and "image_features" [I, P, D]."""
         images = self._check_images(images)
+        if not images:  # as PaliGemmaProcessor: "images are expected"
+            raise GemmaRefError("PaliGemma needs an image with its prompt (generate(prompt, images=[...]), "
+                                "or --image FILE)")
         if self.tokenizer is None:
             raise GemmaRefError(f"{self.source}: no tokenizer.model; pass token ids instead")
         if not isinstance(prompt, str) or not (suffix is None or isinstance(suffix, str)):
             raise GemmaRefError("prompt and suffix must be strings")
         ids, types = prompt_ids(prompt, len(images), self.paligemma, self.tokenizer, suffix)
-        features = self.embed_images(images) if images else None
-        return {"input_ids": ids, "token_type_ids": types, "image_features": features}
+        return {"input_ids": ids, "token_type_ids": types, "image_features": self.embed_images(images)}
 
     def prompt_ids(self, prompt: str, images: Sequence = (), *, pan_and_scan: bool | None = None):
         """Token ids of a prompt with its images (all of it the prefix), and the image tokens."""

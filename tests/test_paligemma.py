@@ -214,6 +214,7 @@ def test_aliases_and_info(capsys):
     (["--image", "IMG", "--image", "IMG", "<image>x"], "1 <image> marker(s) for 2 image(s)"),
     (["--image", "missing.png", "x"], "missing.png: no such image file"),
     (["--chat", "--image", "IMG", "x"], "PaliGemma has no chat format"),
+    (["caption en"], "PaliGemma needs an image"),
 ])
 def test_cli_bad_input_one_line(argv, message, capsys):
     argv = [str(IMAGES / "l_tall.png") if a == "IMG" else a for a in argv]
@@ -240,6 +241,8 @@ def test_api_bad_input(variant):
         model.forward(g["one.input_ids"], token_type_ids=g["one.token_type_ids"])
     with pytest.raises(GemmaRefError, match="pan_and_scan"):
         model.generate("x", images=images_of(["rgb_wide.png"]), pan_and_scan=True)
+    with pytest.raises(GemmaRefError, match="PaliGemma needs an image"):
+        model.generate("caption en", max_new_tokens=1)
     with pytest.raises(GemmaRefError, match="pixel values must be"):
         model.embed_pixels(np.zeros((1, 3, 8, 8), np.float32))
 
