@@ -149,13 +149,10 @@ def prefix_block(positions, token_type_ids):
 
 def image_tokens(ids, positions, token_type_ids, rows, c: PaliGemmaConfig) -> ImageTokens:
     """model.ImageTokens for a chunk: the <image> tokens take `rows` [n, D] (in row-major
-    order), and every token gets its prefix_block. A chunk holds the whole prefix, or
-    none of it (the prefix's tokens see each other both ways)."""
-    at = np.asarray(ids) == c.image_token_index  # [B, T]
-    if at.sum() != len(rows):
-        raise GemmaRefError(f"the ids hold {int(at.sum())} <image> tokens, the images give {len(rows)} "
-                            f"({c.tokens_per_image} per image)")
-    return ImageTokens(at=at, embeds=rows, reach=prefix_block(positions, token_type_ids))
+    order; vision.image_tokens checks the count), and every token gets its prefix_block.
+    A chunk holds the whole prefix, or none of it (its tokens see each other both ways)."""
+    tokens = vision.image_tokens(ids, positions, rows, c.vision)
+    return dataclasses.replace(tokens, reach=prefix_block(positions, token_type_ids))
 
 
 # --- the processor's prompt ---------------------------------------------------------------

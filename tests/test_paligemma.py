@@ -237,7 +237,7 @@ def test_api_bad_input(variant):
     model, g = variant
     with pytest.raises(GemmaRefError, match="token_type_ids must be 0s and 1s"):
         model.forward(g["one.input_ids"], images=images_of(["rgb_wide.png"]), token_type_ids=[0, 1])
-    with pytest.raises(GemmaRefError, match="<image> tokens, the images give"):
+    with pytest.raises(GemmaRefError, match="image soft tokens, the images give 0"):
         model.forward(g["one.input_ids"], token_type_ids=g["one.token_type_ids"])
     with pytest.raises(GemmaRefError, match="pan_and_scan"):
         model.generate("x", images=images_of(["rgb_wide.png"]), pan_and_scan=True)
