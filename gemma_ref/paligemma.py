@@ -105,10 +105,6 @@ class PaliGemmaConfig:
                 "multi_modal_projector.linear.bias": (text_hidden,)}
 
 
-def is_paligemma(raw: dict) -> bool:
-    return raw.get("model_type") == "paligemma"
-
-
 # --- images to tokens ---------------------------------------------------------------
 
 

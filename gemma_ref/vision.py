@@ -100,7 +100,6 @@ class VisionConfig:
                 f"pool evenly to mm_tokens_per_image {config.mm_tokens_per_image}")
         return config
 
-
     @classmethod
     def of_tower(cls, v: dict, source: str = "config.json", **image_keys) -> "VisionConfig":
         """The SigLIP tower's keys of a `vision_config` (+ the caller's image keys)."""
