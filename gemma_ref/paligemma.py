@@ -49,12 +49,20 @@ IMAGE_MARKER = "<image>"  # what a prompt says where an image goes (the processo
 # transformers 5.25's GemmaConfig / Gemma2Config defaults, for the keys a Hub config.json's
 # text_config leaves out (PaliGemma 1's states little more than the sizes).
 TEXT_DEFAULTS = {
-    "gemma": dict(head_dim=256, rms_norm_eps=1e-6, max_position_embeddings=8192, rope_theta=10000.0,
-                  hidden_activation="gelu_pytorch_tanh"),
-    "gemma2": dict(head_dim=256, rms_norm_eps=1e-6, max_position_embeddings=8192, rope_theta=10000.0,
-                   hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=256, sliding_window=4096,
-                   final_logit_softcapping=30.0, attn_logit_softcapping=50.0),
+    "gemma": dict(vocab_size=256_000, hidden_size=3072, intermediate_size=24_576, num_hidden_layers=28,
+                  num_attention_heads=16, num_key_value_heads=16, head_dim=256, rms_norm_eps=1e-6,
+                  max_position_embeddings=8192, rope_theta=10000.0, hidden_activation="gelu_pytorch_tanh"),
+    "gemma2": dict(vocab_size=256_000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                   num_attention_heads=8, num_key_value_heads=4, head_dim=256, rms_norm_eps=1e-6,
+                   max_position_embeddings=8192, rope_theta=10000.0, hidden_activation="gelu_pytorch_tanh",
+                   query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=30.0,
+                   attn_logit_softcapping=50.0),
 }
+# PaliGemmaConfig's sub-configs when config.json has none at all (PaliGemma 1 3B at 224 px).
+ABSENT_TEXT_CONFIG = dict(model_type="gemma", hidden_size=2048, num_hidden_layers=18, intermediate_size=16_384,
+                          num_attention_heads=8, num_key_value_heads=1, vocab_size=257_152)
+ABSENT_VISION_CONFIG = dict(intermediate_size=4096, hidden_size=1152, patch_size=14, image_size=224,
+                            num_hidden_layers=27, num_attention_heads=16)
 SIGLIP_RESAMPLE = 3  # SiglipImageProcessor's default filter (bicubic), where the config says null
 
 
@@ -79,7 +87,9 @@ class PaliGemmaConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config.json") -> "PaliGemmaConfig":
-        text = d.get("text_config") or {}
+        text = d["text_config"] if d.get("text_config") is not None else ABSENT_TEXT_CONFIG
+        if not isinstance(text, dict) or not isinstance(d.get("vision_config") or {}, dict):
+            raise GemmaRefError(f"{source}: text_config and vision_config must be JSON objects")
         model_type = text.get("model_type", "gemma")
         if model_type not in TEXT_DEFAULTS:
             raise GemmaRefError(f"{source}: text_config.model_type {model_type!r}: PaliGemma's decoder "
@@ -91,7 +101,8 @@ class PaliGemmaConfig:
             projection_dim = int(d.get("projection_dim", 2048))
         except (TypeError, ValueError) as e:
             raise GemmaRefError(f"{source}: invalid image_token_index or projection_dim ({e})") from None
-        tower = VisionConfig.of_tower(d.get("vision_config") or {}, source, image_token_index=image_token)
+        v = d["vision_config"] if d.get("vision_config") is not None else ABSENT_VISION_CONFIG
+        tower = VisionConfig.of_tower(v, source, image_token_index=image_token)
         tower = dataclasses.replace(tower, mm_tokens_per_image=tower.patches_per_side ** 2)
         if projection_dim != text_config.hidden_size:
             raise GemmaRefError(f"{source}: projection_dim {projection_dim} is not the text model's "
@@ -271,6 +282,10 @@ class PaliGemma(Model):
             self.embed_images([], pan_and_scan=pan_and_scan)
         inputs = self.prompt_inputs(prompt, images)
         return inputs["input_ids"], inputs["image_features"]
+
+    def _generate_batch(self, prompts, **kwargs):
+        raise GemmaRefError("PaliGemma: generate takes one prompt with its images; for a batch, "
+                            "generate_ids(prompts, image_features=[...]) with prompt_ids' ids and features")
 
     def stream_chat(self, messages, **kwargs):
         raise GemmaRefError(f"{self.source or 'PaliGemma'}: PaliGemma has no chat format; give it a "

@@ -149,6 +149,16 @@ def test_hub_config_takes_transformers_defaults(tmp_path):
     assert (c.text.head_dim, c.text.max_position_embeddings, c.vision.image_size, c.tokens_per_image) == (
         256, 8192, 224, 256)
     assert round((c.text.num_parameters + sum(np.prod(s) for s in c.expected_shapes(2048).values())) / 1e9, 2) == 2.92
+    # PaliGemma 2 3B: a Gemma 2 text_config without heads or layer types: transformers' defaults
+    raw["text_config"] = {"hidden_size": 2304, "intermediate_size": 9216, "model_type": "gemma2",
+                          "num_hidden_layers": 26, "num_key_value_heads": 4, "vocab_size": 257216}
+    c = paligemma.PaliGemmaConfig.from_dict({**raw, "projection_dim": 2304})
+    assert (c.text.num_attention_heads, c.text.final_logit_softcapping, c.text.layers[0].window,
+            c.text.layers[1].window) == (8, 30.0, 4096, None)
+    # No sub-configs at all: PaliGemmaConfig's own (PaliGemma 1 3B, 224 px)
+    c = paligemma.PaliGemmaConfig.from_dict({"model_type": "paligemma"})
+    assert (c.text.num_hidden_layers, c.vision.hidden_size, c.vision.intermediate_size, c.tokens_per_image) == (
+        18, 1152, 4096, 256)
 
 
 # --- invariants -------------------------------------------------------------------------
@@ -243,6 +253,8 @@ def test_api_bad_input(variant):
         model.generate("x", images=images_of(["rgb_wide.png"]), pan_and_scan=True)
     with pytest.raises(GemmaRefError, match="PaliGemma needs an image"):
         model.generate("caption en", max_new_tokens=1)
+    with pytest.raises(GemmaRefError, match="generate takes one prompt"):
+        model.generate(["caption en", "caption fr"], max_new_tokens=1)
     with pytest.raises(GemmaRefError, match="pixel values must be"):
         model.embed_pixels(np.zeros((1, 3, 8, 8), np.float32))
 
