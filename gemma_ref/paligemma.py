@@ -299,14 +299,15 @@ class PaliGemma(Model):
 
         images: the images of the <image> tokens in `ids`, in order (row by row); or their
         pixel values [I, 3, S, S]. token_type_ids (as ids): 0 for the prefix (seen both ways),
-        1 for the suffix (causal); None: all causal, as transformers without token_type_ids
-        (the processor always gives them: prompt_inputs).
+        1 for the suffix (causal); None: all prefix, as the processor marks a prompt without
+        a suffix and as generate reads one (transformers' forward called without
+        token_type_ids would be causal throughout; prompt_inputs gives them).
         """
         ids = np.asarray(ids)
         if ids.ndim not in (1, 2) or not np.issubdtype(ids.dtype, np.integer):
             raise GemmaRefError(f"forward: ids must be an integer array [T] or [B, T], got {ids.dtype} {ids.shape}")
         ids2 = np.atleast_2d(ids)
-        types = np.ones_like(ids2) if token_type_ids is None else np.atleast_2d(np.asarray(token_type_ids))
+        types = np.zeros_like(ids2) if token_type_ids is None else np.atleast_2d(np.asarray(token_type_ids))
         if types.shape != ids2.shape or not np.isin(types, (0, 1)).all():
             raise GemmaRefError(f"forward: token_type_ids must be 0s and 1s shaped as ids {ids.shape}, "
                                 f"got {np.shape(token_type_ids)}")

@@ -70,6 +70,8 @@ def test_tower_features_and_logits(variant):
         pv = model.forward(inputs["input_ids"], images=g[f"{case}.pixel_values"],
                            token_type_ids=inputs["token_type_ids"])
         np.testing.assert_allclose(pv, logits, atol=1e-6, rtol=0)
+        if suffix is None:  # no token types: all of it the prompt (prefix), as generate reads it
+            np.testing.assert_array_equal(model.forward(inputs["input_ids"], images=images_of(names)), logits)
 
 
 def test_greedy_from_ids_and_from_text(variant):
