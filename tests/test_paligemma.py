@@ -269,3 +269,26 @@ def test_bad_config(tmp_path):
                             ({"vision_config": {**raw["vision_config"], "vision_use_head": True}}, "vision_use_head")]:
         with pytest.raises(GemmaRefError, match=message):
             paligemma.PaliGemmaConfig.from_dict({**raw, **change})
+
+
+def test_dump_and_compare(tmp_path):
+    """`gemma-ref dump` of a prompt with an image: the processor's ids and pixels, the
+    projector's trace and the greedy continuation of the golden; `compare` against a
+    float64 run of the same dump lines the traces up (HF module names, tower included)."""
+    from gemma_ref import reference
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": CASES["one"][0], "images": [str(IMAGES / "rgb_wide.png")]}) + "\n")
+    out, model_dir = tmp_path / "dump.npz", DATA / "paligemma1-mqa"
+    assert main(["dump", "-m", str(model_dir), "--prompts", str(prompts), "--trace", "-n", "12", "-o", str(out)]) == 0
+    golden, g = reference.load(out), np.load(model_dir / "golden.npz")
+    d = golden.prompts[0]
+    assert d.input_ids.tolist() == g["one.input_ids"].tolist()
+    np.testing.assert_array_equal(d.pixel_values, g["one.pixel_values"])
+    np.testing.assert_allclose(d.trace["multi_modal_projector"], g["one.image_features"], atol=TOL, rtol=0)
+    np.testing.assert_allclose(d.logits, g["one.logits"][:, :d.logits.shape[-1]], atol=TOL, rtol=0)
+    assert d.greedy_ids.tolist() == g["one.greedy_ids"].tolist()
+    model = Model.from_pretrained(model_dir, progress=False, dtype="float64")
+    report = reference.compare(golden, reference.candidate_from_model(model, golden, trace=True))
+    names = {t["name"] for t in report["prompts"][0]["trace"]}
+    assert report["ok"] and {"vision_tower.encoder.layers.1", "multi_modal_projector", "model.layers.1"} <= names
