@@ -292,3 +292,16 @@ def test_dump_and_compare(tmp_path):
     report = reference.compare(golden, reference.candidate_from_model(model, golden, trace=True))
     names = {t["name"] for t in report["prompts"][0]["trace"]}
     assert report["ok"] and {"vision_tower.encoder.layers.1", "multi_modal_projector", "model.layers.1"} <= names
+
+
+@pytest.mark.parametrize("command", ["info", "generate"])
+def test_cli_bad_checkpoint_one_line(command, tmp_path, capsys):
+    src = DATA / "paligemma1-mqa"
+    for f in src.iterdir():
+        shutil.copy(f, tmp_path)
+    raw = json.loads((src / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**raw, "projection_dim": 7}))
+    extra = ["--image", str(IMAGES / "l_tall.png"), "x"] if command == "generate" else []
+    rc = main([command, "-m", str(tmp_path), *extra])
+    out, err = capsys.readouterr()
+    assert rc == 1 and err.count("\n") == 1 and "projection_dim 7 is not the text model's hidden_size 32" in err
