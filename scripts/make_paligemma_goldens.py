@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +48,7 @@ from transformers.models.siglip.image_processing_pil_siglip import SiglipImagePr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_tiny_goldens import TOKENIZER_MODEL, provenance_date, redraw_parameters, save_npz_deterministic  # noqa: E402
 from make_tiny_goldens import FULL, SLIDING  # noqa: E402
-from make_vision_goldens import NEW_TOKENS, first_good_seed, greedy_checked  # noqa: E402  (seed search, greedy)
+from make_vision_goldens import NEW_TOKENS, first_good_seed, greedy_checked, tokenizer_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT_ROOT = ROOT / "tests" / "data" / "paligemma"
@@ -95,15 +94,6 @@ CASES = {
     "marker": ("<image>caption en", ["rgba.png"], None, True),
     "suffix": ("Caption:", ["rgb_wide.png"], "a cat on", False),
 }
-
-
-def tokenizer_dir() -> str:
-    d = tempfile.mkdtemp()
-    shutil.copy(TOKENIZER_MODEL, Path(d) / "tokenizer.model")
-    (Path(d) / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
-        "extra_special_tokens": {"image_token": "<image>"}}))
-    return d
 
 
 def build(spec, vocab_tok: int):
@@ -239,7 +229,7 @@ def main() -> int:
     torch.use_deterministic_algorithms(True)
     transformers.logging.set_verbosity_error()
     vocab_tok = spm.SentencePieceProcessor(model_file=str(TOKENIZER_MODEL)).get_piece_size()
-    tok_dir = tokenizer_dir()
+    tok_dir = tokenizer_dir({"image_token": "<image>"})
     date = provenance_date()
     only = set(sys.argv[1:])
     for spec in VARIANTS:
