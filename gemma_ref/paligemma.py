@@ -247,8 +247,7 @@ class PaliGemma(Model):
 
     def embed_images(self, images, *, pan_and_scan: bool | None = None, trace: dict | None = None):
         """Image tokens of images: [I, P, D] (see api.Model.embed_images; no pan-and-scan)."""
-        if pan_and_scan:
-            raise GemmaRefError("pan_and_scan: Gemma 3 only (PaliGemma resizes each image to its square)")
+        _no_pan_and_scan(pan_and_scan)
         return super().embed_images(images, trace=trace)
 
     def embed_pixels(self, pixels, positions=None, *, trace: dict | None = None) -> np.ndarray:
@@ -278,8 +277,7 @@ class PaliGemma(Model):
         """Token ids of a prompt with its images (all of it the prefix), and the image tokens."""
         if not isinstance(prompt, str):
             return self._prompt_ids(prompt), self.embed_images(images) if len(images) else None
-        if pan_and_scan:
-            self.embed_images([], pan_and_scan=pan_and_scan)
+        _no_pan_and_scan(pan_and_scan)
         inputs = self.prompt_inputs(prompt, images)
         return inputs["input_ids"], inputs["image_features"]
 
@@ -326,3 +324,8 @@ class PaliGemma(Model):
         rows = _image_rows(image_features, len(ids))
         embeds = np.zeros((0, self.config.hidden_size), self.dtype) if rows is None else np.concatenate(rows)
         return [(ids, pos, image_tokens(ids, pos, np.zeros_like(ids), embeds, self.paligemma))]
+
+
+def _no_pan_and_scan(pan_and_scan) -> None:
+    if pan_and_scan:
+        raise GemmaRefError("pan_and_scan: Gemma 3 only (PaliGemma resizes each image to its square)")
