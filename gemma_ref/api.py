@@ -64,6 +64,8 @@ def check_messages(messages) -> None:
 class Model:
     """A Gemma model: config + weights (+ tokenizer when the checkpoint has one)."""
 
+    first_position = 0  # RoPE position of a prompt's first token (PaliGemma counts from 1)
+
     def __init__(self, config: GemmaConfig, weights: dict, tokenizer: Tokenizer | None = None,
                  *, source: str = "", dtype="float32", instruction_tuned: bool | None = None,
                  stop_ids: Sequence[int] = (), vision: VisionConfig | Gemma4VisionConfig | None = None,
@@ -339,25 +341,13 @@ class Model:
         pos = np.full((B, P), -1, np.int64)
         for b, p in enumerate(prompts):
             ids[b, P - len(p):] = p
-            pos[b, P - len(p):] = np.arange(len(p))
+            pos[b, P - len(p):] = np.arange(len(p)) + self.first_position
         stats = {} if stats is None else stats
         stats.update(prompt_tokens=sum(len(p) for p in prompts), new_tokens=0, decode_steps=0,
                      prompt_seconds=0.0, generation_seconds=0.0)
         t0 = time.perf_counter()
-        cache = self.new_cache(B, max_len)
-        rows = _image_rows(image_features, B)  # per row: soft-token embeddings, in order
-        chunks = []  # (ids, positions, images) of each chunk of the prompt
-        for start, end in _prefill_chunks(ids, self.vision, prefill_chunk_size(P, PREFILL_CHUNK)):
-            chunk, chunk_pos = ids[:, start:end], pos[:, start:end]
-            images = None
-            if rows is not None:  # this chunk's soft tokens take the next rows of each row's images
-                take = [int(n) for n in (chunk == self.vision.image_token_index).sum(axis=1)]
-                embeds = np.concatenate([r[:n] for r, n in zip(rows, take)])
-                rows = [r[n:] for r, n in zip(rows, take)]
-                images = vision.image_tokens(chunk, chunk_pos, embeds, self.vision)
-            chunks.append((chunk, chunk_pos, images))
-        if rows is not None and any(len(r) for r in rows):
-            raise GemmaRefError("the prompt has fewer image soft tokens than its images give")
+        cache = self.new_cache(B, max_len + self.first_position)
+        chunks = self._prefill_inputs(ids, pos, image_features)
 
         def prefill(chunk, chunk_pos, images):  # into the shared cache
             return forward(self.weights, self.config, chunk, chunk_pos, cache, images=images,
@@ -366,7 +356,7 @@ class Model:
         # The chunks in order, or side by side on all threads (parallel.pipelined)
         logits = pipelined(prefill, chunks, self.config.num_hidden_layers)[-1]
         seen = [list(p) for p in prompts]
-        next_pos = np.array([len(p) for p in prompts], np.int64)
+        next_pos = np.array([len(p) + self.first_position for p in prompts], np.int64)
         done = np.zeros(B, bool)
         for n in range(max_new_tokens):
             step = []
@@ -390,6 +380,26 @@ class Model:
             next_pos += 1
             logits = forward(self.weights, self.config, new, step_pos, cache, last_only=True,
                              n_vocab=self.n_vocab)
+
+    def _prefill_inputs(self, ids, pos, image_features) -> list[tuple]:
+        """The prompt's chunks for the prefill: (ids, positions, ImageTokens or None) each.
+
+        ids, pos [B, P] (left-padded); image_features: as generate_ids's. A chunk never
+        ends inside an image (its tokens attend to each other)."""
+        rows = _image_rows(image_features, len(ids))  # per row: soft-token embeddings, in order
+        chunks = []
+        for start, end in _prefill_chunks(ids, self.vision, prefill_chunk_size(ids.shape[1], PREFILL_CHUNK)):
+            chunk, chunk_pos = ids[:, start:end], pos[:, start:end]
+            images = None
+            if rows is not None:  # this chunk's soft tokens take the next rows of each row's images
+                take = [int(n) for n in (chunk == self.vision.image_token_index).sum(axis=1)]
+                embeds = np.concatenate([r[:n] for r, n in zip(rows, take)])
+                rows = [r[n:] for r, n in zip(rows, take)]
+                images = vision.image_tokens(chunk, chunk_pos, embeds, self.vision)
+            chunks.append((chunk, chunk_pos, images))
+        if rows is not None and any(len(r) for r in rows):
+            raise GemmaRefError("the prompt has fewer image soft tokens than its images give")
+        return chunks
 
     def _prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):

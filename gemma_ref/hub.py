@@ -37,6 +37,14 @@ ALIASES = {
     "4-e4b": "google/gemma-4-E4B", "4-e4b-it": "google/gemma-4-E4B-it",
     "4-26b-a4b": "google/gemma-4-26B-A4B", "4-26b-a4b-it": "google/gemma-4-26B-A4B-it",
     "4-31b": "google/gemma-4-31B", "4-31b-it": "google/gemma-4-31B-it",
+    # PaliGemma 1 and 2 (paligemma.py): image + task prompt in, text out; the alias is the repo's
+    # name ("pt": pretrained, "mix": fine-tuned on a task mixture; 224/448/896: image size)
+    **{name: f"google/{name}" for name in (
+        "paligemma-3b-pt-224", "paligemma-3b-pt-448", "paligemma-3b-pt-896",
+        "paligemma-3b-mix-224", "paligemma-3b-mix-448",
+        "paligemma2-3b-pt-224", "paligemma2-3b-pt-448", "paligemma2-3b-pt-896",
+        "paligemma2-10b-pt-224", "paligemma2-28b-pt-896",
+        "paligemma2-3b-mix-224", "paligemma2-3b-mix-448", "paligemma2-28b-mix-448")},
 }
 
 # The files the engine reads from a Hub repo (never the .gguf or PyTorch copies).

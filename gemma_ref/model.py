@@ -122,7 +122,14 @@ def visible(q_pos, k_pos, window=None, reach=None):
     reach [B, T]: the last position each query sees, if not its own: the tokens of
     one image see each other both ways (ImageTokens.reach; still only back to
     q_pos - window + 1 on sliding layers).
+    reach [B, T, 2]: a block [first, last] of keys each query sees whatever the window,
+    beside its causal ones (PaliGemma's prefix: transformers ORs the block onto the
+    sliding-window mask); a query outside any block has first > last.
     """
+    if reach is not None and reach.ndim == 3:
+        first, last = reach[..., :1], reach[..., 1:]  # [B, T, 1] each
+        block = (k_pos[:, None, :] >= np.maximum(first, 0)) & (k_pos[:, None, :] <= last)  # [B, T, S]
+        return visible(q_pos, k_pos, window) | block
     reach = q_pos if reach is None else reach
     seen = (k_pos[:, None, :] >= 0) & (k_pos[:, None, :] <= reach[:, :, None])  # [B, T, S]
     if window is not None:
@@ -250,6 +257,7 @@ class ImageTokens:
     at: np.ndarray  # [B, T] bool: the image soft tokens
     embeds: np.ndarray  # [n, D] their embeddings, row by row in order (n = at.sum())
     reach: np.ndarray  # [B, T] last position each token sees: its own, or its image's last
+    # (or [B, T, 2], a block of keys seen whatever the window: see visible)
     layers: str = "all"  # where reach applies: "all" (Gemma 3), "sliding" (Gemma 4), "none"
     # What the soft tokens are embedded as before their features replace them, as in
     # transformers: <pad> (Gemma 4) or their own id (Gemma 3). Only traces see it.

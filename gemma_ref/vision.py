@@ -87,20 +87,12 @@ class VisionConfig:
         models (and Gemma 4, whose vision encoder is another design)."""
         if "vision_config" not in d or d.get("model_type", "gemma3") != "gemma3":
             return None
-        v = d["vision_config"] or {}
         try:
-            kw = {k: type(getattr(cls, k))(v[k]) for k in (
-                "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_channels", "image_size", "patch_size", "layer_norm_eps", "hidden_act") if k in v}
-            kw.update({k: int(d[k]) for k in ("mm_tokens_per_image", "image_token_index",
-                                               "boi_token_index", "eoi_token_index") if k in d})
-            config = cls(**kw)
+            image_keys = {k: int(d[k]) for k in ("mm_tokens_per_image", "image_token_index",
+                                                  "boi_token_index", "eoi_token_index") if k in d}
         except (TypeError, ValueError) as e:
-            raise GemmaRefError(f"{source}: invalid vision_config ({e})") from None
-        if v.get("vision_use_head"):
-            raise GemmaRefError(f"{source}: vision_use_head is true; Gemma 3's tower has no head")
-        if config.hidden_act not in ("gelu_pytorch_tanh", "gelu_new", "gelu_fast"):
-            raise GemmaRefError(f"{source}: vision hidden_act {config.hidden_act!r} is not tanh GELU")
+            raise GemmaRefError(f"{source}: invalid image token keys ({e})") from None
+        config = cls.of_tower(d["vision_config"] or {}, source, **image_keys)
         g, t = config.patches_per_side, config.tokens_per_side
         if t * t != config.mm_tokens_per_image or g % t or config.image_size % config.patch_size:
             raise GemmaRefError(
@@ -108,9 +100,36 @@ class VisionConfig:
                 f"pool evenly to mm_tokens_per_image {config.mm_tokens_per_image}")
         return config
 
+    @classmethod
+    def of_tower(cls, v: dict, source: str = "config.json", **image_keys) -> "VisionConfig":
+        """The SigLIP tower's keys of a `vision_config` (+ the caller's image keys)."""
+        try:
+            kw = {k: type(getattr(cls, k))(v[k]) for k in (
+                "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_channels", "image_size", "patch_size", "layer_norm_eps", "hidden_act") if k in v}
+            config = cls(**kw, **image_keys)
+        except (TypeError, ValueError) as e:
+            raise GemmaRefError(f"{source}: invalid vision_config ({e})") from None
+        if v.get("vision_use_head"):
+            raise GemmaRefError(f"{source}: vision_use_head is true; a SigLIP tower without its "
+                                "pooling head is expected")
+        if config.hidden_act not in ("gelu_pytorch_tanh", "gelu_new", "gelu_fast"):
+            raise GemmaRefError(f"{source}: vision hidden_act {config.hidden_act!r} is not tanh GELU")
+        if config.image_size % config.patch_size:
+            raise GemmaRefError(f"{source}: image_size {config.image_size} is not a multiple of "
+                                f"patch_size {config.patch_size}")
+        return config
+
 
 def expected_vision_shapes(c: VisionConfig, text_hidden: int) -> dict[str, tuple[int, ...]]:
-    """Every tensor of the tower and the projector, with its shape."""
+    """Every tensor of the tower and Gemma 3's projector, with its shape."""
+    return {**tower_shapes(c),
+            "multi_modal_projector.mm_soft_emb_norm.weight": (c.hidden_size,),
+            "multi_modal_projector.mm_input_projection_weight": (c.hidden_size, text_hidden)}  # x @ W
+
+
+def tower_shapes(c: VisionConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the SigLIP tower (Gemma 3's, PaliGemma's), with its shape."""
     Dv, Fv, p = c.hidden_size, c.intermediate_size, c.patch_size
     shapes = {
         "vision_tower.embeddings.patch_embedding.weight": (Dv, c.num_channels, p, p),
@@ -118,8 +137,6 @@ def expected_vision_shapes(c: VisionConfig, text_hidden: int) -> dict[str, tuple
         "vision_tower.embeddings.position_embedding.weight": (c.patches_per_side ** 2, Dv),
         "vision_tower.post_layernorm.weight": (Dv,),
         "vision_tower.post_layernorm.bias": (Dv,),
-        "multi_modal_projector.mm_soft_emb_norm.weight": (Dv,),
-        "multi_modal_projector.mm_input_projection_weight": (Dv, text_hidden),  # used as x @ W
     }
     for i in range(c.num_hidden_layers):
         pre = f"vision_tower.encoder.layers.{i}."

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
 FORMAT = "gemma-ref-golden/1"
 
@@ -47,10 +47,15 @@ def load(args):
         gguf = Path(args.gguf) if args.gguf else default_gguf()
         where, kw, files = str(gguf.parent), {"gguf_file": gguf.name}, [gguf]
     # Load in float32 (a GGUF is dequantized to float32), then widen: exact for float64.
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32,
-                                                 attn_implementation="eager", **kw)
+    # PaliGemma has no causal-LM class: its image-text one.
+    cls = AutoModelForImageTextToText if args.model and is_paligemma(args.model) else AutoModelForCausalLM
+    model = cls.from_pretrained(where, dtype=torch.float32, attn_implementation="eager", **kw)
     model = model.to(dtype).eval()
     return model, lambda: AutoTokenizer.from_pretrained(where, **kw), str(files[0] if kw else where), files
+
+
+def is_paligemma(directory) -> bool:
+    return json.loads((Path(directory) / "config.json").read_text()).get("model_type") == "paligemma"
 
 
 def default_gguf() -> Path:
@@ -110,7 +115,8 @@ def install_trace(model, trace: dict, padding=None):
     streams = lambda t: t[:, 0].transpose(0, 1)  # [S, B, T, D] -> [T, S, D]
 
     def short_name(name):
-        for long, short in (("model.language_model.", "model."), ("model.vision_tower.", "vision_tower."),
+        for long, short in (("model.language_model.", "model."), ("model.vision_tower.vision_model.", "vision_tower."),
+                            ("model.vision_tower.", "vision_tower."),
                             ("model.vision_tower", "vision_tower"), ("model.embed_vision", "embed_vision"),
                             ("model.multi_modal_projector", "multi_modal_projector")):
             if name.startswith(long):
@@ -135,11 +141,12 @@ def install_trace(model, trace: dict, padding=None):
         attn = modules.get(name.rsplit(".", 1)[0]) if "." in name else None
         H = getattr(attn, "head_dim", None)
         heads_first = type(module).__name__.startswith(("Gemma4", "Gemma3n"))
-        if name in ("model.vision_tower.embeddings", "model.vision_tower.post_layernorm",
-                    "model.multi_modal_projector", "model.vision_tower", "model.embed_vision"):
+        tower = name.replace("model.vision_tower.vision_model.", "model.vision_tower.")  # PaliGemma's SigLIP
+        if tower in ("model.vision_tower.embeddings", "model.vision_tower.post_layernorm",
+                     "model.multi_modal_projector", "model.vision_tower", "model.embed_vision"):
             handles.append(module.register_forward_hook(store(name, lambda t: t)))  # per image: [I, ...]
         elif name == "model.vision_tower.patch_embedder" or (
-                name.startswith("model.vision_tower.encoder.layers.") and name.count(".") == 4):
+                tower.startswith("model.vision_tower.encoder.layers.") and tower.count(".") == 4):
             handles.append(module.register_forward_hook(store(name, unpadded)))  # per image: [I, ...]
         elif not name.startswith((f"{text}.", "lm_head")):
             pass  # inside a vision (or audio) tower: its submodules are not traced
@@ -203,6 +210,8 @@ def dump_prompt(model, ids: list[int], args, image_inputs=None) -> dict:
             images["image_position_ids"] = image_inputs["image_position_ids"]
             images["mm_token_type_ids"] = (x == model.config.image_token_id).long()
             padding = (image_inputs["image_position_ids"] == -1).all(dim=-1)  # [I, n]
+        elif model.config.model_type == "paligemma":  # the prompt is the prefix: seen both ways
+            images["token_type_ids"] = torch.zeros_like(x)
         else:
             images["token_type_ids"] = (x == model.config.image_token_id).long()
     trace: dict = {}

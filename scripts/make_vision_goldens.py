@@ -144,12 +144,13 @@ def synthetic_images() -> dict:
     return {name: PIL.Image.open(IMAGES / f"{name}.png") for name in imgs}
 
 
-def tokenizer_dir() -> str:
+def tokenizer_dir(special: dict = SPECIAL) -> str:
+    """A GemmaTokenizer directory: tiny.model + these special tokens (added after its pieces)."""
     d = tempfile.mkdtemp()
     shutil.copy(TOKENIZER_MODEL, Path(d) / "tokenizer.model")
     (Path(d) / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
-        "extra_special_tokens": SPECIAL}))
+        "extra_special_tokens": special}))
     return d
 
 
