@@ -30,11 +30,15 @@ class _Generation(NamedTuple):
     norm_offset: float  # RMSNorm scales by (norm_offset + w)
     value_norm: bool  # weightless RMSNorm over each head of v
     layer_scalar: bool  # each layer's output times a stored scalar
+    mlp_input_norm: str = "pre_feedforward_layernorm"  # checkpoint name of the norm before the MLP
 
 
 _GENERATIONS = {
-    "gemma": _Generation(False, False, False, 1.0, False, False),
+    "gemma": _Generation(False, False, False, 1.0, False, False, "post_attention_layernorm"),
     "gemma2": _Generation(True, False, False, 1.0, False, False),
+    # VaultGemma: Gemma 2 without the norms on attention's and the MLP's outputs (its block
+    # is Gemma 1's, with Gemma 2's name for the MLP's input norm)
+    "vaultgemma": _Generation(False, False, False, 1.0, False, False),
     "gemma3_text": _Generation(True, True, True, 1.0, False, False),
     "gemma3n_text": _Generation(True, True, True, 0.0, True, False),
     "gemma4_text": _Generation(True, True, True, 0.0, True, True),
@@ -138,6 +142,7 @@ def config_fields(d: dict, source: str = "config.json") -> dict:
         norm_offset=gen.norm_offset,
         value_norm=gen.value_norm,
         layer_scalar=gen.layer_scalar,
+        mlp_input_norm=gen.mlp_input_norm,
         bos_token_id=r.int("bos_token_id", 2, minimum=0),
         eos_token_id=eos,
         pad_token_id=r.int("pad_token_id", 0, minimum=0),
@@ -289,7 +294,7 @@ def _layer_types(r: _Reader, model_type: str, L: int) -> tuple[str, ...]:
         return types
     if model_type == "gemma":
         return (FULL,) * L
-    if model_type == "gemma2":  # local, global, local, ... (layer 0 local)
+    if model_type in ("gemma2", "vaultgemma"):  # local, global, local, ... (layer 0 local)
         return tuple(SLIDING if i % 2 == 0 else FULL for i in range(L))
     # Gemma 3, 4: every 6th layer is global; Gemma 3n: every 5th
     pattern = r.int("sliding_window_pattern", 5 if model_type == "gemma3n_text" else 6)

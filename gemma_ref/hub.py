@@ -23,6 +23,8 @@ ALIASES = {
     "2-2b": "google/gemma-2-2b", "2-2b-it": "google/gemma-2-2b-it",
     "2-9b": "google/gemma-2-9b", "2-9b-it": "google/gemma-2-9b-it",
     "2-27b": "google/gemma-2-27b", "2-27b-it": "google/gemma-2-27b-it",
+    # VaultGemma (Gemma 2 without output norms, trained with differential privacy; base only)
+    "vaultgemma-1b": "google/vaultgemma-1b",
     # Gemma 3 (text; 4B and up are multimodal checkpoints, of which we run the text part)
     "3-270m": "google/gemma-3-270m", "3-270m-it": "google/gemma-3-270m-it",
     "3-1b": "google/gemma-3-1b-pt", "3-1b-it": "google/gemma-3-1b-it",

@@ -55,6 +55,10 @@ VARIANTS = {
                           num_experts=6, top_k_experts=2, moe_intermediate_size=24,
                           layer_types=["sliding_attention", "full_attention", "sliding_attention",
                                        "full_attention"]),
+    # VaultGemma: Gemma 2 without the output norms (here with the default sliding layers)
+    "vaultgemma-mqa": dict(BASE, model_type="vaultgemma", num_hidden_layers=4, head_dim=16,
+                           sliding_window=8, query_pre_attn_scalar=24, attn_logit_softcapping=5.0,
+                           final_logit_softcapping=3.0),
 }
 
 
