@@ -31,6 +31,8 @@ ALIASES = {
     "3-4b": "google/gemma-3-4b-pt", "3-4b-it": "google/gemma-3-4b-it",
     "3-12b": "google/gemma-3-12b-pt", "3-12b-it": "google/gemma-3-12b-it",
     "3-27b": "google/gemma-3-27b-pt", "3-27b-it": "google/gemma-3-27b-it",
+    # ShieldGemma 2 (a Gemma 3 4B image-text model read as an image safety classifier)
+    "shieldgemma-2-4b-it": "google/shieldgemma-2-4b-it",
     # Gemma 3n (text; multimodal checkpoints, of which we run the text part)
     "3n-e2b": "google/gemma-3n-E2B", "3n-e2b-it": "google/gemma-3n-E2B-it",
     "3n-e4b": "google/gemma-3n-E4B", "3n-e4b-it": "google/gemma-3n-E4B-it",
@@ -44,7 +46,7 @@ ALIASES = {
 # The files the engine reads from a Hub repo (never the .gguf or PyTorch copies).
 FILES = ["config.json", "generation_config.json", "tokenizer.model", "*.safetensors",
          "model.safetensors.index.json", "preprocessor_config.json", "processor_config.json",
-         "tokenizer_config.json", "chat_template.jinja", "additional_chat_templates/*.jinja"]
+         "tokenizer_config.json", "chat_template.jinja", "chat_template.json", "additional_chat_templates/*.jinja"]
 
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 

@@ -285,18 +285,24 @@ def checkpoint_files(directory: Path) -> list[Path]:
 
 def load_safetensors_checkpoint(directory: Path, config: GemmaConfig,
                                 max_memory: int | None = None, progress: bool = True,
-                                vision=None):
+                                vision=None, outer_prefixes: dict[str, str] | None = None):
     """Read and check a checkpoint directory: HF key -> array, in HF layout.
 
     Tensors are held float32 in RAM, in their stored dtype in RAM, or memory-mapped,
     within `max_memory` bytes (plan_tiers says which), so a checkpoint larger than RAM
     as float32, or at all, still runs (see weights.Weights and parallel.widen_into).
     vision: a vision.VisionConfig to load (and check) the vision tower and projector too.
+    outer_prefixes: a family's wrapper prefixes, old -> new, the first match replaced before
+    anything else (ShieldGemma 2 nests a whole Gemma 3 checkpoint under "model.").
     """
     found: dict[str, StoredTensor] = {}
     skipped_vision = 0
     for path in checkpoint_files(directory):
         for name, tensor in read_safetensors(path).items():
+            for old, new in (outer_prefixes or {}).items():
+                if name.startswith(old):
+                    name = new + name[len(old):]
+                    break
             if name.startswith(_VISION_PREFIXES):
                 if vision is None:
                     skipped_vision += 1

@@ -69,3 +69,97 @@ def test_vaultgemma_listed_and_described(capsys):
     assert main(["info", "--model", str(VAULT)]) == 0
     out = capsys.readouterr().out
     assert "vaultgemma" in out and "none on their outputs" in out
+
+
+# --- ShieldGemma 2 ---------------------------------------------------------------------
+
+SHIELD = DATA / "family" / "shieldgemma2"
+IMAGES = DATA / "vision" / "images"
+CASES = {  # as scripts/make_family_goldens.py's SHIELDGEMMA2_CASES
+    "defaults": (["rgb_wide", "l_tall"], {}),
+    "custom": (["rgba_square"], {"policies": ["violence", "cats"],
+                                 "custom_policies": {"cats": "No Cats: The image shall not show a cat."}}),
+}
+
+
+@pytest.fixture(scope="module")
+def shield():
+    return Model.from_pretrained(SHIELD), dict(np.load(SHIELD / "golden.npz"))
+
+
+def _pil(names):
+    from PIL import Image
+
+    return [Image.open(IMAGES / f"{n}.png") for n in names]  # as the golden script passed them
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_shieldgemma2_prompts_are_the_processors(shield, case):
+    model, g = shield
+    names, kw = CASES[case]
+    definitions = {**model.policy_definitions, **kw.get("custom_policies", {})}
+    texts = [definitions[p] for p in kw.get("policies", definitions)]
+    rows = g[f"{case}.input_ids"]
+    assert len(rows) == len(names) * len(texts)
+    for r, (ids, mask) in enumerate(zip(rows, g[f"{case}.attention_mask"])):
+        assert model.prompt_ids(texts[r % len(texts)]) == ids[mask == 1].tolist()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_shieldgemma2_probabilities_match_transformers(shield, case):
+    model, g = shield
+    names, kw = CASES[case]
+    logits = model.policy_logits(_pil(names), **kw)
+    probs = model.classify_image(_pil(names), **kw)
+    print(f"shieldgemma2 {case}: max |dlogit| {np.abs(logits - g[f'{case}.logits']).max():.2e}, "
+          f"max |dprob| {np.abs(probs - g[f'{case}.probabilities']).max():.2e}")
+    assert np.abs(logits - g[f"{case}.logits"]).max() <= 1e-4
+    assert np.abs(probs - g[f"{case}.probabilities"]).max() <= 1e-5
+    assert probs.shape == (len(names) * len(kw.get("policies", model.policy_definitions)), 2)
+
+
+def test_shieldgemma2_transformers5_key_layout(shield, tmp_path):
+    """transformers 5.25 saves model.model.language_model.model.*, model.model.vision_tower.*:
+    the same weights, the same answer."""
+    from safetensors.numpy import load_file, save_file
+
+    model, g = shield
+    d = tmp_path / "tf5"
+    shutil.copytree(SHIELD, d)
+    renamed = {}
+    for k, v in load_file(str(SHIELD / "model.safetensors")).items():
+        if k == "model.language_model.lm_head.weight":
+            continue
+        k = k.replace("model.vision_tower.vision_model.", "model.vision_tower.")
+        renamed["model." + k] = v
+    save_file(renamed, str(d / "model.safetensors"))
+    images = _pil(CASES["defaults"][0])
+    np.testing.assert_array_equal(Model.from_pretrained(d).classify_image(images), model.classify_image(images))
+
+
+def test_shieldgemma2_bad_inputs(shield, capsys):
+    model, _ = shield
+    image = _pil(["rgb_wide"])
+    with pytest.raises(GemmaRefError, match="unknown.*'weapons'.*custom_policies"):
+        model.classify_image(image, policies=["weapons"])
+    with pytest.raises(GemmaRefError, match="custom_policies must be a dict"):
+        model.classify_image(image, custom_policies=["x"])
+    with pytest.raises(GemmaRefError, match="no images"):
+        model.classify_image([])
+    with pytest.raises(GemmaRefError, match="image safety classifier"):
+        model.generate("hello")
+    for argv in (["generate", "--model", str(SHIELD), "hello"], ["generate", "--model", str(SHIELD), "--chat", "hi"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("gemma-ref: error:") and "image safety classifier" in err[-1]
+        assert not any("Traceback" in line for line in err)
+
+
+def test_shieldgemma2_described(capsys):
+    assert main(["info", "--model", str(SHIELD)]) == 0
+    out = capsys.readouterr().out
+    assert "ShieldGemma 2" in out and "dangerous, sexual, violence" in out
+    from safetensors.numpy import load_file
+
+    n = sum(t.size for k, t in load_file(str(SHIELD / "model.safetensors")).items() if "lm_head" not in k)
+    assert f"parameters  {n:,}" in out
