@@ -42,9 +42,13 @@ _GENERATIONS = {
     "gemma3_text": _Generation(True, True, True, 1.0, False, False),
     "gemma3n_text": _Generation(True, True, True, 0.0, True, False),
     "gemma4_text": _Generation(True, True, True, 0.0, True, True),
+    # Gemma 4 12B "Unified": Gemma 4's layer without per-layer embeddings or experts
+    "gemma4_unified_text": _Generation(True, True, True, 0.0, True, True),
 }
+_GEMMA4 = ("gemma4_text", "gemma4_unified_text")  # read alike (the unified config has no PLE/MoE keys)
 # Multimodal checkpoints nest the text model's config under "text_config".
-_MULTIMODAL = {"gemma3": "gemma3_text", "gemma3n": "gemma3n_text", "gemma4": "gemma4_text"}
+_MULTIMODAL = {"gemma3": "gemma3_text", "gemma3n": "gemma3n_text", "gemma4": "gemma4_text",
+               "gemma4_unified": "gemma4_unified_text"}
 # Activation names that mean GeGLU with the tanh GELU. Old Gemma 1 configs say
 # "gelu"; transformers maps that to the tanh form and so do we.
 _TANH_GELU_NAMES = {"gelu_pytorch_tanh", "gelu_new", "gelu_fast", "gelu"}
@@ -72,7 +76,7 @@ def config_fields(d: dict, source: str = "config.json") -> dict:
             f"(supported: {', '.join(_GENERATIONS)}, and multimodal {', '.join(_MULTIMODAL)})"
         )
     gen = _GENERATIONS[model_type]
-    gemma4 = model_type == "gemma4_text"
+    gemma4 = model_type in _GEMMA4
     gemma3n = model_type == "gemma3n_text"
     L = r.int("num_hidden_layers")
     activation = d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh"
@@ -246,7 +250,7 @@ def _rope(r: _Reader, model_type: str) -> tuple[tuple[float, float, float], tupl
     older files write `rope_theta`, `rope_local_base_freq` and `rope_scaling`.
     """
     params = r.obj("rope_parameters")
-    if model_type == "gemma4_text" and not params.d:  # transformers' defaults for Gemma 4
+    if model_type in _GEMMA4 and not params.d:  # transformers' defaults for Gemma 4
         params = _Reader({FULL: {"rope_type": "proportional", "partial_rotary_factor": 0.25,
                                  "rope_theta": 1_000_000.0},
                           SLIDING: {"rope_type": "default", "rope_theta": 10_000.0}}, r.source,
@@ -258,7 +262,7 @@ def _rope(r: _Reader, model_type: str) -> tuple[tuple[float, float, float], tupl
     else:
         full = _Reader({"rope_theta": r.d.get("rope_theta"), **(r.obj("rope_scaling").d)}, r.source, r.prefix)
         local = _Reader({"rope_theta": r.d.get("rope_local_base_freq")}, r.source, r.prefix)
-    default_full = 1_000_000.0 if model_type in ("gemma3_text", "gemma3n_text", "gemma4_text") else 10_000.0
+    default_full = 1_000_000.0 if model_type in ("gemma3_text", "gemma3n_text", *_GEMMA4) else 10_000.0
     full_rope = (full.float("rope_theta", default_full), *_scaling(full))
     local_rope = (local.float("rope_theta", 10_000.0), *_scaling(local))
     if local_rope[2] != 1.0:
@@ -289,7 +293,7 @@ def _layer_types(r: _Reader, model_type: str, L: int) -> tuple[str, ...]:
                 raise GemmaRefError(f"{r.source}: {r.prefix}layer_types[{i}] is {t!r}; gemma-ref knows "
                                     f"{' and '.join(LAYER_TYPES)}")
         types = tuple(types)
-        if model_type == "gemma4_text" and types[-1] != FULL:
+        if model_type in _GEMMA4 and types[-1] != FULL:
             types = types[:-1] + (FULL,)  # as transformers: Gemma 4's last layer is always full
         return types
     if model_type == "gemma":
@@ -299,7 +303,7 @@ def _layer_types(r: _Reader, model_type: str, L: int) -> tuple[str, ...]:
     # Gemma 3, 4: every 6th layer is global; Gemma 3n: every 5th
     pattern = r.int("sliding_window_pattern", 5 if model_type == "gemma3n_text" else 6)
     types = tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(L))
-    return types[:-1] + (FULL,) if model_type == "gemma4_text" else types
+    return types[:-1] + (FULL,) if model_type in _GEMMA4 else types
 
 
 def _full_layer_shapes(r: _Reader, layer_types, H: int, K: int) -> tuple[int, int | None]:

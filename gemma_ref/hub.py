@@ -41,6 +41,9 @@ ALIASES = {
     "4-e4b": "google/gemma-4-E4B", "4-e4b-it": "google/gemma-4-E4B-it",
     "4-26b-a4b": "google/gemma-4-26B-A4B", "4-26b-a4b-it": "google/gemma-4-26B-A4B-it",
     "4-31b": "google/gemma-4-31B", "4-31b-it": "google/gemma-4-31B-it",
+    # Gemma 4 12B "Unified" (no vision or audio encoder: images through a small embedder;
+    # transformers' docs name google/gemma-4-12B-it)
+    "4-12b-unified": "google/gemma-4-12B", "4-12b-unified-it": "google/gemma-4-12B-it",
 }
 
 # The files the engine reads from a Hub repo (never the .gguf or PyTorch copies).

@@ -299,6 +299,244 @@ def make_shieldgemma2(images, vocab_tok, date):
     return results
 
 
+# --------------------------------------------------------------------------- Gemma 4 12B Unified
+
+GEMMA4_UNIFIED = dict(
+    name="gemma4-unified",
+    seed=23000,
+    # Gemma 4 text without PLE or experts; the last layer shares the K/V of layer 1; images
+    # see each other both ways on sliding layers (use_bidirectional_attention: "vision").
+    text=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=2,
+              num_key_value_heads=1, head_dim=16, global_head_dim=32, sliding_window=8,
+              layer_types=[SLIDING, FULL, SLIDING, FULL], num_kv_shared_layers=1,
+              final_logit_softcapping=30.0, use_bidirectional_attention="vision"),
+    # 4 px patches merged 2 x 2 -> 8 px model patches of 192 raw values
+    vision=dict(patch_size=4, pooling_kernel_size=2, mm_embed_dim=24, mm_posemb_size=16, output_proj_dims=24),
+    audio=dict(audio_embed_dim=640),
+    preprocessor=dict(patch_size=4, max_soft_tokens=70, pooling_kernel_size=2),
+    init=dict(emb=0.1, proj=2.0, norm=0.3, norm_mean=1.0, final_norm_mean=2.0, scalar=0.3),
+)
+GEMMA4_UNIFIED_CASES = {
+    "text": ("Once upon a time there was", []),
+    "one": ("Describe <|image|> in one word.", ["rgb_wide"]),  # 60 tokens: longer than the window
+    "two": ("<|image|> versus\n<|image|>: which is brighter?", ["l_tall", "rgba_square"]),
+}
+
+
+def unified_image_functions():
+    """convert_image_to_patches and patches_merge of transformers' Gemma4UnifiedImageProcessor.
+
+    Its module imports torchvision (for the resize), which cannot be installed here (no
+    CPU build of it for torch 2.13.0 on PyPI): torchvision is stubbed for the import only;
+    the functions used are pure torch. The resize itself is Gemma4ImageProcessorPil's
+    (the same target size rule, PIL's bicubic instead of torchvision's).
+    """
+    import types
+
+    if "torchvision" not in sys.modules:
+        for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.v2",
+                     "torchvision.transforms.v2.functional"):
+            sys.modules[name] = types.ModuleType(name)
+        sys.modules["torchvision.transforms.v2"].functional = sys.modules["torchvision.transforms.v2.functional"]
+        sys.modules["torchvision.transforms.v2.functional"].InterpolationMode = None  # read by an annotation
+    import importlib
+
+    # the module itself, not the package's lazy attribute (a placeholder without torchvision)
+    return importlib.import_module("transformers.models.gemma4_unified.image_processing_gemma4_unified")
+
+
+@torch.no_grad()
+def unified_pixels(images, pre):
+    """Gemma4UnifiedImageProcessor._preprocess's steps 2-6 on images resized by
+    Gemma4ImageProcessorPil: [I, max_soft_tokens, 3 (k p)^2], positions [I, max_soft_tokens, 2], counts."""
+    import numpy as np
+    from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
+
+    ipu = unified_image_functions()
+    ip = Gemma4ImageProcessorPil(**pre)
+    small = ip(images, return_tensors="pt")  # resized, rescaled, patchified at p, padded
+    k = pre["pooling_kernel_size"]
+    pixels, positions, counts = [], [], []
+    for px, xy in zip(small["pixel_values"], small["image_position_ids"]):
+        real = (xy != -1).all(-1)
+        teacher, pos = px[real], xy[real]
+        # the same patches as the unified processor's own patchify of the resized image
+        w, h = int(pos[:, 0].max()) + 1, int(pos[:, 1].max()) + 1
+        image = teacher.reshape(h, w, pre["patch_size"], pre["patch_size"], 3).permute(4, 0, 2, 1, 3).reshape(
+            3, h * pre["patch_size"], w * pre["patch_size"])
+        assert torch.equal(ipu.convert_image_to_patches(image, pre["patch_size"]), teacher)
+        merged, merged_pos = ipu.patches_merge(teacher[None], pos[None], len(teacher) // (k * k))
+        counts.append(merged.shape[1])
+        merged, merged_pos = ipu.pad_along_first_dim(merged[0], merged_pos[0], pre["max_soft_tokens"])
+        pixels.append(merged)
+        positions.append(merged_pos)
+    return torch.stack(pixels), torch.stack(positions), counts
+
+
+def gemma4_unified_config(vocab_tok: int):
+    from transformers import (Gemma4UnifiedAudioConfig, Gemma4UnifiedConfig, Gemma4UnifiedTextConfig,
+                              Gemma4UnifiedVisionConfig)
+
+    s = GEMMA4_UNIFIED
+    text = Gemma4UnifiedTextConfig(vocab_size=vocab_tok + 8, max_position_embeddings=512, rms_norm_eps=1e-6,
+                                   pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=True,
+                                   attention_bias=False, hidden_activation="gelu_pytorch_tanh", **s["text"])
+    return Gemma4UnifiedConfig(text_config=text, vision_config=Gemma4UnifiedVisionConfig(**s["vision"]),
+                               audio_config=Gemma4UnifiedAudioConfig(**s["audio"]),
+                               image_token_id=vocab_tok, boi_token_id=vocab_tok + 1, eoi_token_id=vocab_tok + 2,
+                               audio_token_id=vocab_tok + 3, boa_token_id=vocab_tok + 4,
+                               eoa_token_index=vocab_tok + 5, video_token_id=vocab_tok + 6, tie_word_embeddings=True)
+
+
+@torch.no_grad()
+def gemma4_unified_case(model, tok, prompt, images):
+    """input_ids as Gemma4UnifiedProcessor makes them (boi + n x image token + eoi per marker),
+    the image features, and the logits with the masks generate() uses
+    (create_masks_for_generate: an image's tokens see each other on sliding layers only);
+    `logits_forward`: model(**inputs) with mm_token_type_ids, whose forward builds its masks
+    otherwise (see PROVENANCE.md)."""
+    import numpy as np
+
+    res, extra, text = {}, {}, prompt
+    if images:
+        pv, pos, counts = unified_pixels(images, GEMMA4_UNIFIED["preprocessor"])
+        for n in counts:
+            head, _, tail = text.partition(tok.image_token)
+            text = head + (tok.boi_token + "\0" * n + tok.eoi_token) + tail
+        text = text.replace("\0", tok.image_token)
+        extra = {"pixel_values": pv, "image_position_ids": pos}
+        out = model.model.get_image_features(pv, pos, return_dict=True)
+        res.update(pixel_values=pv.numpy(), image_position_ids=pos.numpy().astype(np.int64),
+                   num_soft_tokens=np.array(counts, np.int64),
+                   embedder_hidden=out.last_hidden_state.numpy(),
+                   image_features=torch.cat(out.pooler_output).numpy())
+    ids = torch.tensor([tok(text).input_ids])
+    res["input_ids"] = ids[0].numpy().astype(np.int64)
+    mm = (ids == model.config.image_token_id).long()
+
+    def masks(full_ids):
+        T = full_ids.shape[1]
+        return model.create_masks_for_generate(
+            model.config, torch.zeros(1, T, model.config.text_config.hidden_size), None, None,
+            torch.arange(T)[None], mm_token_type_ids=(full_ids == model.config.image_token_id).long())
+
+    res["logits"] = model(input_ids=ids, attention_mask=masks(ids), use_cache=False, **extra).logits[0].numpy()
+    if images:
+        res["logits_forward"] = model(input_ids=ids, use_cache=False, mm_token_type_ids=mm,
+                                      **extra).logits[0].numpy()
+        extra["mm_token_type_ids"] = mm
+
+    def full_inputs(seq):
+        full = torch.cat([ids[0], seq])[None]
+        return {k: v for k, v in extra.items() if k != "mm_token_type_ids"} | {"attention_mask": masks(full)}
+
+    return res, vis.greedy_checked(model, ids, extra, full_inputs, res)
+
+
+@torch.no_grad()
+def make_gemma4_unified(images, vocab_tok, date):
+    import json
+    import shutil
+    import tempfile
+
+    import numpy as np
+    from transformers import Gemma4UnifiedForConditionalGeneration
+
+    s = GEMMA4_UNIFIED
+    out_dir = FAMILY / s["name"]
+    tok_dir = tempfile.mkdtemp()
+    shutil.copy(tiny.TOKENIZER_MODEL, Path(tok_dir) / "tokenizer.model")
+    (Path(tok_dir) / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
+        "extra_special_tokens": vis.GEMMA4_SPECIAL}))
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+
+    def make_model(seed):
+        model = Gemma4UnifiedForConditionalGeneration(gemma4_unified_config(vocab_tok))
+        tiny.redraw_parameters(model, seed, s["init"])
+        gen = torch.Generator().manual_seed(seed + 1)
+        ev = model.model.embed_vision
+        ev.pos_embedding.copy_(torch.randn(ev.pos_embedding.shape, generator=gen) * 0.5)  # re-drawn as a table
+        return model
+
+    runs = {case: (lambda m, p=prompt, n=names: gemma4_unified_case(m, tok, p, [images[x] for x in n]))
+            for case, (prompt, names) in GEMMA4_UNIFIED_CASES.items()}
+    seed, attempt, results = vis.first_good_seed(s["name"], s["seed"], make_model,
+                                                 Gemma4UnifiedForConditionalGeneration, runs, out_dir)
+    model = Gemma4UnifiedForConditionalGeneration.from_pretrained(
+        str(out_dir), dtype=torch.float32, attn_implementation="eager").eval()
+    # the audio embedder: 1.3 s of a seeded waveform (not a multiple of 640: the last frame is padded)
+    rng = np.random.default_rng(seed)
+    wave = (0.3 * np.sin(np.arange(20_800) * 2 * np.pi * 440 / 16_000) + 0.1 * rng.standard_normal(20_800)).astype(np.float32)
+    from transformers.models.gemma4_unified.feature_extraction_gemma4_unified import Gemma4UnifiedAudioFeatureExtractor
+
+    fe = Gemma4UnifiedAudioFeatureExtractor()(wave, return_tensors="pt")
+    audio = model.model.get_audio_features(fe["input_features"], fe["input_features_mask"], return_dict=True)
+    results["audio"] = {"waveform": wave, "input_features": fe["input_features"].numpy(),
+                        "input_features_mask": fe["input_features_mask"].numpy(),
+                        "features": audio.pooler_output.numpy()}
+    shutil.copy(tiny.TOKENIZER_MODEL, out_dir / "tokenizer.model")
+    pre = {"image_processor_type": "Gemma4UnifiedImageProcessor", "do_convert_rgb": True, "do_normalize": False,
+           "do_rescale": True, "do_resize": True, "resample": 3, "rescale_factor": 1 / 255,
+           "image_mean": [0.0, 0.0, 0.0], "image_std": [1.0, 1.0, 1.0], **s["preprocessor"]}
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(dict(sorted(pre.items())), indent=2) + "\n")
+    arrays = {f"{case}.{k}": np.ascontiguousarray(v) for case, r in results.items()
+              for k, v in r.items() if not k.startswith("_")}
+    tiny.save_npz_deterministic(out_dir / "golden.npz", arrays)
+    forward_vs_generate = {c: float(np.abs(r["logits_forward"] - r["logits"]).max())
+                           for c, r in results.items() if "logits_forward" in r}
+    lines = [
+        f"# {s['name']}", "",
+        "Tiny random Gemma 4 12B \"Unified\" checkpoint (Gemma4UnifiedForConditionalGeneration: no vision or",
+        "audio encoder) with goldens from Hugging Face transformers (independent of gemma-ref).", "",
+        "## Provenance", "",
+        f"- generated: {date}",
+        f"- command: `python scripts/make_family_goldens.py {s['name']}` (from the repository root)",
+        f"- transformers {transformers.__version__}, torch {torch.__version__}, numpy {np.__version__}, "
+        f"python {sys.version.split()[0]}",
+        "- float32, attn_implementation=\"eager\", CPU, torch.set_num_threads(1)",
+        f"- seed {seed} (parameters re-drawn by make_tiny_goldens.redraw_parameters; the position table "
+        f"~ N(0, 0.5) with seed {seed + 1}); {attempt} earlier seed(s) rejected",
+        "- text config: " + json.dumps(s["text"]),
+        "- vision config: " + json.dumps(s["vision"]) + "; audio config: " + json.dumps(s["audio"]),
+        "- pixel values: Gemma4UnifiedImageProcessor's steps (convert_image_to_patches, patches_merge, "
+        "pad_along_first_dim, imported from transformers) on images resized and rescaled by "
+        "Gemma4ImageProcessorPil(" + json.dumps(s["preprocessor"]) + "): the same target-size rule; the "
+        "unified processor itself resizes with torchvision (bicubic, antialias), which has no CPU build for "
+        "torch 2.13 on PyPI, so an image that needs resizing may differ from it by a few levels",
+        "- input_ids: each `<|image|>` marker becomes boi + n x image token + eoi "
+        "(Gemma4UnifiedProcessor.replace_image_token); GemmaTokenizer from tiny.model + <|image|>=512, "
+        "<|image>=513, <image|>=514",
+        "- `logits`: the forward with the masks generate() builds "
+        "(Gemma4UnifiedForConditionalGeneration.create_masks_for_generate with mm_token_type_ids: full layers "
+        "causal, sliding layers AND(window, OR(causal, same image))), the masks the greedy path uses",
+        "- `logits_forward`: `model(input_ids, pixel_values, image_position_ids, mm_token_type_ids)`: "
+        "Gemma4UnifiedModel.forward builds its masks with the generic create_masks_for_generate and "
+        "block_sequence_ids, which lets an image's tokens see each other on EVERY layer (and past the window); "
+        f"it differs from `logits` by {json.dumps({k: round(v, 4) for k, v in forward_vs_generate.items()})} "
+        "(max |diff|). gemma-ref follows generate()'s masks, as for Gemma 4",
+        f"- greedy: model.generate(..., do_sample=False, max_new_tokens={vis.NEW_TOKENS}, "
+        f"min_new_tokens={vis.NEW_TOKENS}, use_cache=True), each token the argmax of the raw logits; a no-cache "
+        "forward over prompt + continuation (with generate()'s masks) agrees",
+        "- audio: `get_audio_features(input_features, input_features_mask)` on a seeded 20800-sample "
+        "waveform (a 440 Hz tone + noise) framed by Gemma4UnifiedAudioFeatureExtractor (right-padded to "
+        "a multiple of 640, [N, 640])", "",
+        "## Cases", "", "| case | prompt | images | tokens | min greedy margin | HF cached vs no-cache |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for case, (prompt, names) in GEMMA4_UNIFIED_CASES.items():
+        r = results[case]
+        lines.append(f"| `{case}` | `{prompt!r}` | {', '.join(names) or '-'} | {len(r['input_ids'])} | "
+                     f"{float(r['greedy_margins'].min()):.4f} | {r['_cache_vs_full']:.2e} |")
+    lines += ["", "## golden.npz", "", "| key | shape | dtype |", "| --- | --- | --- |"]
+    lines += [f"| `{k}` | {list(v.shape)} | {v.dtype} |" for k, v in arrays.items()]
+    lines += ["", "- `embedder_hidden`: Gemma4UnifiedVisionEmbedder's last_hidden_state (after pos_norm, "
+              "before the multimodal embedder), padded rows included; `image_features`: pooler_output with "
+              "the padding rows stripped, concatenated over images", ""]
+    (out_dir / "PROVENANCE.md").write_text("\n".join(lines))
+    return results
+
+
 def main() -> int:
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -317,6 +555,11 @@ def main() -> int:
         images = {n: PIL.Image.open(vis.IMAGES / f"{n}.png") for n in ("rgb_wide", "l_tall", "rgba_square")}
         for case, r in make_shieldgemma2(images, vocab_tok, date).items():
             print(f"  {case}: probabilities {r['probabilities'].tolist()}")
+    if not only or GEMMA4_UNIFIED["name"] in only:
+        print(f"== {GEMMA4_UNIFIED['name']}", flush=True)
+        images = {n: PIL.Image.open(vis.IMAGES / f"{n}.png") for n in ("rgb_wide", "l_tall", "rgba_square")}
+        for case, r in make_gemma4_unified(images, vocab_tok, date).items():
+            print(f"  {case}: {({k: tuple(getattr(v, 'shape', ())) for k, v in r.items() if not k.startswith('_')})}")
     return 0
 
 

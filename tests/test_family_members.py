@@ -163,3 +163,97 @@ def test_shieldgemma2_described(capsys):
 
     n = sum(t.size for k, t in load_file(str(SHIELD / "model.safetensors")).items() if "lm_head" not in k)
     assert f"parameters  {n:,}" in out
+
+
+# --- Gemma 4 12B Unified -----------------------------------------------------------------
+
+UNIFIED = DATA / "family" / "gemma4-unified"
+UNIFIED_CASES = {"text": [], "one": ["rgb_wide"], "two": ["l_tall", "rgba_square"]}
+
+
+@pytest.fixture(scope="module")
+def unified():
+    return Model.from_pretrained(UNIFIED), dict(np.load(UNIFIED / "golden.npz"))
+
+
+def test_unified_config_is_gemma4_text_without_ple_or_experts(unified):
+    model, _ = unified
+    c = model.config
+    assert c.model_type == "gemma4_unified_text" and c.norm_offset == 0 and c.layer_scalar
+    assert c.hidden_size_per_layer_input == 0 and not c.enable_moe_block
+    assert c.layers[-1].kv_source == 1 and c.layers[1].head_dim == 32
+    assert model.vision.num_hidden_layers == 0 and model.vision.patch_size == 8
+
+
+@pytest.mark.parametrize("case", ["one", "two"])
+def test_unified_image_embedder_matches_transformers(unified, case):
+    model, g = unified
+    feats = model.embed_images(_pil(UNIFIED_CASES[case]))
+    assert [len(f) for f in feats] == g[f"{case}.num_soft_tokens"].tolist()
+    delta = np.abs(np.concatenate(feats) - g[f"{case}.image_features"]).max()
+    from_pixels = model.embed_images({"pixel_values": g[f"{case}.pixel_values"],
+                                      "image_position_ids": g[f"{case}.image_position_ids"]})
+    print(f"gemma4-unified {case}: image features max |d| {delta:.2e}")
+    assert delta <= 1e-4
+    np.testing.assert_allclose(np.concatenate(from_pixels), g[f"{case}.image_features"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("case", UNIFIED_CASES)
+def test_unified_logits_and_greedy_match_transformers(unified, case):
+    model, g = unified
+    images = _pil(UNIFIED_CASES[case])
+    ids = g[f"{case}.input_ids"]
+    logits = model.forward(ids, images=images or None)
+    delta = np.abs(logits - g[f"{case}.logits"][:, :model.n_vocab]).max()
+    print(f"gemma4-unified {case}: max |dlogit| {delta:.2e}")
+    assert delta <= 1e-4
+    out = model.generate(ids.tolist(), images=images, max_new_tokens=len(g[f"{case}.greedy_ids"]), stop=[])
+    assert out == g[f"{case}.greedy_ids"].tolist()
+    if images:  # the prompt's markers expand as the processor's
+        prompt = {"one": "Describe <|image|> in one word.",
+                  "two": "<|image|> versus\n<|image|>: which is brighter?"}[case]
+        assert model.prompt_ids(prompt, images)[0] == ids.tolist()
+
+
+def test_unified_images_see_each_other_on_sliding_layers_only(unified):
+    """transformers' generate() masks (the goldens' `logits`), not its plain forward's, which
+    lets an image's tokens see each other on every layer (`logits_forward`: far off)."""
+    model, g = unified
+    assert np.abs(g["one.logits_forward"] - g["one.logits"]).max() > 0.1
+    logits = model.forward(g["one.input_ids"], images=_pil(["rgb_wide"]))
+    assert np.abs(logits - g["one.logits"][:, :model.n_vocab]).max() <= 1e-4
+
+
+def test_unified_audio_embedder_matches_transformers():
+    """Raw 640-sample frames -> weightless RMSNorm -> Linear, as get_audio_features (not yet
+    wired into prompts: see docs/FAMILY_MEMBERS.md)."""
+    from safetensors.numpy import load_file
+
+    from gemma_ref.vision_gemma4_unified import audio_features, audio_frames
+
+    g = np.load(UNIFIED / "golden.npz")
+    frames = audio_frames(g["audio.waveform"])
+    np.testing.assert_array_equal(frames, g["audio.input_features"][0])
+    w = load_file(str(UNIFIED / "model.safetensors"))["model.embed_audio.embedding_projection.weight"]
+    delta = np.abs(audio_features(frames, w) - g["audio.features"][0]).max()
+    print(f"gemma4-unified audio: max |d| {delta:.2e}")
+    assert delta <= 1e-4
+    with pytest.raises(GemmaRefError, match="mono"):
+        audio_frames(np.zeros((2, 640)))
+
+
+def test_unified_bad_inputs_and_info(unified, capsys):
+    model, g = unified
+    with pytest.raises(GemmaRefError, match="marker"):
+        model.prompt_ids("two <|image|> <|image|>", _pil(["rgb_wide"]))
+    with pytest.raises(GemmaRefError, match="pan_and_scan"):
+        model.embed_images(_pil(["rgb_wide"]), pan_and_scan=True)
+    with pytest.raises(GemmaRefError, match=r"\[I, n, 192\]"):
+        model.embed_images({"pixel_values": np.zeros((1, 4, 48), np.float32),
+                            "image_position_ids": np.zeros((1, 4, 2), np.int64)})
+    assert main(["generate", "--model", str(UNIFIED), "--image", "/no/such.png", "hi"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("gemma-ref: error:")
+    assert main(["info", "--model", str(UNIFIED)]) == 0
+    assert "gemma4_unified_text" in capsys.readouterr().out
+    assert main(["models"]) == 0
+    assert "google/gemma-4-12B-it" in capsys.readouterr().out
