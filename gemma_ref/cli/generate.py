@@ -290,6 +290,9 @@ def _images_summary(config_file: Path, config) -> list[str]:
         both_ways = {"sliding": "sliding layers", "none": "no layer (causal)"}[v.bidirectional_layers]
         what = (f"Gemma 4 encoder, patch {v.patch_size}, {v.pooling_kernel_size}x{v.pooling_kernel_size} "
                 f"pooling, an image's tokens see each other on {both_ways}")
+        if not v.num_hidden_layers:  # Gemma 4 12B Unified (vision_gemma4_unified.py)
+            what = (f"Gemma 4 Unified embedder (no encoder), model patch {v.patch_size} px, "
+                    f"an image's tokens see each other on {both_ways}")
     return [f"images            {what}; {v.num_hidden_layers} layer(s), {n:,} parameters (not counted above)"]
 
 
