@@ -62,7 +62,8 @@ def is_instruction_tuned(source: str | None) -> bool:
 # Instruction-tuned models to suggest for chat, by generation (config model_type).
 _CHAT_SUGGESTIONS = {"gemma": "2b-it or 7b-it", "gemma2": "2-2b-it or 2-9b-it",
                      "gemma3_text": "3-1b-it or 3-270m-it", "gemma3n_text": "3n-e2b-it or 3n-e4b-it",
-                     "gemma4_text": "4-e2b-it or 4-e4b-it"}
+                     "gemma4_text": "4-e2b-it or 4-e4b-it", "vaultgemma": "2-2b-it or 2-9b-it",
+                     "gemma4_unified_text": "4-12b-unified-it"}
 
 
 def chat_suggestion(source: str | None, model_type: str) -> str:

@@ -60,14 +60,17 @@ def expected_shapes(config: GemmaConfig) -> dict[str, tuple[int, ...]]:
             p + "mlp.up_proj.weight": (F, D),
             p + "mlp.down_proj.weight": (D, F),
             p + "input_layernorm.weight": (D,),
-            p + config.mlp_input_norm + ".weight": (D,),
         })
+        # post_attention_layernorm: after attention (Gemma 2+), or before the MLP (Gemma 1)
+        if config.sandwich_norms or config.mlp_input_norm == "post_attention_layernorm":
+            shapes[p + "post_attention_layernorm.weight"] = (D,)
         if s.kv_source == i:  # a layer sharing another's keys and values has no k/v weights
             shapes[p + "self_attn.k_proj.weight"] = (K * H, D)
             if s.v_proj:
                 shapes[p + "self_attn.v_proj.weight"] = (K * H, D)
-        if config.sandwich_norms:  # the norms on attention's and the MLP's outputs
-            shapes[p + "post_attention_layernorm.weight"] = (D,)
+        if config.mlp_input_norm == "pre_feedforward_layernorm":  # Gemma 2+, VaultGemma
+            shapes[p + "pre_feedforward_layernorm.weight"] = (D,)
+        if config.sandwich_norms:  # the norm on the MLP's output
             shapes[p + "post_feedforward_layernorm.weight"] = (D,)
         if config.qk_norm:
             shapes[p + "self_attn.q_norm.weight"] = (H,)

@@ -257,3 +257,42 @@ def test_unified_bad_inputs_and_info(unified, capsys):
     assert "gemma4_unified_text" in capsys.readouterr().out
     assert main(["models"]) == 0
     assert "google/gemma-4-12B-it" in capsys.readouterr().out
+
+
+def test_unified_chunked_prefill_keeps_images_whole(unified, monkeypatch):
+    """A prompt prefilled in chunks of 7 tokens (an image's 60 tokens stay in one chunk)
+    decodes the golden continuation, as the one-shot prefill does."""
+    from gemma_ref import api
+
+    model, g = unified
+    monkeypatch.setattr(api, "PREFILL_CHUNK", 7)
+    out = model.generate(g["two.input_ids"].tolist(), images=_pil(UNIFIED_CASES["two"]),
+                         max_new_tokens=len(g["two.greedy_ids"]), stop=[])
+    assert out == g["two.greedy_ids"].tolist()
+
+
+def test_cli_classify(shield, capsys):
+    _, g = shield
+    images = [str(IMAGES / f"{n}.png") for n in ("rgb_wide", "l_tall")]  # no alpha: path == PIL image
+    argv = ["classify", "--model", str(SHIELD), "--json"] + [a for i in images for a in ("--image", i)]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["image"], r["policy"]) for r in rows] == [(i, p) for i in images
+                                                         for p in ("dangerous", "sexual", "violence")]
+    np.testing.assert_allclose([[r["yes"], r["no"]] for r in rows], g["defaults.probabilities"], atol=1e-5)
+    assert main(["classify", "--model", str(SHIELD), "--image", images[0], "--policy", "cats",
+                 "--custom-policy", "cats=No Cats: The image shall not show a cat."]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("P(yes)") and len(out) == 2 and " cats " in out[1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", str(DATA / "tiny" / "gemma2-gqa")], "not an image classifier"),
+    (["--model", str(SHIELD), "--policy", "weapons"], "unknown ['weapons']"),
+    (["--model", str(SHIELD), "--custom-policy", "cats"], "expected NAME=DEFINITION"),
+])
+def test_cli_classify_bad_inputs(argv, message, capsys):
+    assert main(["classify", "--image", str(IMAGES / "rgb_wide.png")] + argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("gemma-ref: error:") and message in err[-1]
+    assert not any("Traceback" in line for line in err)
