@@ -64,7 +64,7 @@ class ShieldGemma2:
         self.policy_definitions = policy_definitions
         self.config, self.tokenizer, self.source = lm.config, lm.tokenizer, lm.source
         self.checkpoint, self.chat_template = lm.checkpoint, lm.chat_template
-        self.instruction_tuned, self.dtype = lm.instruction_tuned, lm.dtype
+        self.instruction_tuned, self.dtype, self.n_vocab = lm.instruction_tuned, lm.dtype, lm.n_vocab
 
     @classmethod
     def from_checkpoint(cls, path: Path, *, source: str, dtype="float32", max_memory=None, progress=True):
@@ -103,7 +103,7 @@ class ShieldGemma2:
         message = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": policy_text}]}
         return self.chat_template.render([message], add_generation_prompt=False)
 
-    def prompt_ids(self, policy_text: str) -> list[int]:
+    def policy_prompt_ids(self, policy_text: str) -> list[int]:
         """Token ids of one prompt with its image block expanded (Gemma3Processor's), before the
         image features replace the soft tokens. The tokenizer adds <bos> before the template's
         own, as the processor's does: the ids start <bos> <bos>."""
@@ -129,7 +129,7 @@ class ShieldGemma2:
         for image in images:
             features = self.lm.embed_images([image], pan_and_scan=False)  # [1, M, D]; the processor never crops
             for text in texts:
-                ids = np.asarray([self.prompt_ids(text)])  # [1, T]
+                ids = np.asarray([self.policy_prompt_ids(text)])  # [1, T]
                 positions = np.arange(ids.shape[1])[None]
                 tokens = vision.image_tokens(ids, positions, features[0], self.lm.vision)
                 logits = forward(self.lm.weights, self.config, ids, positions, images=tokens, last_only=True)
@@ -171,7 +171,9 @@ class ShieldGemma2:
                             "P(yes)/P(no) per (image, policy) with Model.classify_image(images, policies=...), "
                             "not text")
 
+    # Model's surface that the text tools (generate, chat, dump, compare, perplexity, eval) use
     generate = stream = chat = stream_chat = forward = score = logprobs = _not_a_generator
+    generate_ids = prompt_ids = _prompt_ids = chat_prompt = new_cache = embed_images = _not_a_generator
 
     def __repr__(self):
         return (f"ShieldGemma2({self.source!r}, {self.config.num_parameters / 1e6:.0f}M text params, "

@@ -96,6 +96,17 @@ def make_vaultgemma(vocab_tok, tok_sp, date):
     return info
 
 
+def provenance_head(name: str, date: str) -> list[str]:
+    """The first lines of a PROVENANCE.md's Provenance section: when, how, with what."""
+    import numpy as np
+
+    return ["## Provenance", "", f"- generated: {date}",
+            f"- command: `python scripts/make_family_goldens.py {name}` (from the repository root)",
+            f"- transformers {transformers.__version__}, torch {torch.__version__}, numpy {np.__version__}, "
+            f"python {sys.version.split()[0]}",
+            "- float32, attn_implementation=\"eager\", CPU, torch.set_num_threads(1)"]
+
+
 # --------------------------------------------------------------------------- ShieldGemma 2
 
 # A Gemma 3 image-text model (the tiny gemma3-vision-mqa's shapes) whose output is
@@ -259,12 +270,7 @@ def make_shieldgemma2(images, vocab_tok, date):
         "Tiny random ShieldGemma 2 checkpoint (ShieldGemma2ForImageClassification: a Gemma 3 image-text",
         "model whose output is the softmax over the Yes and No logits of the last position), with goldens",
         "from Hugging Face transformers (independent of gemma-ref).", "",
-        "## Provenance", "",
-        f"- generated: {date}",
-        f"- command: `python scripts/make_family_goldens.py {s['name']}` (from the repository root)",
-        f"- transformers {transformers.__version__}, torch {torch.__version__}, numpy {np.__version__}, "
-        f"python {sys.version.split()[0]}",
-        "- float32, attn_implementation=\"eager\", CPU, torch.set_num_threads(1)",
+        *provenance_head(s["name"], date),
         f"- seed {seed} (torch.manual_seed before construction; parameters re-drawn by "
         f"make_tiny_goldens.redraw_parameters with the same seed); {attempt} earlier seed(s) rejected "
         "(a seed is rejected when a case's Yes probabilities lie within 0.02 of 0.5 or span less than 0.05)",
@@ -489,12 +495,7 @@ def make_gemma4_unified(images, vocab_tok, date):
         f"# {s['name']}", "",
         "Tiny random Gemma 4 12B \"Unified\" checkpoint (Gemma4UnifiedForConditionalGeneration: no vision or",
         "audio encoder) with goldens from Hugging Face transformers (independent of gemma-ref).", "",
-        "## Provenance", "",
-        f"- generated: {date}",
-        f"- command: `python scripts/make_family_goldens.py {s['name']}` (from the repository root)",
-        f"- transformers {transformers.__version__}, torch {torch.__version__}, numpy {np.__version__}, "
-        f"python {sys.version.split()[0]}",
-        "- float32, attn_implementation=\"eager\", CPU, torch.set_num_threads(1)",
+        *provenance_head(s["name"], date),
         f"- seed {seed} (parameters re-drawn by make_tiny_goldens.redraw_parameters; the position table "
         f"~ N(0, 0.5) with seed {seed + 1}); {attempt} earlier seed(s) rejected",
         "- text config: " + json.dumps(s["text"]),

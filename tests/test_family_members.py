@@ -102,7 +102,7 @@ def test_shieldgemma2_prompts_are_the_processors(shield, case):
     rows = g[f"{case}.input_ids"]
     assert len(rows) == len(names) * len(texts)
     for r, (ids, mask) in enumerate(zip(rows, g[f"{case}.attention_mask"])):
-        assert model.prompt_ids(texts[r % len(texts)]) == ids[mask == 1].tolist()
+        assert model.policy_prompt_ids(texts[r % len(texts)]) == ids[mask == 1].tolist()
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -148,7 +148,9 @@ def test_shieldgemma2_bad_inputs(shield, capsys):
         model.classify_image([])
     with pytest.raises(GemmaRefError, match="image safety classifier"):
         model.generate("hello")
-    for argv in (["generate", "--model", str(SHIELD), "hello"], ["generate", "--model", str(SHIELD), "--chat", "hi"]):
+    for argv in (["generate", "--model", str(SHIELD), "hello"], ["generate", "--model", str(SHIELD), "--chat", "hi"],
+                 ["dump", "--model", str(SHIELD), "--prompt", "hi", "-o", "/nonexistent/x.npz"],
+                 ["perplexity", "--model", str(SHIELD), str(IMAGES.parent / "README.md")]):
         assert main(argv) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("gemma-ref: error:") and "image safety classifier" in err[-1]
