@@ -298,3 +298,11 @@ def test_cli_classify_bad_inputs(argv, message, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("gemma-ref: error:") and message in err[-1]
     assert not any("Traceback" in line for line in err)
+
+
+def test_shieldgemma2_info_loaded_says_the_same(capsys):
+    assert main(["info", "--model", str(SHIELD), "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(["info", "--load", "--model", str(SHIELD), "--json"]) == 0
+    loaded = json.loads(capsys.readouterr().out)
+    assert loaded["parameters"] == plain["parameters"] and loaded["special"] == plain["special"]

@@ -321,6 +321,9 @@ def _info_loaded(args) -> dict:
                            if f.is_file()} if Path(where).is_dir() else
                           {Path(where).name: Path(where).stat().st_size},
             "loaded": True}
+    if hasattr(type(model), "describe"):  # another architecture (families.py) describes itself
+        described = model.describe(Path(model.checkpoint) / "config.json")
+        info.update(parameters=described["parameters"], special=described["special"])
     if str(Path(model.checkpoint).resolve()) != where:  # e.g. a GGUF's float32 conversion
         info["checkpoint"] = str(model.checkpoint)
     return info
