@@ -139,7 +139,8 @@ class Model:
         raw = json.loads((path / "config.json").read_text())
         vision = (VisionConfig.from_dict(raw, str(path / "config.json"))
                   or Gemma4VisionConfig.from_dict(raw, str(path / "config.json")))
-        weights = load_safetensors_checkpoint(path, config, max_memory, progress, vision)
+        weights = load_safetensors_checkpoint(path, config, max_memory, progress, vision,
+                                              getattr(vision, "key_prefixes", None))
         tokenizer = Tokenizer.from_checkpoint(path)  # tokenizer.model, else tokenizer.json
         pre_file = path / "preprocessor_config.json"
         preprocessing = None
@@ -205,7 +206,7 @@ class Model:
             return self.embed_pixels(images, trace=trace)
         if gemma4:
             _no_pan_and_scan(pan_and_scan)
-            return self._embed_patches([vision_gemma4.preprocess_one(image, self._preprocessing(), f"image {k + 1}")
+            return self._embed_patches([self.vision.preprocess(image, self._preprocessing(), f"image {k + 1}")
                                         for k, image in enumerate(self._check_images(images))], trace)
         pixels, _ = vision.preprocess(self._check_images(images), self._preprocessing(), pan_and_scan)
         return self.embed_pixels(pixels, trace=trace)
@@ -214,7 +215,7 @@ class Model:
         """Gemma 4: per image (patches [P, 3p^2], xy [P, 2]) -> its soft tokens [M, D]; the
         trace holds all images (vision_gemma4.merge_traces)."""
         traces = [{} if trace is not None else None for _ in images]
-        out = [vision_gemma4.image_features(patches, xy, self.weights, self.vision, t)
+        out = [self.vision.features(patches, xy, self.weights, t)  # Gemma 4's encoder, or 12B Unified's embedder
                for (patches, xy), t in zip(images, traces)]
         if trace is not None and images:
             n = max(max(len(p) for p, _ in images),

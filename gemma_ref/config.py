@@ -19,6 +19,10 @@ full and its RoPE rotates every pair):
     rope_scaling_factor        1           1                  8 on full (4B+)     1
     partial_rotary_factor      1           1                  1                   0.25 on full layers
 
+VaultGemma (model_type "vaultgemma") is Gemma 2 without the norms on attention's and
+the MLP's outputs (sandwich_norms False; its MLP's input norm keeps Gemma 2's name,
+`mlp_input_norm`); its config.json states all-full `layer_types`.
+
 Gemma 4 adds per-layer shapes (`global_head_dim`, `num_global_key_value_heads`),
 keys shared between layers (`num_kv_shared_layers`, `attention_k_eq_v`),
 per-layer embeddings (`hidden_size_per_layer_input`) and a mixture of experts
@@ -77,7 +81,7 @@ class LayerSpec:
 
 @dataclass(frozen=True)
 class GemmaConfig:
-    model_type: str  # "gemma" (Gemma 1), "gemma2", "gemma3_text", "gemma3n_text", "gemma4_text"
+    model_type: str  # "gemma" (Gemma 1), "gemma2", "vaultgemma", "gemma3_text", "gemma3n_text", "gemma4_text"
     vocab_size: int  # rows of the embedding table (may exceed the tokenizer's vocab)
     hidden_size: int  # D
     intermediate_size: int | tuple[int, ...]  # F, the GeGLU width (Gemma 3n: one per layer)
@@ -122,6 +126,8 @@ class GemmaConfig:
     norm_offset: float = 1.0  # RMSNorm scales by (norm_offset + w): 1 for Gemma 1-3, 0 for Gemma 4
     value_norm: bool = False  # weightless RMSNorm over each head of v (Gemma 4)
     layer_scalar: bool = False  # each layer's output times model.layers.i.layer_scalar (Gemma 4)
+    mlp_input_norm: str = "post_attention_layernorm"  # checkpoint name of the MLP's input norm
+    # (Gemma 1's; Gemma 2 and later, VaultGemma included: "pre_feedforward_layernorm")
     bos_token_id: int = 2
     eos_token_id: int | tuple[int, ...] = 1
     pad_token_id: int = 0
@@ -271,6 +277,9 @@ class GemmaConfig:
         if self.enable_moe_block:
             lines.append(f"experts           {self.num_experts} per layer, top {self.top_k_experts}, "
                          f"width {self.moe_intermediate_size}, beside a dense MLP of {self.intermediate_size}")
+        if not self.sandwich_norms and self.mlp_input_norm == "pre_feedforward_layernorm":
+            lines.append("norms             before attention and the MLP only, none on their outputs "
+                         "(VaultGemma)")
         if self.partial_rotary_factor != 1.0:
             lines.append(f"RoPE              full layers rotate {self.partial_rotary_factor:g} of their pairs")
         return lines

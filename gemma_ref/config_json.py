@@ -30,17 +30,25 @@ class _Generation(NamedTuple):
     norm_offset: float  # RMSNorm scales by (norm_offset + w)
     value_norm: bool  # weightless RMSNorm over each head of v
     layer_scalar: bool  # each layer's output times a stored scalar
+    mlp_input_norm: str = "pre_feedforward_layernorm"  # checkpoint name of the norm before the MLP
 
 
 _GENERATIONS = {
-    "gemma": _Generation(False, False, False, 1.0, False, False),
+    "gemma": _Generation(False, False, False, 1.0, False, False, "post_attention_layernorm"),
     "gemma2": _Generation(True, False, False, 1.0, False, False),
+    # VaultGemma: Gemma 2 without the norms on attention's and the MLP's outputs (its block
+    # is Gemma 1's, with Gemma 2's name for the MLP's input norm)
+    "vaultgemma": _Generation(False, False, False, 1.0, False, False),
     "gemma3_text": _Generation(True, True, True, 1.0, False, False),
     "gemma3n_text": _Generation(True, True, True, 0.0, True, False),
     "gemma4_text": _Generation(True, True, True, 0.0, True, True),
+    # Gemma 4 12B "Unified": Gemma 4's layer without per-layer embeddings or experts
+    "gemma4_unified_text": _Generation(True, True, True, 0.0, True, True),
 }
+_GEMMA4 = ("gemma4_text", "gemma4_unified_text")  # read alike (the unified config has no PLE/MoE keys)
 # Multimodal checkpoints nest the text model's config under "text_config".
-_MULTIMODAL = {"gemma3": "gemma3_text", "gemma3n": "gemma3n_text", "gemma4": "gemma4_text"}
+_MULTIMODAL = {"gemma3": "gemma3_text", "gemma3n": "gemma3n_text", "gemma4": "gemma4_text",
+               "gemma4_unified": "gemma4_unified_text"}
 # Activation names that mean GeGLU with the tanh GELU. Old Gemma 1 configs say
 # "gelu"; transformers maps that to the tanh form and so do we.
 _TANH_GELU_NAMES = {"gelu_pytorch_tanh", "gelu_new", "gelu_fast", "gelu"}
@@ -68,7 +76,7 @@ def config_fields(d: dict, source: str = "config.json") -> dict:
             f"(supported: {', '.join(_GENERATIONS)}, and multimodal {', '.join(_MULTIMODAL)})"
         )
     gen = _GENERATIONS[model_type]
-    gemma4 = model_type == "gemma4_text"
+    gemma4 = model_type in _GEMMA4
     gemma3n = model_type == "gemma3n_text"
     L = r.int("num_hidden_layers")
     activation = d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh"
@@ -138,6 +146,7 @@ def config_fields(d: dict, source: str = "config.json") -> dict:
         norm_offset=gen.norm_offset,
         value_norm=gen.value_norm,
         layer_scalar=gen.layer_scalar,
+        mlp_input_norm=gen.mlp_input_norm,
         bos_token_id=r.int("bos_token_id", 2, minimum=0),
         eos_token_id=eos,
         pad_token_id=r.int("pad_token_id", 0, minimum=0),
@@ -241,7 +250,7 @@ def _rope(r: _Reader, model_type: str) -> tuple[tuple[float, float, float], tupl
     older files write `rope_theta`, `rope_local_base_freq` and `rope_scaling`.
     """
     params = r.obj("rope_parameters")
-    if model_type == "gemma4_text" and not params.d:  # transformers' defaults for Gemma 4
+    if model_type in _GEMMA4 and not params.d:  # transformers' defaults for Gemma 4
         params = _Reader({FULL: {"rope_type": "proportional", "partial_rotary_factor": 0.25,
                                  "rope_theta": 1_000_000.0},
                           SLIDING: {"rope_type": "default", "rope_theta": 10_000.0}}, r.source,
@@ -253,7 +262,7 @@ def _rope(r: _Reader, model_type: str) -> tuple[tuple[float, float, float], tupl
     else:
         full = _Reader({"rope_theta": r.d.get("rope_theta"), **(r.obj("rope_scaling").d)}, r.source, r.prefix)
         local = _Reader({"rope_theta": r.d.get("rope_local_base_freq")}, r.source, r.prefix)
-    default_full = 1_000_000.0 if model_type in ("gemma3_text", "gemma3n_text", "gemma4_text") else 10_000.0
+    default_full = 1_000_000.0 if model_type in ("gemma3_text", "gemma3n_text", *_GEMMA4) else 10_000.0
     full_rope = (full.float("rope_theta", default_full), *_scaling(full))
     local_rope = (local.float("rope_theta", 10_000.0), *_scaling(local))
     if local_rope[2] != 1.0:
@@ -284,17 +293,17 @@ def _layer_types(r: _Reader, model_type: str, L: int) -> tuple[str, ...]:
                 raise GemmaRefError(f"{r.source}: {r.prefix}layer_types[{i}] is {t!r}; gemma-ref knows "
                                     f"{' and '.join(LAYER_TYPES)}")
         types = tuple(types)
-        if model_type == "gemma4_text" and types[-1] != FULL:
+        if model_type in _GEMMA4 and types[-1] != FULL:
             types = types[:-1] + (FULL,)  # as transformers: Gemma 4's last layer is always full
         return types
     if model_type == "gemma":
         return (FULL,) * L
-    if model_type == "gemma2":  # local, global, local, ... (layer 0 local)
+    if model_type in ("gemma2", "vaultgemma"):  # local, global, local, ... (layer 0 local)
         return tuple(SLIDING if i % 2 == 0 else FULL for i in range(L))
     # Gemma 3, 4: every 6th layer is global; Gemma 3n: every 5th
     pattern = r.int("sliding_window_pattern", 5 if model_type == "gemma3n_text" else 6)
     types = tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(L))
-    return types[:-1] + (FULL,) if model_type == "gemma4_text" else types
+    return types[:-1] + (FULL,) if model_type in _GEMMA4 else types
 
 
 def _full_layer_shapes(r: _Reader, layer_types, H: int, K: int) -> tuple[int, int | None]:

@@ -24,6 +24,7 @@ import importlib
 # config.json model_type -> "module:Class" (relative to gemma_ref)
 BY_MODEL_TYPE: dict[str, str] = {
     "paligemma": "paligemma:PaliGemma",  # PaliGemma 1 and 2: SigLIP + projector + Gemma 1/2, prefix-LM
+    "shieldgemma2": "shieldgemma2:ShieldGemma2",  # Gemma 3 image-text read as an image classifier
 }
 
 # Checkpoints that share a model_type with a generation model but are another kind,

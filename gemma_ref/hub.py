@@ -23,12 +23,16 @@ ALIASES = {
     "2-2b": "google/gemma-2-2b", "2-2b-it": "google/gemma-2-2b-it",
     "2-9b": "google/gemma-2-9b", "2-9b-it": "google/gemma-2-9b-it",
     "2-27b": "google/gemma-2-27b", "2-27b-it": "google/gemma-2-27b-it",
+    # VaultGemma (Gemma 2 without output norms, trained with differential privacy; base only)
+    "vaultgemma-1b": "google/vaultgemma-1b",
     # Gemma 3 (text; 4B and up are multimodal checkpoints, of which we run the text part)
     "3-270m": "google/gemma-3-270m", "3-270m-it": "google/gemma-3-270m-it",
     "3-1b": "google/gemma-3-1b-pt", "3-1b-it": "google/gemma-3-1b-it",
     "3-4b": "google/gemma-3-4b-pt", "3-4b-it": "google/gemma-3-4b-it",
     "3-12b": "google/gemma-3-12b-pt", "3-12b-it": "google/gemma-3-12b-it",
     "3-27b": "google/gemma-3-27b-pt", "3-27b-it": "google/gemma-3-27b-it",
+    # ShieldGemma 2 (a Gemma 3 4B image-text model read as an image safety classifier)
+    "shieldgemma-2-4b-it": "google/shieldgemma-2-4b-it",
     # Gemma 3n (text; multimodal checkpoints, of which we run the text part)
     "3n-e2b": "google/gemma-3n-E2B", "3n-e2b-it": "google/gemma-3n-E2B-it",
     "3n-e4b": "google/gemma-3n-E4B", "3n-e4b-it": "google/gemma-3n-E4B-it",
@@ -45,12 +49,15 @@ ALIASES = {
         "paligemma2-3b-pt-224", "paligemma2-3b-pt-448", "paligemma2-3b-pt-896",
         "paligemma2-10b-pt-224", "paligemma2-28b-pt-896",
         "paligemma2-3b-mix-224", "paligemma2-3b-mix-448", "paligemma2-28b-mix-448")},
+    # Gemma 4 12B "Unified" (no vision or audio encoder: images through a small embedder;
+    # transformers' docs name google/gemma-4-12B-it)
+    "4-12b-unified": "google/gemma-4-12B", "4-12b-unified-it": "google/gemma-4-12B-it",
 }
 
 # The files the engine reads from a Hub repo (never the .gguf or PyTorch copies).
 FILES = ["config.json", "generation_config.json", "tokenizer.model", "*.safetensors",
          "model.safetensors.index.json", "preprocessor_config.json", "processor_config.json",
-         "tokenizer_config.json", "chat_template.jinja", "additional_chat_templates/*.jinja"]
+         "tokenizer_config.json", "chat_template.jinja", "chat_template.json", "additional_chat_templates/*.jinja"]
 
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -63,7 +70,8 @@ def is_instruction_tuned(source: str | None) -> bool:
 # Instruction-tuned models to suggest for chat, by generation (config model_type).
 _CHAT_SUGGESTIONS = {"gemma": "2b-it or 7b-it", "gemma2": "2-2b-it or 2-9b-it",
                      "gemma3_text": "3-1b-it or 3-270m-it", "gemma3n_text": "3n-e2b-it or 3n-e4b-it",
-                     "gemma4_text": "4-e2b-it or 4-e4b-it"}
+                     "gemma4_text": "4-e2b-it or 4-e4b-it", "vaultgemma": "2-2b-it or 2-9b-it",
+                     "gemma4_unified_text": "4-12b-unified-it"}
 
 
 def chat_suggestion(source: str | None, model_type: str) -> str:

@@ -60,14 +60,17 @@ def expected_shapes(config: GemmaConfig) -> dict[str, tuple[int, ...]]:
             p + "mlp.up_proj.weight": (F, D),
             p + "mlp.down_proj.weight": (D, F),
             p + "input_layernorm.weight": (D,),
-            p + "post_attention_layernorm.weight": (D,),
         })
+        # post_attention_layernorm: after attention (Gemma 2+), or before the MLP (Gemma 1)
+        if config.sandwich_norms or config.mlp_input_norm == "post_attention_layernorm":
+            shapes[p + "post_attention_layernorm.weight"] = (D,)
         if s.kv_source == i:  # a layer sharing another's keys and values has no k/v weights
             shapes[p + "self_attn.k_proj.weight"] = (K * H, D)
             if s.v_proj:
                 shapes[p + "self_attn.v_proj.weight"] = (K * H, D)
-        if config.sandwich_norms:
+        if config.mlp_input_norm == "pre_feedforward_layernorm":  # Gemma 2+, VaultGemma
             shapes[p + "pre_feedforward_layernorm.weight"] = (D,)
+        if config.sandwich_norms:  # the norm on the MLP's output
             shapes[p + "post_feedforward_layernorm.weight"] = (D,)
         if config.qk_norm:
             shapes[p + "self_attn.q_norm.weight"] = (H,)
@@ -285,18 +288,24 @@ def checkpoint_files(directory: Path) -> list[Path]:
 
 def load_safetensors_checkpoint(directory: Path, config: GemmaConfig,
                                 max_memory: int | None = None, progress: bool = True,
-                                vision=None):
+                                vision=None, outer_prefixes: dict[str, str] | None = None):
     """Read and check a checkpoint directory: HF key -> array, in HF layout.
 
     Tensors are held float32 in RAM, in their stored dtype in RAM, or memory-mapped,
     within `max_memory` bytes (plan_tiers says which), so a checkpoint larger than RAM
     as float32, or at all, still runs (see weights.Weights and parallel.widen_into).
     vision: a vision.VisionConfig to load (and check) the vision tower and projector too.
+    outer_prefixes: a family's wrapper prefixes, old -> new, the first match replaced before
+    anything else (ShieldGemma 2 nests a whole Gemma 3 checkpoint under "model.").
     """
     found: dict[str, StoredTensor] = {}
     skipped_vision = 0
     for path in checkpoint_files(directory):
         for name, tensor in read_safetensors(path).items():
+            for old, new in (outer_prefixes or {}).items():
+                if name.startswith(old):
+                    name = new + name[len(old):]
+                    break
             if name.startswith(_VISION_PREFIXES):
                 if vision is None:
                     skipped_vision += 1

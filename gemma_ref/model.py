@@ -435,7 +435,7 @@ def decoder_layer(x, W, i, config, cos_sin, positions, cache, shared, trace, kee
                   ple=None, reach=None):
     """One block.                                     [B, T, D] -> [B, T', D]
 
-    Gemma 1:   h = x + attn(norm(x));                out = h + mlp(norm(h))
+    Gemma 1:   h = x + attn(norm(x));                out = h + mlp(norm(h))   (VaultGemma too)
     Gemma 2/3: h = x + norm(attn(norm(x)));          out = h + norm(mlp(norm(h)))
     Gemma 4:   as Gemma 3, where (26B) mlp(norm(h)) becomes
                norm(mlp(norm(h))) + norm(moe(norm(h)));  then (E2B, E4B)
@@ -463,8 +463,7 @@ def decoder_layer(x, W, i, config, cos_sin, positions, cache, shared, trace, kee
                     W[pre + "laurel.post_laurel_norm.weight"], eps)
         record(trace, pre + "laurel", lr)
         x = (x + lr) / math.sqrt(2)
-    # Gemma 1 calls its pre-MLP norm "post_attention_layernorm".
-    h = norm(x, "pre_feedforward_layernorm" if config.sandwich_norms else "post_attention_layernorm")
+    h = norm(x, config.mlp_input_norm)  # Gemma 1 calls it "post_attention_layernorm"
     mlp = [W[pre + "mlp.gate_proj.weight"], W[pre + "mlp.up_proj.weight"], W[pre + "mlp.down_proj.weight"]]
     gate_up = W.fused.get(pre + "mlp.gate_up")
     if config.layers[i].activation_sparsity:  # Gemma 3n; its cutoff needs whole rows of F: one thread

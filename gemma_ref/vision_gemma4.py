@@ -74,6 +74,10 @@ class Gemma4VisionConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config.json") -> "Gemma4VisionConfig | None":
+        if d.get("model_type") == "gemma4_unified":  # no encoder: vision_gemma4_unified.py
+            from .vision_gemma4_unified import Gemma4UnifiedVisionConfig
+
+            return Gemma4UnifiedVisionConfig.from_dict(d, source)
         if d.get("model_type") != "gemma4" or not d.get("vision_config"):
             return None
         v = d["vision_config"]
@@ -92,6 +96,14 @@ class Gemma4VisionConfig:
             return cls(**kw)
         except (TypeError, ValueError) as e:
             raise GemmaRefError(f"{source}: invalid vision_config ({e})") from None
+
+    def preprocess(self, image, p: "Gemma4Preprocessing", source="image"):
+        """One image -> its patches and their grid positions (preprocess_one)."""
+        return preprocess_one(image, p, source)
+
+    def features(self, patches, xy, W, trace=None):
+        """Soft-token embeddings of one preprocessed image (image_features)."""
+        return image_features(patches, xy, W, self, trace)
 
     def expected_shapes(self, text_hidden: int) -> dict[str, tuple[int, ...]]:
         """Every tensor of the encoder and the embedder, with its shape."""

@@ -55,6 +55,15 @@ VARIANTS = {
                           num_experts=6, top_k_experts=2, moe_intermediate_size=24,
                           layer_types=["sliding_attention", "full_attention", "sliding_attention",
                                        "full_attention"]),
+    # VaultGemma: Gemma 2 without the output norms (here with the default sliding layers)
+    "vaultgemma-mqa": dict(BASE, model_type="vaultgemma", num_hidden_layers=4, head_dim=16,
+                           sliding_window=8, query_pre_attn_scalar=24, attn_logit_softcapping=5.0,
+                           final_logit_softcapping=3.0),
+    # Gemma 4 12B Unified's text model: Gemma 4 without PLE or experts (last layer shares K/V)
+    "gemma4-unified": dict(BASE, model_type="gemma4_unified_text", num_hidden_layers=4, head_dim=16,
+                           global_head_dim=32, sliding_window=8, num_kv_shared_layers=1,
+                           layer_types=["sliding_attention", "full_attention", "sliding_attention",
+                                        "full_attention"]),
 }
 
 

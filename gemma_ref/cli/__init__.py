@@ -1,8 +1,8 @@
 """The `gemma-ref` command: a thin shell over the library.
 
 Each group of commands lives in its own module (generate.py: generate, chat, info;
-tools.py: dump, compare, perplexity; manage.py: cache, models), with what they share in common.py. A
-GemmaRefError (a user mistake) becomes one line on stderr and exit status 1.
+tools.py: dump, compare, perplexity; manage.py: cache, models; classify.py: classify), with
+what they share in common.py. A GemmaRefError (a user mistake) becomes one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import sys
 
 from ..errors import GemmaRefError
-from . import evaluate, generate, manage, tools
+from . import classify, evaluate, generate, manage, tools
 from .common import PROG, Parser, error
 
 EXAMPLES = """\
@@ -24,6 +24,7 @@ examples:
   gemma-ref chat --model 3-1b-it
   gemma-ref generate --model 3-4b-it --chat --image photo.jpg "Describe this image."
   gemma-ref info --model ./my-gemma-checkpoint
+  gemma-ref classify --model shieldgemma-2-4b-it --image photo.jpg --policy dangerous
 """
 
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     tools.add_commands(sub)  # dump, compare, perplexity: the reference tooling
     manage.add_commands(sub)  # cache, models
     evaluate.add_commands(sub)  # eval: lm-evaluation-harness
+    classify.add_commands(sub)  # classify: ShieldGemma 2
     return parser
 
 

@@ -290,6 +290,9 @@ def _images_summary(config_file: Path, config) -> list[str]:
         both_ways = {"sliding": "sliding layers", "none": "no layer (causal)"}[v.bidirectional_layers]
         what = (f"Gemma 4 encoder, patch {v.patch_size}, {v.pooling_kernel_size}x{v.pooling_kernel_size} "
                 f"pooling, an image's tokens see each other on {both_ways}")
+        if not v.num_hidden_layers:  # Gemma 4 12B Unified (vision_gemma4_unified.py)
+            what = (f"Gemma 4 Unified embedder (no encoder), model patch {v.patch_size} px, "
+                    f"an image's tokens see each other on {both_ways}")
     return [f"images            {what}; {v.num_hidden_layers} layer(s), {n:,} parameters (not counted above)"]
 
 
@@ -318,6 +321,9 @@ def _info_loaded(args) -> dict:
                            if f.is_file()} if Path(where).is_dir() else
                           {Path(where).name: Path(where).stat().st_size},
             "loaded": True}
+    if hasattr(type(model), "describe"):  # another architecture (families.py) describes itself
+        described = model.describe(Path(model.checkpoint) / "config.json")
+        info.update(parameters=described["parameters"], special=described["special"])
     if str(Path(model.checkpoint).resolve()) != where:  # e.g. a GGUF's float32 conversion
         info["checkpoint"] = str(model.checkpoint)
     return info
