@@ -22,7 +22,10 @@ from __future__ import annotations
 import importlib
 
 # config.json model_type -> "module:Class" (relative to gemma_ref)
-BY_MODEL_TYPE: dict[str, str] = {}
+BY_MODEL_TYPE: dict[str, str] = {
+    "t5gemma": "t5gemma:T5GemmaModel",  # encoder-decoders (T5Gemma, T5Gemma 2)
+    "t5gemma2": "t5gemma:T5GemmaModel",
+}
 
 # Checkpoints that share a model_type with a generation model but are another kind,
 # told apart by a file or a config key: (test(raw config, checkpoint dir), "module:Class")
