@@ -37,6 +37,14 @@ ALIASES = {
     "4-e4b": "google/gemma-4-E4B", "4-e4b-it": "google/gemma-4-E4B-it",
     "4-26b-a4b": "google/gemma-4-26B-A4B", "4-26b-a4b-it": "google/gemma-4-26B-A4B-it",
     "4-31b": "google/gemma-4-31B", "4-31b-it": "google/gemma-4-31B-it",
+    # T5Gemma (encoder-decoder from Gemma 2; t5gemma.py): encoder-decoder sizes x pretraining
+    # objective (PrefixLM, UL2), base and -it; the alias is the repo's name
+    **{f"t5gemma-{size}-{objective}{it}": f"google/t5gemma-{size}-{objective}{it}"
+       for size in ("2b-2b", "9b-2b", "9b-9b", "s-s", "b-b", "l-l", "ml-ml", "xl-xl")
+       for objective in ("prefixlm", "ul2") for it in ("", "-it")},
+    # T5Gemma 2 (encoder-decoder from Gemma 3, images in the encoder; pretrained only)
+    "t5gemma-2-270m-270m": "google/t5gemma-2-270m-270m", "t5gemma-2-1b-1b": "google/t5gemma-2-1b-1b",
+    "t5gemma-2-4b-4b": "google/t5gemma-2-4b-4b",
 }
 
 # The files the engine reads from a Hub repo (never the .gguf or PyTorch copies).

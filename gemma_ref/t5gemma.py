@@ -591,7 +591,7 @@ class T5GemmaModel:
         """The encoder's ids for a prompt: text (tokenized with <bos>) or ids; with images
         (T5Gemma 2), each <start_of_image> (or the text's start) becomes an image block as
         Gemma 3's processor expands it."""
-        if not images:
+        if images is None or len(images) == 0:
             return self._prompt_ids(prompt)
         if self.vision is None:
             self.image_embeds(np.zeros((1, 1), np.int64), images)  # says why not
@@ -611,7 +611,7 @@ class T5GemmaModel:
         """
         stop_ids, stop_strings = self._stop(stop)
         ids = self.prompt_ids(prompt, images)
-        steps = self.generate_ids([ids], stop_ids=stop_ids, images=images or None, **sampling)
+        steps = self.generate_ids([ids], stop_ids=stop_ids, images=images if len(images) else None, **sampling)
         if not isinstance(prompt, str):
             return (t for (t,) in steps)
         return self._text_pieces(steps, stop_strings)
@@ -621,7 +621,7 @@ class T5GemmaModel:
         Keywords: max_new_tokens, temperature (0 = greedy), top_k, top_p, min_p,
         repetition_penalty, seed, stop; images (T5Gemma 2, one prompt)."""
         if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], (str, list, tuple, np.ndarray)):
-            if kwargs.get("images"):
+            if len(kwargs.get("images", ())):
                 raise GemmaRefError("generate: images go with one prompt at a time, not a batch")
             kwargs.pop("images", None)
             stop_ids, stop_strings = self._stop(kwargs.pop("stop", None))

@@ -142,7 +142,8 @@ def cmd_generate(args) -> int:
                                    chat_template_kwargs=template_kwargs, stop=args.stop, stats=stats, **kw)
     else:  # stream() reads the images now: a bad one is an error before any output
         pieces = model.stream(prompt, images=images, stop=args.stop, stats=stats, **kw)
-        sys.stdout.write(prompt)
+        if getattr(model, "continues_prompt", True):  # an encoder-decoder's output stands alone
+            sys.stdout.write(prompt)
     for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
