@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Tiny random T5Gemma and T5Gemma 2 checkpoints, and golden outputs, from transformers.
 
-For each checkpoint below this writes ``tests/data/tiny/<name>/``: config.json,
+For each checkpoint below this writes ``tests/data/encdec/<name>/``: config.json,
 generation_config.json, model.safetensors (save_pretrained), tokenizer.model (a copy of
 tests/data/tokenizer/tiny.model), golden.npz and PROVENANCE.md. The goldens come from
 transformers in float32 with attn_implementation="eager", CPU, one thread; this script
@@ -16,7 +16,10 @@ golden.npz:
   prompt_ids [P], greedy_ids [N]              model.generate(prompt, do_sample=False): encoder once,
                                               decoder cached; the new ids (the start token dropped)
   greedy_margins [N]                          top1 - top2 raw logit of each greedy step
-  (t5gemma2-vision) pixel_values [1, 3, S, S] the image of prompt_ids / input_ids row 0
+  T5Gemma 2, one image (random pixel values [1, 3, S, S] in [-1, 1]: pixel_values) put as
+  <boi> + M image tokens + <eoi> after <bos> of input_ids row 0 (image_input_ids) and of the
+  prompt (image_prompt_ids): image_logits [TD, V] (decoder_input_ids row 0),
+  image_encoder_hidden_states, image_greedy_ids [N], image_greedy_margins [N]
 
 Usage (from the repository root):  python scripts/make_t5gemma_goldens.py
 """
@@ -42,7 +45,7 @@ from make_tiny_goldens import (TOKENIZER_MODEL, load_fp32_eager, margins_of, pro
                                save_npz_deterministic)
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT_ROOT = ROOT / "tests" / "data" / "tiny"
+OUT_ROOT = ROOT / "tests" / "data" / "encdec"  # not tiny/: test_goldens_tiny reads every checkpoint there as decoder-only
 VOCAB = 512  # the tiny tokenizer's
 TE, TD, P, N = 12, 8, 7, 16  # encoder length (> the windows), decoder length, prompt, new tokens
 PAD_FROM = 9  # input_ids row 1: padding from here on
