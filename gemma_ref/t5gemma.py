@@ -213,7 +213,9 @@ def encoder_layer(x, W, i, c: GemmaConfig, cos_sin, mask, trace):
     q, k, v = qkv(h, *cos_sin, W, p + "self_attn.", c, spec, trace=trace)  # [B, S, N|K, H]
     a = attention(q, k, v, None, None, c.query_scale, cap=c.attn_logit_softcapping, mask=mask)  # [B, S, N*H]
     record(trace, p + "self_attn.attn", a)
-    x = x + norm(linear(a, W[p + "self_attn.o_proj.weight"]), W, p + "post_self_attn_layernorm", c, trace)
+    a = linear(a, W[p + "self_attn.o_proj.weight"])  # [B, S, D]
+    record(trace, p + "self_attn.o_proj", a)
+    x = x + norm(a, W, p + "post_self_attn_layernorm", c, trace)
     x = mlp_block(x, W, p, c, trace)
     record(trace, f"{ENC}layers.{i}", x)
     return x
@@ -228,9 +230,10 @@ def encode(W, cfg: T5GemmaConfig, ids, valid, image_embeds=None, trace=None):
     c, dtype = cfg.encoder, W.dtype
     eoi = None if cfg.eoi_token_index is None else (cfg.eoi_token_index, W[ENC + "embed_tokens.eoi_embedding"])
     x = embed(W, ENC + "embed_tokens.weight", ids, c.hidden_size, dtype, *(eoi or ()))  # [B, S, D]
+    record(trace, ENC + "embed_tokens", x)
     if image_embeds is not None:  # image soft tokens: the image features, unscaled
         x[ids == cfg.vision.image_token_index] = image_embeds
-    record(trace, ENC + "embed_tokens", x)
+        record(trace, ENC + "inputs_embeds", x)  # the input of layer 0 (transformers' argument name)
     positions = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)  # [B, S]
     ropes = {r: rope_angles(positions, r.head_dim, r.theta, r.factor, dtype, r.rotated) for r in c.ropes}
     rule = cfg.generation.encoder_window
@@ -304,7 +307,9 @@ def cross_attention(h, W, i, cfg: T5GemmaConfig, cross: CrossKV, trace):
     mask = np.broadcast_to(cross.valid[:, None, :], (B, T, cross.valid.shape[1]))  # [B, T, S]
     a = attention(q, cross.k[i], cross.v[i], None, None, c.query_scale, cap=c.attn_logit_softcapping, mask=mask)
     record(trace, p + "attn", a)
-    return linear(a, W[p + "o_proj.weight"])
+    out = linear(a, W[p + "o_proj.weight"])  # [B, T, D]
+    record(trace, p + "o_proj", out)
+    return out
 
 
 def decoder_layer(y, W, i, cfg: T5GemmaConfig, cos_sin, positions, layer_cache, cross, trace):
@@ -469,20 +474,18 @@ class T5GemmaModel:
             if valid.shape != ids.shape or not np.isin(valid, (0, 1)).all():
                 raise GemmaRefError(f"attention_mask must be 0/1 of the ids' shape {ids.shape}, got {valid.shape}")
             valid = valid.astype(bool)
-        embeds = None if images is None or not len(images) else self.image_embeds(ids, images, trace)
+        embeds = self.image_embeds(ids, images, trace) if _given(images) else None
         states = encode(self.weights, self.config, ids, valid, embeds, trace)
         return states, cross_kv(self.weights, self.config, states, valid)
 
     def image_embeds(self, ids, images, trace=None) -> np.ndarray:
         """The image soft tokens' embeddings [n, D] for the image blocks of ids [B, S]."""
         v = self.vision
-        if v is None:
-            raise GemmaRefError(f"{self.source}: this model takes no images (no vision_config: T5Gemma 2 "
-                                "checkpoints with a SigLIP tower do)")
         if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype.kind == "f":
+            self._check_images([])
             pixels = images
         else:
-            pixels, _ = vision.preprocess(list(images), self._preprocessing())
+            pixels, _ = vision.preprocess(self._check_images(images), self._preprocessing())
         S = v.image_size
         if np.shape(pixels)[1:] != (v.num_channels, S, S):
             raise GemmaRefError(f"pixel values must be [I, {v.num_channels}, {S}, {S}], got {np.shape(pixels)}")
@@ -492,6 +495,46 @@ class T5GemmaModel:
                                 f"{len(pixels) * v.mm_tokens_per_image}")
         feats = vision.image_features(pixels, self.vision_weights, v, trace)  # [I, M, D]
         return feats.reshape(-1, feats.shape[-1])
+
+    def _check_images(self, images) -> list:
+        if self.vision is None:
+            raise GemmaRefError(f"{self.source}: this model takes no images (no vision_config: T5Gemma 2 "
+                                "checkpoints with a SigLIP tower do)")
+        return [images] if isinstance(images, (str, Path)) else list(images)
+
+    def prompt_ids(self, prompt, images=()):
+        """(encoder ids, None), as api.Model.prompt_ids: the images are embedded as the encoder runs."""
+        return self.encoder_ids(prompt, images), None
+
+    def dump_prompt(self, ids, *, k=0, max_new_tokens=16, trace=False, text=None, pixel_values=None,
+                    decoder_input_ids=None):
+        """reference.dump_prompt for an encoder-decoder: the encoder reads `ids`; the decoder's
+        inputs are decoder_input_ids, by default the start token and the greedy output but its
+        last token (so logits[j] is what chose greedy_ids[j]). Traces of both stacks."""
+        from . import reference
+
+        ids = np.asarray(ids, np.int64)
+        greedy = None
+        if max_new_tokens:
+            greedy = np.array(self.generate(ids.tolist(), images=pixel_values, max_new_tokens=max_new_tokens,
+                                            stop=[]), np.int64)
+        if decoder_input_ids is None:
+            decoder_input_ids = [self.config.decoder_start_token_id] + ([] if greedy is None else greedy[:-1].tolist())
+        dec = np.asarray(decoder_input_ids, np.int64)
+        t: dict = {}
+        logits = self.forward(ids, dec, images=pixel_values, trace=t)  # [U, V]
+        d = reference.PromptDump(
+            input_ids=ids, decoder_input_ids=dec, text=text, pixel_values=pixel_values, greedy_ids=greedy,
+            hidden_states=reference.hidden_states(t, self.config.decoder.num_hidden_layers, DEC)[:, 0],
+            encoder_hidden_states=reference.hidden_states(t, self.config.encoder.num_hidden_layers, ENC)[:, 0])
+        if k:
+            d.topk_ids, d.topk_logits = reference.top_k(logits, k)
+        else:
+            d.logits = logits
+        if trace:
+            d.trace = {name: value if name.startswith(reference.VISION_TRACE) else value[0]
+                       for name, value in t.items()}
+        return d
 
     def _preprocessing(self):
         f = None if self.checkpoint is None else Path(self.checkpoint) / "preprocessor_config.json"
@@ -587,14 +630,13 @@ class T5GemmaModel:
             tokens = np.array([[t if t is not None else dec.pad_token_id] for t in step])
             pos = np.where(done, -1, n + 1)[:, None]
 
-    def prompt_ids(self, prompt, images=()) -> list[int]:
+    def encoder_ids(self, prompt, images=()) -> list[int]:
         """The encoder's ids for a prompt: text (tokenized with <bos>) or ids; with images
         (T5Gemma 2), each <start_of_image> (or the text's start) becomes an image block as
         Gemma 3's processor expands it."""
-        if images is None or len(images) == 0:
+        if not _given(images):
             return self._prompt_ids(prompt)
-        if self.vision is None:
-            self.image_embeds(np.zeros((1, 1), np.int64), images)  # says why not
+        self._check_images(images)
         if not isinstance(prompt, str):
             return self._prompt_ids(prompt)
         if self.tokenizer is None:
@@ -610,8 +652,8 @@ class T5GemmaModel:
         stop: None (eos), or token ids and/or strings. stats={} collects timings.
         """
         stop_ids, stop_strings = self._stop(stop)
-        ids = self.prompt_ids(prompt, images)
-        steps = self.generate_ids([ids], stop_ids=stop_ids, images=images if len(images) else None, **sampling)
+        ids = self.encoder_ids(prompt, images)
+        steps = self.generate_ids([ids], stop_ids=stop_ids, images=images if _given(images) else None, **sampling)
         if not isinstance(prompt, str):
             return (t for (t,) in steps)
         return self._text_pieces(steps, stop_strings)
@@ -621,7 +663,7 @@ class T5GemmaModel:
         Keywords: max_new_tokens, temperature (0 = greedy), top_k, top_p, min_p,
         repetition_penalty, seed, stop; images (T5Gemma 2, one prompt)."""
         if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], (str, list, tuple, np.ndarray)):
-            if len(kwargs.get("images", ())):
+            if _given(kwargs.get("images")):
                 raise GemmaRefError("generate: images go with one prompt at a time, not a batch")
             kwargs.pop("images", None)
             stop_ids, stop_strings = self._stop(kwargs.pop("stop", None))
@@ -646,6 +688,11 @@ class T5GemmaModel:
         return (f"T5GemmaModel({self.config.model_type}, encoder {self.config.encoder.num_hidden_layers} x "
                 f"{self.config.encoder.hidden_size}, decoder {self.config.decoder.num_hidden_layers} x "
                 f"{self.config.decoder.hidden_size}, source={self.source!r})")
+
+
+def _given(images) -> bool:
+    """Whether there are images (a list of files or images, or an array of pixel values)."""
+    return images is not None and len(images) > 0
 
 
 def _ids(ids, what: str, vocab: int) -> np.ndarray:
