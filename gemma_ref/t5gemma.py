@@ -37,7 +37,8 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from . import api, vision
+from . import api, hub, vision
+from . import chat_template as chat_templates
 from .config import GemmaConfig
 from .config_json import load_json
 from .errors import GemmaRefError
@@ -367,15 +368,22 @@ class T5GemmaModel:
     its own); generation encodes the prompt once and decodes with a cached self-attention.
     """
 
-    # the same prompt, stop and streaming rules as the decoder-only models
+    # the same prompt, stop, streaming and chat rules as the decoder-only models
     _prompt_ids = api.Model._prompt_ids
     _stop = api.Model._stop
     _text_pieces = api.Model._text_pieces
+    _image_marker = api.Model._image_marker
+    chat = api.Model.chat
+    stream_chat = api.Model.stream_chat  # the rendered conversation is the encoder's input
     continues_prompt = False  # the CLI prints the output alone, not after the prompt
 
     def __init__(self, config: T5GemmaConfig, weights: dict, tokenizer: Tokenizer | None = None, *,
-                 source: str = "", dtype="float32", stop_ids: Sequence[int] = ()):
+                 source: str = "", dtype="float32", stop_ids: Sequence[int] = (), chat_template=None):
         self.config, self.tokenizer, self.source = config, tokenizer, source
+        # The checkpoint's chat template (T5Gemma -it); none is built in for encoder-decoders
+        self.chat_template = chat_template
+        self.instruction_tuned = hub.is_instruction_tuned(source)
+        self._warned_base_chat = False
         self.vision = config.vision
         self.dtype = api.check_dtype(dtype)
         self.weights = Weights(weights, self.dtype)
@@ -391,6 +399,7 @@ class T5GemmaModel:
                                 f"{config.decoder.vocab_size}")
         eos = config.decoder.eos_token_id
         self._default_stop = set((eos,) if isinstance(eos, int) else eos) | set(stop_ids)
+        self.end_of_turn_id = tokenizer.piece_id("<end_of_turn>") if tokenizer else None
         if tokenizer:
             self._default_stop.add(tokenizer.eos_id)
 
@@ -427,8 +436,10 @@ class T5GemmaModel:
                 raise GemmaRefError(f"{t.path}: tensor {name} has shape {tuple(t.shape)}, config.json implies {shape}")
             weights[name] = t.read()  # float32 (bf16/f16 widen exactly)
             check_finite(name, weights[name], str(t.path))
-        model = cls(config, weights, Tokenizer.from_checkpoint(path), source=source, dtype=dtype,
-                    stop_ids=api._generation_config_eos(path))
+        tokenizer = Tokenizer.from_checkpoint(path)
+        template = chat_templates.load(path, tokenizer, config.generation.base)
+        model = cls(config, weights, tokenizer, source=source, dtype=dtype, stop_ids=api._generation_config_eos(path),
+                    chat_template=None if template.builtin else template)
         model.checkpoint = path
         return model
 
@@ -452,8 +463,10 @@ class T5GemmaModel:
                 "num_key_value_heads", "head_dim", "sliding_window", "layer_types", "vocab_size")
         config = {f"{s}.{k}": (list(v) if isinstance(v, tuple) else v)
                   for s, c in (("encoder", e), ("decoder", d)) for k in keys for v in [getattr(c, k)]}
+        template = chat_templates.load(Path(config_file).parent, None, cfg.generation.base)
         return {"parameters": cfg.num_parameters, "config": {"model_type": cfg.model_type, **config},
-                "chat_template": "none: an encoder-decoder takes its input text as it is", "special": special}
+                "chat_template": "none beside config.json (T5Gemma's -it repos carry one)" if template.builtin
+                else template.source, "special": special}
 
     # --- the network ------------------------------------------------------------------------
 
@@ -678,11 +691,13 @@ class T5GemmaModel:
         pieces = list(self.stream(prompt, **kwargs))
         return "".join(pieces) if isinstance(prompt, str) else pieces
 
-    def chat(self, *a, **kw):
-        raise GemmaRefError(f"{self.source}: an encoder-decoder (T5Gemma) has no chat template; use "
-                            "generate with the input text")
-
-    stream_chat = chat
+    def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True, tools=None, **kw) -> str:
+        """The conversation rendered by the checkpoint's chat template (T5Gemma -it checkpoints
+        carry one), as api.Model.chat_prompt; the encoder reads it."""
+        if self.chat_template is None:
+            raise GemmaRefError(f"{self.source}: this encoder-decoder has no chat template (T5Gemma's -it "
+                                "checkpoints carry one); use generate with the input text")
+        return api.Model.chat_prompt(self, messages, add_generation_prompt, tools, **kw)
 
     def __repr__(self):
         return (f"T5GemmaModel({self.config.model_type}, encoder {self.config.encoder.num_hidden_layers} x "

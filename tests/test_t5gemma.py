@@ -8,12 +8,14 @@ Layer 5: the CLI and bad input through main(argv).
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import DATA
 from safetensors.numpy import load_file, save_file
 
+import gemma_ref
 from gemma_ref import GemmaRefError, Model
 from gemma_ref.cli import main
 from gemma_ref.kv_cache import new_cache
@@ -171,6 +173,23 @@ def test_cli_generate_prints_the_output_alone(capsys):
     prompt = tok.decode(g["prompt_ids"].tolist())
     assert main(["generate", "--model", str(d), prompt, "--max-new-tokens", "16"]) == 0
     assert capsys.readouterr().out == tok.decode(g["greedy_ids"].tolist()) + "\n"  # not the prompt first
+
+
+def test_chat_renders_the_checkpoints_template_for_the_encoder(tmp_path, capsys):
+    """A T5Gemma -it checkpoint carries a chat template: the rendered conversation is the
+    encoder's input, and the reply stops at <end_of_turn>."""
+    d = tmp_path / "t5gemma-tiny-it"
+    shutil.copytree(DATA / "encdec" / "t5gemma-tiny", d)
+    shutil.copy(Path(gemma_ref.__file__).parent / "templates" / "gemma2-it.jinja", d / "chat_template.jinja")
+    model = Model.from_pretrained(d)
+    messages = [{"role": "user", "content": "the cat"}]
+    prompt = model.chat_prompt(messages)
+    assert prompt == "<bos><start_of_turn>user\nthe cat<end_of_turn>\n<start_of_turn>model\n"
+    reply = model.chat(messages, max_new_tokens=8)
+    stop = [model.tokenizer.eos_id, model.tokenizer.piece_id("<end_of_turn>")]
+    assert reply == model.generate(prompt, max_new_tokens=8, stop=stop)
+    assert main(["info", "--model", str(d)]) == 0
+    assert "chat_template.jinja" in capsys.readouterr().out
 
 
 def test_cli_info_and_models(capsys):
