@@ -19,7 +19,12 @@ golden.npz:
   T5Gemma 2, one image (random pixel values [1, 3, S, S] in [-1, 1]: pixel_values) put as
   <boi> + M image tokens + <eoi> after <bos> of input_ids row 0 (image_input_ids) and of the
   prompt (image_prompt_ids): image_logits [TD, V] (decoder_input_ids row 0),
-  image_encoder_hidden_states, image_greedy_ids [N], image_greedy_margins [N]
+  image_encoder_hidden_states, image_greedy_ids [N], image_greedy_margins [N]; and
+  file_pixel_values [1, 3, S, S]: tests/data/vision/images/rgb_wide.png through
+  Gemma3ImageProcessorPil(**preprocessor_config.json) (T5Gemma 2's image processor)
+
+Beside it, hf_dump.npz: scripts/dump_transformers.py --trace on one prompt (ids), a golden
+in gemma-ref's dump format with both stacks' intermediates.
 
 Usage (from the repository root):  python scripts/make_t5gemma_goldens.py
 """
@@ -41,8 +46,10 @@ from transformers import (SiglipVisionConfig, T5Gemma2Config, T5Gemma2DecoderCon
                           T5GemmaForConditionalGeneration, T5GemmaModuleConfig)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import dump_transformers  # noqa: E402
 from make_tiny_goldens import (TOKENIZER_MODEL, load_fp32_eager, margins_of, provenance_date,  # noqa: E402
                                save_npz_deterministic)
+from make_vision_goldens import preprocessor_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT_ROOT = ROOT / "tests" / "data" / "encdec"  # not tiny/: test_goldens_tiny reads every checkpoint there as decoder-only
@@ -236,9 +243,37 @@ def make_one(spec, tok, date):
     if pixels is not None:  # the same prompt and row 0 with an image: the image tokens go first
         v = evaluate_vision(loaded, ids, mask, dec, prompt, pixels)
         arrays.update(v)
+        arrays["file_pixel_values"] = image_processor(spec, out_dir)
     arrays = {k: a.astype(np.int64 if a.dtype.kind in "iu" else np.float32) for k, a in arrays.items()}
     save_npz_deterministic(out_dir / "golden.npz", arrays)
     write_provenance(spec, out_dir, seed, rejected, res, arrays, type(loaded).__name__, date)
+    hf_dump(out_dir, prompt[0].tolist())
+
+
+IMAGE_FILE = ROOT / "tests" / "data" / "vision" / "images" / "rgb_wide.png"
+
+
+def image_processor(spec, out_dir) -> np.ndarray:
+    """Write preprocessor_config.json (Hub style, as Gemma 3's); the pixel values its processor
+    makes of IMAGE_FILE."""
+    from PIL import Image
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    cfg = preprocessor_json({"vision": spec["vision"], "mm_tokens_per_image": 4,
+                             "preprocessor": {"image_mean": [0.5] * 3, "image_std": [0.5] * 3}})
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    kw = {k: v for k, v in cfg.items() if v is not None and k not in
+          ("image_processor_type", "processor_class", "image_seq_length")}
+    return Gemma3ImageProcessorPil(**kw)(images=[Image.open(IMAGE_FILE)], return_tensors="pt")["pixel_values"].numpy()
+
+
+def hf_dump(out_dir, prompt_ids):
+    """hf_dump.npz: transformers' dump (scripts/dump_transformers.py) of one prompt, traced."""
+    with tempfile.TemporaryDirectory() as tmp:
+        prompts = Path(tmp) / "prompts.jsonl"
+        prompts.write_text(json.dumps({"input_ids": prompt_ids}) + "\n")
+        dump_transformers.main(["--model", str(out_dir.relative_to(ROOT)), "--prompts", str(prompts), "--trace",
+                                "--max-new-tokens", "6", "--out", str(out_dir / "hf_dump.npz")])
 
 
 @torch.no_grad()
@@ -280,6 +315,8 @@ def write_provenance(spec, out_dir, seed, rejected, res, arrays, cls_name, date)
         f"`torch.Generator().manual_seed({seed})` (stds {json.dumps(spec['init'], sort_keys=True)}), inputs from "
         f"`numpy.random.default_rng({seed})`" + (f"; {len(rejected)} earlier seed(s) rejected" if rejected else ""),
         "- tokenizer.model: a copy of tests/data/tokenizer/tiny.model (512 pieces)",
+        "- hf_dump.npz: `python scripts/dump_transformers.py --model tests/data/encdec/"
+        f"{spec['name']} --prompts (prompt_ids as input_ids) --trace --max-new-tokens 6` (called by this script)",
         f"- greedy: `generate(prompt_ids[None], do_sample=False, max_new_tokens={N}, min_new_tokens={N})`, "
         f"decoder start <bos> 2; min margin {float(res['greedy_margins'].min()):.4f}; each token the argmax of the "
         "raw logits",

@@ -91,6 +91,44 @@ def test_t5gemma2_image_matches_transformers():
     assert model.generate(g["prompt_ids"].tolist(), max_new_tokens=16, stop=[]) != out  # the image matters
 
 
+def test_t5gemma2_image_file_goes_through_gemma3s_processor():
+    """An image file: preprocessor_config.json read as Gemma 3's (T5Gemma 2's image processor),
+    the same pixels as transformers' Gemma3ImageProcessorPil, the same output as those pixels."""
+    from gemma_ref import vision
+
+    d = DATA / "encdec" / "t5gemma2-tiny"
+    model, g = Model.from_pretrained(d), dict(np.load(d / "golden.npz"))
+    image = DATA / "vision" / "images" / "rgb_wide.png"
+    pixels, _ = vision.preprocess([str(image)], model._preprocessing())
+    assert np.abs(pixels - g["file_pixel_values"]).max() <= 1e-6
+    prompt = g["image_prompt_ids"].tolist()
+    assert (model.generate(prompt, images=[str(image)], max_new_tokens=8, stop=[])
+            == model.generate(prompt, images=g["file_pixel_values"], max_new_tokens=8, stop=[]))
+    text = model.tokenizer.decode(g["prompt_ids"][1:].tolist())  # a marker-less prompt: the image first
+    ids = model.encoder_ids(text, [str(image)])
+    start = ids.index(513)  # "\n\n<start_of_image>" + 4 x <image> + "<end_of_image>\n\n", as Gemma3Processor
+    assert ids[0] == 2 and ids[start:start + 6] == [513, 512, 512, 512, 512, 514] and ids.count(512) == 4
+
+
+def test_compare_against_transformers_dump_with_both_stacks_traced():
+    """hf_dump.npz (scripts/dump_transformers.py --trace): every hidden state of both stacks,
+    the logits, greedy ids and every intermediate agree, under the same names."""
+    from gemma_ref import reference
+
+    for name in CASES:
+        d = DATA / "encdec" / name
+        golden = reference.load(d / "hf_dump.npz")
+        ours = reference.candidate_from_model(Model.from_pretrained(d), golden, trace=True)
+        report = reference.compare(golden, ours)
+        p = report["prompts"][0]
+        assert report["ok"], reference.format_report(report)
+        names = [e["name"] for e in p["hidden_states"]]
+        assert names[0] == "model.encoder.embed_tokens" and "model.decoder.embed_tokens" in names
+        # all compared but T5Gemma 2's lm_head, whose 8 rows past the tokenizer's gemma-ref drops
+        assert p["greedy"]["agree"] == 6 and len(p["trace"]) == len(golden.prompts[0].trace) - (name != CASES[0]) > 70
+        assert set(golden.prompts[0].trace) == set(ours.prompts[0].trace)
+
+
 # --- layer 2: invariants ----------------------------------------------------------------------
 
 
