@@ -46,7 +46,7 @@ from .kv_cache import attended_kv, new_cache
 from .loader import check_finite, checkpoint_files, read_safetensors
 from .model import attention, geglu, qkv, record, rms_norm, rope_angles, softcap, visible
 from .parallel import linear
-from .sampling import SamplingParams, check_seed, sample
+from .sampling import SamplingParams, check_generate_args, decode_steps
 from .tokenizer import Tokenizer
 from .weights import Weights
 
@@ -591,12 +591,7 @@ class T5GemmaModel:
         images: T5Gemma 2, the images of the (single) prompt's image blocks.
         """
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
-        check_seed(seed)
-        if not (isinstance(max_new_tokens, (int, np.integer)) and not isinstance(max_new_tokens, bool)
-                and max_new_tokens >= 0):
-            raise GemmaRefError(f"max_new_tokens must be an integer >= 0, not {max_new_tokens!r}")
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise GemmaRefError("generate: empty prompt")
+        check_generate_args(prompts, max_new_tokens, seed)
         enc, dec = self.config.encoder, self.config.decoder
         B, S = len(prompts), max(len(p) for p in prompts)
         if S > enc.max_position_embeddings:
@@ -618,30 +613,18 @@ class T5GemmaModel:
         _, cross = self.encode(ids, valid.astype(np.int64), images=images)
         cache = new_cache(dec, B, max_new_tokens + 1, self.dtype)
         start = self.config.decoder_start_token_id
-        tokens = np.full((B, 1), start, np.int64)
-        pos = np.zeros((B, 1), np.int64)
-        seen = [[start] for _ in prompts]
-        done = np.zeros(B, bool)
-        for n in range(max_new_tokens):
-            logits = decode(self.weights, self.config, tokens, pos, cache, cross, last_only=True, n_vocab=self.n_vocab)
-            step = []
-            for b in range(B):
-                if done[b]:
-                    step.append(None)
-                    continue
-                t = sample(logits[b, -1], rng, params, seen[b] if repetition_penalty != 1 else ())
-                seen[b].append(t)
-                done[b] = t in stop
-                step.append(None if done[b] else t)
-            stats["prompt_seconds" if n == 0 else "generation_seconds"] += time.perf_counter() - t0
-            stats["decode_steps"] += n > 0
-            if all(t is None for t in step):
-                return
-            stats["new_tokens"] += sum(t is not None for t in step)
-            yield step
-            t0 = time.perf_counter()
-            tokens = np.array([[t if t is not None else dec.pad_token_id] for t in step])
-            pos = np.where(done, -1, n + 1)[:, None]
+        positions = np.zeros(B, np.int64)  # of the decoder's next token
+
+        def next_logits(step, done):  # each row's last token at its position (-1: stopped)
+            tokens = np.array([[t if t is not None else dec.pad_token_id] for t in step])  # [B, 1]
+            pos = np.where(done, -1, positions)[:, None]
+            positions[:] += 1
+            return decode(self.weights, self.config, tokens, pos, cache, cross, last_only=True, n_vocab=self.n_vocab)
+
+        first = next_logits([start] * B, np.zeros(B, bool))  # the start token at position 0
+        # repetition_penalty sees the decoder's ids, the start token included (as transformers')
+        yield from decode_steps(first, next_logits, max_new_tokens, rng, params, [[start] for _ in prompts],
+                                stop, stats, t0)
 
     def encoder_ids(self, prompt, images=()) -> list[int]:
         """The encoder's ids for a prompt: text (tokenized with <bos>) or ids; with images

@@ -103,6 +103,11 @@ def prompts_and_ids(args, tokenizer_loader) -> list[tuple[str | None, list[int]]
 # --- the trace: transformers' module hooks, in gemma-ref's layout --------------------
 
 
+def by_head(t):
+    """A batch of one's heads, position first.          [1, n, T, H] -> [T, n, H]"""
+    return t[0].transpose(0, 1)
+
+
 def install_trace(model, trace: dict, padding=None):
     """Forward hooks that store every intermediate gemma-ref traces, under its name.
 
@@ -140,7 +145,6 @@ def install_trace(model, trace: dict, padding=None):
     def heads(H):
         return lambda t: t[0].reshape(t.shape[1], -1, H)  # [B, T, n*H] -> [T, n, H]
 
-    by_head = lambda t: t[0].transpose(0, 1)  # [B, n, T, H] -> [T, n, H]
     unpadded = lambda t: t.masked_fill(padding[..., None], 0.0) if padding is not None else t  # [I, n, Dv]
     modules = dict(model.named_modules())
     text = next(n for n in ("model.language_model", "model") if n in modules)
@@ -181,10 +185,17 @@ def install_trace(model, trace: dict, padding=None):
             handles.append(module.register_forward_pre_hook(
                 lambda m, a, n=prefix: layer.__setitem__(slice(0, 2), [n, 0])))
 
-    modeling = sys.modules[type(modules[f"{text}.layers.0"].self_attn).__module__]
+    return traced_rotary(type(modules[f"{text}.layers.0"].self_attn), trace, layer, handles)
+
+
+def traced_rotary(attention_class, trace: dict, layer: list, handles: list):
+    """Wrap the modeling file's apply_rotary_pos_emb so q and k after RoPE are stored under
+    layer[0] (the current self_attn's prefix; None: not traced). -> a function that removes
+    the hooks in `handles` and the wrap."""
+    modeling = sys.modules[attention_class.__module__]
     rotary = modeling.apply_rotary_pos_emb
 
-    def traced_rotary(*a, **kw):
+    def traced(*a, **kw):
         if layer[0] is None:  # a vision tower's RoPE (Gemma 4's, per axis, by keywords): not traced
             return rotary(*a, **kw)
         q, k, *a = a
@@ -198,7 +209,7 @@ def install_trace(model, trace: dict, padding=None):
         trace[layer[0] + "k_rope"] = by_head(k).detach().numpy().copy()
         return q, k
 
-    modeling.apply_rotary_pos_emb = traced_rotary
+    modeling.apply_rotary_pos_emb = traced
     return lambda: ([h.remove() for h in handles], setattr(modeling, "apply_rotary_pos_emb", rotary))
 
 
@@ -228,7 +239,6 @@ def install_trace_encdec(model, trace: dict):
                 trace[short_name(name)] = fn(out).detach().numpy().copy()
         return hook
 
-    by_head = lambda t: t[0].transpose(0, 1)  # [B, n, T, H] -> [T, n, H]
     for name, module in model.named_modules():
         if not name.startswith((enc + ".", "model.decoder.", "lm_head")):
             continue  # the vision tower's submodules are not traced
@@ -262,17 +272,7 @@ def install_trace_encdec(model, trace: dict):
             handles.append(module.register_forward_pre_hook(
                 lambda m, a, n=short_name(name) + ".": layer.__setitem__(slice(0, 2), [n, 0])))
 
-    modeling = sys.modules[type(modules["model.decoder.layers.0"].self_attn).__module__]
-    rotary = modeling.apply_rotary_pos_emb
-
-    def traced_rotary(q, k, *a, **kw):
-        q, k = rotary(q, k, *a, **kw)  # [B, n, T, H] each
-        trace[layer[0] + "q_rope"] = by_head(q).detach().numpy().copy()
-        trace[layer[0] + "k_rope"] = by_head(k).detach().numpy().copy()
-        return q, k
-
-    modeling.apply_rotary_pos_emb = traced_rotary
-    return lambda: ([h.remove() for h in handles], setattr(modeling, "apply_rotary_pos_emb", rotary))
+    return traced_rotary(type(modules["model.decoder.layers.0"].self_attn), trace, layer, handles)
 
 
 @torch.no_grad()
