@@ -405,9 +405,10 @@ class T5GemmaModel:
 
     @classmethod
     def from_checkpoint(cls, path: Path, *, source: str = "", dtype="float32", max_memory=None, progress=True):
-        """Load a checkpoint directory strictly (every tensor named, shaped, finite), in float32.
+        """Load a checkpoint directory strictly (every tensor named, shaped, finite).
 
-        max_memory and progress are accepted for api.Model's signature; the weights are read whole.
+        The weights are read into RAM whole (bf16/f16 matrices as stored); max_memory and
+        progress are accepted for api.Model's signature.
         """
         config = T5GemmaConfig.from_dir(path)
         expected = config.expected_shapes()
@@ -434,7 +435,9 @@ class T5GemmaModel:
             t = found[name]
             if tuple(t.shape) != shape:
                 raise GemmaRefError(f"{t.path}: tensor {name} has shape {tuple(t.shape)}, config.json implies {shape}")
-            weights[name] = t.read()  # float32 (bf16/f16 widen exactly)
+            # matrices stored in 16 bits stay so (the products widen them block by block,
+            # weights.Weights); the rest is read as float32 (bf16/f16 widen exactly)
+            weights[name] = t.read_stored() if len(shape) == 2 and t.dtype.itemsize == 2 else t.read()
             check_finite(name, weights[name], str(t.path))
         tokenizer = Tokenizer.from_checkpoint(path)
         template = chat_templates.load(path, tokenizer, config.generation.base)

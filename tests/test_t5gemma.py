@@ -272,6 +272,23 @@ def test_api_bad_input_is_one_error():
             call()
 
 
+def test_bf16_checkpoint_held_as_stored(tmp_path):
+    """bfloat16 matrices stay 16-bit in RAM and are widened as used: the logits of the same
+    weights widened to float32 at load."""
+    import ml_dtypes
+
+    src = DATA / "encdec" / "t5gemma2-tiny"
+    g = dict(np.load(src / "golden.npz"))
+    narrow = {k: v.astype(ml_dtypes.bfloat16) for k, v in load_file(str(src / "model.safetensors")).items()}
+    for name, tensors in (("bf16", narrow), ("f32", {k: v.astype(np.float32) for k, v in narrow.items()})):
+        shutil.copytree(src, tmp_path / name)
+        save_file(tensors, str(tmp_path / name / "model.safetensors"))
+    bf16, f32 = Model.from_pretrained(tmp_path / "bf16"), Model.from_pretrained(tmp_path / "f32")
+    assert bf16.weights.arrays["model.decoder.layers.0.self_attn.q_proj.weight"].dtype == ml_dtypes.bfloat16
+    a, b = (m.forward(g["input_ids"], g["decoder_input_ids"], images=None) for m in (bf16, f32))
+    assert np.abs(a - b).max() <= 1e-5
+
+
 def test_loading_is_strict(tmp_path):
     src = DATA / "encdec" / "t5gemma-tiny"
     tensors = load_file(str(src / "model.safetensors"))
