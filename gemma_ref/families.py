@@ -10,7 +10,9 @@ A family class provides
 - `from_checkpoint(path, *, source, dtype, max_memory, progress)` -> the loaded model,
   with whatever of Model's surface fits it (generate, stream, forward, embed, ...);
   what it cannot do is a GemmaRefError that says so;
-- `describe(config_file) -> dict` for `gemma-ref info` without loading weights: keys
+- `cannot`: {CLI command: why} for the commands it cannot serve (the CLI says why, after
+  the load);
+- `describe(config_file) -> dict` for `gemma-ref info` (also with --load): keys
   parameters (int), config (dict of the keys worth printing), chat_template (str),
   special (list of lines saying what is particular to it).
 A BY_TEST test gets the checkpoint directory, or None when only config.json is known

@@ -376,6 +376,10 @@ class T5GemmaModel:
     chat = api.Model.chat
     stream_chat = api.Model.stream_chat  # the rendered conversation is the encoder's input
     continues_prompt = False  # the CLI prints the output alone, not after the prompt
+    # CLI commands this model cannot serve, and why (cli.common.load says so)
+    cannot = {"perplexity": "perplexity of a text is a decoder-only model's measure; an encoder-decoder "
+                            "scores an output given an input",
+              "eval": "lm-evaluation-harness runs decoder-only models in gemma-ref"}
 
     def __init__(self, config: T5GemmaConfig, weights: dict, tokenizer: Tokenizer | None = None, *,
                  source: str = "", dtype="float32", stop_ids: Sequence[int] = (), chat_template=None):
@@ -676,6 +680,12 @@ class T5GemmaModel:
             return [self.tokenizer.decode(o) if isinstance(p, str) else o for p, o in zip(prompt, out)]
         pieces = list(self.stream(prompt, **kwargs))
         return "".join(pieces) if isinstance(prompt, str) else pieces
+
+    def logprobs(self, ids):
+        raise GemmaRefError(f"{self.source}: logprobs of a text is a decoder-only model's; an encoder-decoder "
+                            "gives the logits of an output given an input: forward(input_ids, decoder_input_ids)")
+
+    score = logprobs
 
     def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True, tools=None, **kw) -> str:
         """The conversation rendered by the checkpoint's chat template (T5Gemma -it checkpoints

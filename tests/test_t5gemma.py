@@ -253,6 +253,18 @@ def test_cli_refuses_what_an_encoder_decoder_cannot_do(capsys, argv, message):
     assert err[-1].startswith("gemma-ref: error:") and message in err[-1] and "Traceback" not in "".join(err)
 
 
+def test_cli_perplexity_is_refused_and_info_load_describes(capsys, tmp_path):
+    d = str(DATA / "encdec" / "t5gemma-tiny")
+    text = tmp_path / "t.txt"
+    text.write_text("some text to score")
+    assert main(["perplexity", "--model", d, str(text)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("gemma-ref: error: perplexity:") and "encoder-decoder" in err[-1]
+    assert main(["info", "--model", d, "--load", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["loaded"] and info["parameters"] == 146_640 and info["config"]["model_type"] == "t5gemma"
+
+
 def test_api_bad_input_is_one_error():
     model = Model.from_pretrained(DATA / "encdec" / "t5gemma2-tiny")
     bad = [
@@ -266,6 +278,8 @@ def test_api_bad_input_is_one_error():
         (lambda: model.generate([]), "empty prompt"),
         (lambda: model.generate([2, 5], max_new_tokens=600), "decoder's context"),
         (lambda: model.generate(["a", "b"], images=np.zeros((1, 3, 28, 28), np.float32)), "one prompt"),
+        (lambda: model.logprobs([2, 5, 6]), "decoder-only"),
+        (lambda: model.chat([{"role": "user", "content": "hi"}]), "no chat template"),
     ]
     for call, message in bad:
         with pytest.raises(GemmaRefError, match=message):
