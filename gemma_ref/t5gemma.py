@@ -456,8 +456,8 @@ class T5GemmaModel:
         cfg = T5GemmaConfig.from_dir(Path(config_file).parent)
         e, d = cfg.encoder, cfg.decoder
         name = {"t5gemma": "T5Gemma (from Gemma 2)", "t5gemma2": "T5Gemma 2 (from Gemma 3)"}[cfg.model_type]
-        special = [f"encoder-decoder   {name}: a bidirectional encoder of {e.num_hidden_layers} layers (D {e.hidden_size}),"
-                   f" a causal decoder of {d.num_hidden_layers} layers (D {d.hidden_size})",
+        special = [f"encoder-decoder   {name}: a bidirectional encoder of {e.num_hidden_layers} layers "
+                   f"(D {e.hidden_size}), a causal decoder of {d.num_hidden_layers} layers (D {d.hidden_size})",
                    "decoder attention " + ("self and cross merged: one softmax over cat(own keys, encoder keys)"
                                            if cfg.generation.merged_attention else
                                            "self-attention, then cross-attention to the encoder's states"),
@@ -505,7 +505,8 @@ class T5GemmaModel:
             self._check_images([])
             pixels = images
         else:
-            pixels, _ = vision.preprocess(self._check_images(images), self._preprocessing())
+            # no pan-and-scan crops: Gemma3Processor passes its own default (off) over the config's
+            pixels, _ = vision.preprocess(self._check_images(images), self._preprocessing(), pan_and_scan_crops=False)
         S = v.image_size
         if np.shape(pixels)[1:] != (v.num_channels, S, S):
             raise GemmaRefError(f"pixel values must be [I, {v.num_channels}, {S}, {S}], got {np.shape(pixels)}")
