@@ -265,6 +265,23 @@ def test_cli_perplexity_is_refused_and_info_load_describes(capsys, tmp_path):
     assert info["loaded"] and info["parameters"] == 146_640 and info["config"]["model_type"] == "t5gemma"
 
 
+def test_cli_bad_config_and_missing_processor_are_one_line(tmp_path, capsys):
+    d = tmp_path / "t5"
+    shutil.copytree(DATA / "encdec" / "t5gemma2-tiny", d)
+    (d / "preprocessor_config.json").unlink()
+    image = str(DATA / "vision" / "images" / "rgba.png")
+    assert main(["generate", "--model", str(d), "hi", "--image", image]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("need the checkpoint's preprocessor_config.json "
+                                                                      "(or pass pixel values [I, 3, S, S])")
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["encoder"]["text_config"]["hidden_size"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    for argv in (["generate", "--model", str(d), "hi"], ["info", "--model", str(d)]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == f"gemma-ref: error: {d / 'config.json'} (encoder): missing required key 'hidden_size'"
+
+
 def test_api_bad_input_is_one_error():
     model = Model.from_pretrained(DATA / "encdec" / "t5gemma2-tiny")
     bad = [
