@@ -57,7 +57,9 @@ class Generation(NamedTuple):
     base: str  # the decoder-only generation each stack is (config_json's model_type)
     merged_attention: bool  # decoder: one softmax over self + cross keys (T5Gemma 2)
     encoder_window: str  # "radius": |j - i| <= w;  "split": -(w+1)//2 < j - i <= w//2
-    pad_mask_default: bool  # forward without attention_mask masks the encoder's <pad> ids
+    # forward without attention_mask: the encoder's self-attention skips <pad> ids (the
+    # decoder's cross-attention still sees them: transformers hands it the mask given, None)
+    pad_mask_default: bool
     tied_decoder_embedding: bool  # the decoder reads the encoder's embedding table
 
 
@@ -480,23 +482,26 @@ class T5GemmaModel:
     def encode(self, input_ids, attention_mask=None, *, images=None, trace: dict | None = None):
         """The encoder's states and the decoder's view of them (CrossKV), for ids [B, S].
 
-        attention_mask [B, S] (1 = token, 0 = padding): the keys every token sees. Default:
-        T5Gemma masks <pad> ids, T5Gemma 2 masks nothing (as transformers).
+        attention_mask [B, S] (1 = token, 0 = padding): the keys every token, and the decoder,
+        sees. Default, as transformers: every token, except that T5Gemma's encoder
+        self-attention skips <pad> ids (make_default_2d_attention_mask) while its decoder
+        still attends to them.
         images: T5Gemma 2, preprocessed pixels [I, 3, S, S] (or paths / PIL images), one
         per image block of input_ids, in order.
         """
         ids = _ids(input_ids, "input_ids", self.config.encoder.vocab_size)
         if attention_mask is None:
-            valid = ids != self.config.encoder.pad_token_id if self.config.generation.pad_mask_default \
-                else np.ones(ids.shape, bool)
+            valid = cross_valid = np.ones(ids.shape, bool)
+            if self.config.generation.pad_mask_default:
+                valid = ids != self.config.encoder.pad_token_id
         else:
             valid = np.asarray(attention_mask)
             if valid.shape != ids.shape or not np.isin(valid, (0, 1)).all():
                 raise GemmaRefError(f"attention_mask must be 0/1 of the ids' shape {ids.shape}, got {valid.shape}")
-            valid = valid.astype(bool)
+            valid = cross_valid = valid.astype(bool)
         embeds = self.image_embeds(ids, images, trace) if _given(images) else None
         states = encode(self.weights, self.config, ids, valid, embeds, trace)
-        return states, cross_kv(self.weights, self.config, states, valid)
+        return states, cross_kv(self.weights, self.config, states, cross_valid)
 
     def image_embeds(self, ids, images, trace=None) -> np.ndarray:
         """The image soft tokens' embeddings [n, D] for the image blocks of ids [B, S]."""

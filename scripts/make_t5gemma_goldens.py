@@ -11,6 +11,8 @@ golden.npz:
   input_ids [2, TE], attention_mask [2, TE]   encoder inputs (row 1 right-padded)
   decoder_input_ids [2, TD]                   decoder inputs (start token first)
   logits [2, TD, V]                           model(input_ids, attention_mask, decoder_input_ids)
+  logits_no_mask [TD, V]                      row 1 (right-padded) without attention_mask: the
+                                              model's own default masks
   encoder_hidden_states [Le+1, TE, D]         row 0, output_hidden_states: embeddings .. final norm
   decoder_hidden_states [Ld+1, TD, D]         row 0, the same for the decoder
   prompt_ids [P], greedy_ids [N]              model.generate(prompt, do_sample=False): encoder once,
@@ -170,6 +172,7 @@ def evaluate(model, ids, mask, dec, prompt, pixels=None):
         rows.append(model(input_ids=ids[b:b + 1], attention_mask=mask[b:b + 1], decoder_input_ids=dec[b:b + 1],
                           use_cache=False, **k).logits[0])
     res["logits"] = torch.stack(rows)
+    res["logits_no_mask"] = model(input_ids=ids[1:2], decoder_input_ids=dec[1:2], use_cache=False).logits[0]
     batched = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=False).logits
     if pixels is None:
         res["batch_vs_rows"] = float((batched - res["logits"]).abs().max())
@@ -237,7 +240,8 @@ def make_one(spec, tok, date):
     else:
         raise RuntimeError(f"{name}: no acceptable seed")
     arrays = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "decoder_input_ids": dec.numpy(),
-              "logits": res["logits"].numpy(), "encoder_hidden_states": res["encoder_hidden_states"].numpy(),
+              "logits": res["logits"].numpy(), "logits_no_mask": res["logits_no_mask"].numpy(),
+              "encoder_hidden_states": res["encoder_hidden_states"].numpy(),
               "decoder_hidden_states": res["decoder_hidden_states"].numpy(), "prompt_ids": prompt[0].numpy(),
               "greedy_ids": res["greedy_ids"].numpy(), "greedy_margins": res["greedy_margins"].numpy()}
     if pixels is not None:  # the same prompt and row 0 with an image: the image tokens go first
