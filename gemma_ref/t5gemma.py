@@ -424,11 +424,15 @@ class T5GemmaModel:
                 for old, new in KEY_SPELLINGS.items():
                     if name.startswith(old):
                         name = new + name[len(old):]
+                if name in found:
+                    raise GemmaRefError(f"{path}: tensor {name} is stored twice ({found[name].path.name} and {f.name})")
                 found[name] = t
-        if config.tie_word_embeddings:  # a stored head is the embedding again
+        # Tied copies, if a file stores them, are the encoder's tables again: not read
+        if config.tie_word_embeddings:
             found.pop("lm_head.out_proj.weight", None)
-            found.pop(DEC + "embed_tokens.weight", None) if config.generation.tied_decoder_embedding else None
-        found.pop(DEC + "embed_tokens.eoi_embedding", None)  # tied to the encoder's
+        if config.generation.tied_decoder_embedding:
+            found.pop(DEC + "embed_tokens.weight", None)
+            found.pop(DEC + "embed_tokens.eoi_embedding", None)
         missing = [n for n in expected if n not in found]
         if missing:
             raise GemmaRefError(f"{path}: missing tensor {missing[0]}"
