@@ -22,7 +22,7 @@ from .kv_cache import new_cache
 from .loader import gguf_as_checkpoint, load_safetensors_checkpoint
 from .model import forward
 from .parallel import pipelined, prefill_chunk_size
-from .sampling import SamplingParams, check_seed, sample
+from .sampling import SamplingParams, check_generate_args, decode_steps
 from .tokenizer import END_OF_TURN, Tokenizer, chat_images
 from .vision import IMAGE_MARKER, Preprocessing, VisionConfig
 from .vision_gemma4 import Gemma4Preprocessing, Gemma4VisionConfig
@@ -323,12 +323,7 @@ class Model:
         token), new_tokens, decode_steps and generation_seconds (the steps after the
         first: one forward pass of one token per row each), as they happen."""
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
-        check_seed(seed)
-        if not (isinstance(max_new_tokens, (int, np.integer)) and not isinstance(max_new_tokens, bool)
-                and max_new_tokens >= 0):
-            raise GemmaRefError(f"max_new_tokens must be an integer >= 0, not {max_new_tokens!r}")
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise GemmaRefError("generate: empty prompt")
+        check_generate_args(prompts, max_new_tokens, seed)
         stop = self._default_stop if stop_ids is None else set(stop_ids)
         rng = np.random.default_rng(seed)
         B, P = len(prompts), max(len(p) for p in prompts)
@@ -356,31 +351,17 @@ class Model:
 
         # The chunks in order, or side by side on all threads (parallel.pipelined)
         logits = pipelined(prefill, chunks, self.config.num_hidden_layers)[-1]
-        seen = [list(p) for p in prompts]
         next_pos = np.array([len(p) + self.first_position for p in prompts], np.int64)
-        done = np.zeros(B, bool)
-        for n in range(max_new_tokens):
-            step = []
-            for b in range(B):
-                if done[b]:
-                    step.append(None)
-                    continue
-                t = sample(logits[b, -1], rng, params, seen[b] if repetition_penalty != 1 else ())
-                seen[b].append(t)
-                done[b] = t in stop
-                step.append(None if done[b] else t)
-            stats["prompt_seconds" if n == 0 else "generation_seconds"] += time.perf_counter() - t0
-            stats["decode_steps"] += n > 0
-            if all(t is None for t in step):
-                return
-            stats["new_tokens"] += sum(t is not None for t in step)
-            yield step
-            t0 = time.perf_counter()
+
+        def next_logits(step, done):  # each row's new token at its next position (-1: stopped)
             new = np.array([[t if t is not None else self.config.pad_token_id] for t in step])
             step_pos = np.where(done, -1, next_pos)[:, None]
-            next_pos += 1
-            logits = forward(self.weights, self.config, new, step_pos, cache, last_only=True,
-                             n_vocab=self.n_vocab)
+            next_pos[:] += 1
+            return forward(self.weights, self.config, new, step_pos, cache, last_only=True,
+                           n_vocab=self.n_vocab)
+
+        yield from decode_steps(logits, next_logits, max_new_tokens, rng, params, [list(p) for p in prompts],
+                                stop, stats, t0)
 
     def _prefill_inputs(self, ids, pos, image_features) -> list[tuple]:
         """The prompt's chunks for the prefill: (ids, positions, ImageTokens or None) each.

@@ -10,7 +10,9 @@ A family class provides
 - `from_checkpoint(path, *, source, dtype, max_memory, progress)` -> the loaded model,
   with whatever of Model's surface fits it (generate, stream, forward, embed, ...);
   what it cannot do is a GemmaRefError that says so;
-- `describe(config_file) -> dict` for `gemma-ref info` without loading weights: keys
+- `cannot`: {CLI command: why} for the commands it cannot serve (the CLI says why, after
+  the load);
+- `describe(config_file) -> dict` for `gemma-ref info` (also with --load): keys
   parameters (int), config (dict of the keys worth printing), chat_template (str),
   special (list of lines saying what is particular to it).
 A BY_TEST test gets the checkpoint directory, or None when only config.json is known
@@ -25,6 +27,8 @@ import importlib
 BY_MODEL_TYPE: dict[str, str] = {
     "paligemma": "paligemma:PaliGemma",  # PaliGemma 1 and 2: SigLIP + projector + Gemma 1/2, prefix-LM
     "shieldgemma2": "shieldgemma2:ShieldGemma2",  # Gemma 3 image-text read as an image classifier
+    "t5gemma": "t5gemma:T5GemmaModel",  # encoder-decoders (T5Gemma, T5Gemma 2)
+    "t5gemma2": "t5gemma:T5GemmaModel",
 }
 
 # Checkpoints that share a model_type with a generation model but are another kind,

@@ -52,6 +52,14 @@ ALIASES = {
     # Gemma 4 12B "Unified" (no vision or audio encoder: images through a small embedder;
     # transformers' docs name google/gemma-4-12B-it)
     "4-12b-unified": "google/gemma-4-12B", "4-12b-unified-it": "google/gemma-4-12B-it",
+    # T5Gemma (encoder-decoder from Gemma 2; t5gemma.py): encoder-decoder sizes x pretraining
+    # objective (PrefixLM, UL2), base and -it; the alias is the repo's name
+    **{f"t5gemma-{size}-{objective}{it}": f"google/t5gemma-{size}-{objective}{it}"
+       for size in ("2b-2b", "9b-2b", "9b-9b", "s-s", "b-b", "l-l", "ml-ml", "xl-xl")
+       for objective in ("prefixlm", "ul2") for it in ("", "-it")},
+    # T5Gemma 2 (encoder-decoder from Gemma 3, images in the encoder; pretrained only)
+    "t5gemma-2-270m-270m": "google/t5gemma-2-270m-270m", "t5gemma-2-1b-1b": "google/t5gemma-2-1b-1b",
+    "t5gemma-2-4b-4b": "google/t5gemma-2-4b-4b",
 }
 
 # The files the engine reads from a Hub repo (never the .gguf or PyTorch copies).

@@ -137,11 +137,13 @@ def visible(q_pos, k_pos, window=None, reach=None):
     return seen
 
 
-def attention(q, k, v, q_pos, k_pos, scale, window=None, cap=None, reach=None):
+def attention(q, k, v, q_pos, k_pos, scale, window=None, cap=None, reach=None, mask=None):
     """Causal (optionally sliding-window) grouped-query attention, K/V not copied per group.
 
     q [B, T, N, H], k and v [B, S, K, H], q_pos [B, T], k_pos [B, S] -> [B, T, N*H]
-    Query t attends to the keys visible(q_pos, k_pos, window, reach)[:, t] marks.
+    Query t attends to the keys visible(q_pos, k_pos, window, reach)[:, t] marks, or
+    mask[:, t] when a mask [B, T, S] bool is given (an encoder-decoder's bidirectional
+    and cross-attention masks, t5gemma.py).
     """
     B, T, N, H = q.shape
     K = k.shape[2]
@@ -154,7 +156,7 @@ def attention(q, k, v, q_pos, k_pos, scale, window=None, cap=None, reach=None):
         scores = softcap(scores, cap)
     # Masked scores get the dtype's most negative value (as transformers does), so a
     # row with nothing visible (a padding query) is uniform rather than NaN.
-    mask = visible(q_pos, k_pos, window, reach)  # [B, T, S]
+    mask = visible(q_pos, k_pos, window, reach) if mask is None else mask  # [B, T, S]
     scores = np.where(mask[:, None, None], scores, np.finfo(scores.dtype).min)
     probs = softmax(scores)  # [B, K, G, T, S]
     out = probs @ v  # [B, K, G, T, H]   einsum("bkgts,bksh->bkgth")

@@ -53,6 +53,15 @@ class PromptDump:
     pixel_values: np.ndarray | None = None  # [I, 3, S, S] the prompt's preprocessed images (Gemma 4: [I, n, 3p^2])
     image_position_ids: np.ndarray | None = None  # Gemma 4: [I, n, 2] patch (x, y), -1 for padding
     positions: np.ndarray | None = None  # [P] the positions logits/topk rows hold; None: all T
+    # Encoder-decoders (t5gemma.py): input_ids go to the encoder; logits, hidden_states and
+    # the model.decoder.* / lm_head traces are per decoder position (U of them).
+    decoder_input_ids: np.ndarray | None = None  # [U] int64, the decoder start token first
+    encoder_hidden_states: np.ndarray | None = None  # [Le+1, T, De], as hidden_states
+
+    @property
+    def rows(self) -> int:
+        """Positions of logits and hidden_states: T, or an encoder-decoder's U."""
+        return len(self.input_ids if self.decoder_input_ids is None else self.decoder_input_ids)
 
 
 @dataclass
@@ -62,7 +71,7 @@ class Golden:
     source: str = ""  # the file it was read from, or a description
 
 
-def hidden_states(trace: dict, num_layers: int) -> np.ndarray:
+def hidden_states(trace: dict, num_layers: int, prefix: str = "model.") -> np.ndarray:
     """transformers' `output_hidden_states`, from a gemma-ref trace.   -> [L+1, B, T, D]
 
     Entry 0 is the scaled embedding (the input of layer 0), entry j the output of
@@ -73,12 +82,13 @@ def hidden_states(trace: dict, num_layers: int) -> np.ndarray:
     Gemma 3n (AltUp): transformers records each layer's output, all S streams, and does
     not replace the last one. Entry 0 is then the streams made from the embedding, entry
     j the streams after layer j-1 (L included), the S streams side by side: [..., S*D].
+    prefix: an encoder-decoder's stack, "model.encoder." or "model.decoder.".
     """
     if "model.altup_projections" in trace:
         names = ["model.altup_projections"] + [f"model.layers.{i}" for i in range(num_layers)]
         return np.stack([np.concatenate(list(trace[n]), axis=-1) for n in names])  # [L+1, B, T, S*D]
-    first = "model.inputs_embeds" if "model.inputs_embeds" in trace else "model.embed_tokens"  # images merged
-    names = [first] + [f"model.layers.{i}" for i in range(num_layers - 1)] + ["model.norm"]
+    first = prefix + ("inputs_embeds" if prefix + "inputs_embeds" in trace else "embed_tokens")  # images merged
+    names = [first] + [f"{prefix}layers.{i}" for i in range(num_layers - 1)] + [prefix + "norm"]
     return np.stack([trace[n] for n in names])
 
 
@@ -89,10 +99,15 @@ def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def dump_prompt(model, ids, *, k: int = 0, max_new_tokens: int = 16, trace: bool = False,
-                text: str | None = None, pixel_values=None, image_position_ids=None) -> PromptDump:
+                text: str | None = None, pixel_values=None, image_position_ids=None,
+                decoder_input_ids=None) -> PromptDump:
     """Run `model` on one prompt and keep what a golden file holds. k = 0: full logits.
     pixel_values [I, 3, S, S]: the images of the prompt's image blocks; Gemma 4:
-    [I, n, 3p^2] with image_position_ids [I, n, 2] (transformers' processor layout)."""
+    [I, n, 3p^2] with image_position_ids [I, n, 2] (transformers' processor layout).
+    A family that dumps itself (an encoder-decoder: its decoder_input_ids) does so."""
+    if hasattr(model, "dump_prompt"):
+        return model.dump_prompt(ids, k=k, max_new_tokens=max_new_tokens, trace=trace, text=text,
+                                 pixel_values=pixel_values, decoder_input_ids=decoder_input_ids)
     ids = np.asarray(ids, np.int64)
     t: dict = {}
     images = pixel_values if image_position_ids is None else {
@@ -247,7 +262,8 @@ def save(golden: Golden, path: str | Path):
         if d.text is not None:
             arrays[p + "text"] = np.array(d.text)
         for name in ("hidden_states", "logits", "topk_ids", "topk_logits", "greedy_ids",
-                     "pixel_values", "image_position_ids", "positions"):
+                     "pixel_values", "image_position_ids", "positions", "decoder_input_ids",
+                     "encoder_hidden_states"):
             if getattr(d, name) is not None:
                 arrays[p + name] = getattr(d, name)
         for name, value in d.trace.items():
@@ -306,7 +322,8 @@ def load(path: str | Path) -> Golden:
 _KINDS = {"input_ids": ("iu", "integers"), "greedy_ids": ("iu", "integers"), "positions": ("iu", "integers"),
           "image_position_ids": ("iu", "integers"), "pixel_values": ("f", "floats"),
           "topk_ids": ("iu", "integers"), "hidden_states": ("f", "floats"),
-          "logits": ("f", "floats"), "topk_logits": ("f", "floats"), "text": ("U", "a string")}
+          "logits": ("f", "floats"), "topk_logits": ("f", "floats"), "text": ("U", "a string"),
+          "decoder_input_ids": ("iu", "integers"), "encoder_hidden_states": ("f", "floats")}
 
 
 def _member(z, key: str, path) -> np.ndarray:
@@ -337,18 +354,25 @@ def _read_prompt(z, keys: set, i: int, path) -> PromptDump:
                    logits=get("logits"), topk_ids=get("topk_ids"), topk_logits=get("topk_logits"),
                    greedy_ids=get("greedy_ids"), text=str(get("text")) if p + "text" in keys else None,
                    pixel_values=get("pixel_values"), image_position_ids=get("image_position_ids"),
-                   positions=get("positions"))
+                   positions=get("positions"), decoder_input_ids=get("decoder_input_ids"),
+                   encoder_hidden_states=get("encoder_hidden_states"))
     d.trace = {k[len(p) + 6:]: _member(z, k, path) for k in z.files if k.startswith(p + "trace/")}
     T = len(d.input_ids) if d.input_ids.ndim == 1 else -1
+    dec, enc_hs = d.decoder_input_ids, d.encoder_hidden_states
+    U = T if dec is None else len(dec) if dec.ndim == 1 else -1  # decoder positions
     pos = d.positions
-    R = T if pos is None else len(pos) if pos.ndim == 1 else -1  # rows of logits / topk
+    R = U if pos is None else len(pos) if pos.ndim == 1 else -1  # rows of logits / topk
+    per_decoder = lambda n: dec is not None and n.startswith(("model.decoder.", "lm_head"))  # noqa: E731
     checks = [
         (d.input_ids.ndim == 1 and T > 0, "input_ids must be [T], T >= 1"),
-        (pos is None or (pos.ndim == 1 and pos.size > 0 and 0 <= pos.min() and pos.max() < T
+        (dec is None or (dec.ndim == 1 and U > 0), "decoder_input_ids must be [U], U >= 1"),
+        (enc_hs is None or (enc_hs.ndim == 3 and enc_hs.shape[1] == T),
+         "encoder_hidden_states must be [Le+1, T, D]"),
+        (pos is None or (pos.ndim == 1 and pos.size > 0 and 0 <= pos.min() and pos.max() < U
                          and bool(np.all(np.diff(pos) > 0))),
          "positions must be increasing positions in [0, T)"),
-        (d.hidden_states is None or (d.hidden_states.ndim == 3 and d.hidden_states.shape[1] == T),
-         "hidden_states must be [L+1, T, D]"),
+        (d.hidden_states is None or (d.hidden_states.ndim == 3 and d.hidden_states.shape[1] == U),
+         "hidden_states must be [L+1, T, D] (an encoder-decoder's: [Ld+1, U, D])"),
         (d.logits is None or (d.logits.ndim == 2 and d.logits.shape[0] == R),
          "logits must be [T, V] (or [P, V] with positions [P])"),
         ((d.topk_ids is None) == (d.topk_logits is None), "topk_ids and topk_logits come together"),
@@ -359,8 +383,9 @@ def _read_prompt(z, keys: set, i: int, path) -> PromptDump:
         (d.image_position_ids is None or (d.pixel_values is not None and d.image_position_ids.shape
                                           == d.pixel_values.shape[:2] + (2,)),
          "image_position_ids must be [I, n, 2], beside pixel_values [I, n, 3p^2]"),
-        (all(t.ndim >= 1 and t.shape[0] == T for n, t in d.trace.items() if not n.startswith(VISION_TRACE)),
-         "trace entries must be [T, ...] (vision ones [I, ...])"),
+        (all(t.ndim >= 1 and t.shape[0] == (U if per_decoder(n) else T) for n, t in d.trace.items()
+             if not n.startswith(VISION_TRACE)),
+         "trace entries must be [T, ...] (vision ones [I, ...]; an encoder-decoder's decoder ones [U, ...])"),
     ]
     for ok, message in checks:
         if not ok:
@@ -423,7 +448,7 @@ def _spread(values: np.ndarray, positions: np.ndarray) -> list:
 def shared_positions(g: PromptDump, o: PromptDump):
     """Both dumps' logits / top-k rows restricted to the positions both hold.
     -> g, o (new dumps), positions [R]"""
-    T = len(g.input_ids)
+    T = g.rows
     gp = np.arange(T) if g.positions is None else g.positions
     op = np.arange(T) if o.positions is None else o.positions
     positions = np.intersect1d(gp, op)
@@ -439,17 +464,20 @@ def shared_positions(g: PromptDump, o: PromptDump):
     return rows(g, gp), rows(o, op), positions
 
 
-def hidden_state_names(num_layers: int, streams: bool = False) -> list[tuple[str, int | None]]:
+def hidden_state_names(num_layers: int, streams: bool = False,
+                       prefix: str = "model.") -> list[tuple[str, int | None]]:
     """(name, layer) of each hidden_states entry; the last includes the final norm.
 
     streams (Gemma 3n): entry 0 is the AltUp streams made from the embedding, the last
-    entry the raw output of the last layer (see hidden_states).
+    entry the raw output of the last layer (see hidden_states). prefix: an
+    encoder-decoder's stack ("model.encoder.", "model.decoder.").
     """
     if streams:
         return [("model.altup_projections", None)] + [(f"model.layers.{i}", i) for i in range(num_layers)]
-    return ([("model.embed_tokens", None)]
-            + [(f"model.layers.{i}", i) for i in range(num_layers - 1)]
-            + [(f"model.norm(model.layers.{num_layers - 1})", num_layers - 1)])
+    p = prefix
+    return ([(f"{p}embed_tokens", None)]
+            + [(f"{p}layers.{i}", i) for i in range(num_layers - 1)]
+            + [(f"{p}norm({p}layers.{num_layers - 1})", num_layers - 1)])
 
 
 def aligned_logits(g: PromptDump, o: PromptDump):
@@ -522,14 +550,23 @@ def compare_prompt(i: int, g: PromptDump, o: PromptDump, rtol: float, k: int = 1
         raise GemmaRefError(
             f"prompt {i}: the two dumps have different input_ids ({len(g.input_ids)} vs "
             f"{len(o.input_ids)} tokens): made from different prompts or tokenizers?")
+    encdec = g.decoder_input_ids is not None or o.decoder_input_ids is not None
+    if encdec and (g.decoder_input_ids is None or o.decoder_input_ids is None
+                   or not np.array_equal(g.decoder_input_ids, o.decoder_input_ids)):
+        raise GemmaRefError(f"prompt {i}: the two dumps have different decoder_input_ids")
     entries = []
-    if g.hidden_states is not None and o.hidden_states is not None:
-        if g.hidden_states.shape != o.hidden_states.shape:
-            raise GemmaRefError(f"prompt {i}: hidden_states shapes differ: {g.hidden_states.shape} "
-                                f"vs {o.hidden_states.shape} (a different model?)")
-        names = hidden_state_names(g.hidden_states.shape[0] - 1, streams)
-        err, rel = row_errors(g.hidden_states, o.hidden_states, lead=2)  # [L+1, T] each
-        entries = [_entry(n, e, r, rtol, layer) for (n, layer), e, r in zip(names, err, rel)]
+    stacks = [("encoder_hidden_states", "model.encoder."), ("hidden_states", "model.decoder.")] if encdec else \
+        [("hidden_states", "model.")]
+    for field_name, prefix in stacks:
+        gh, oh = getattr(g, field_name), getattr(o, field_name)
+        if gh is None or oh is None:
+            continue
+        if gh.shape != oh.shape:
+            raise GemmaRefError(f"prompt {i}: {field_name} shapes differ: {gh.shape} "
+                                f"vs {oh.shape} (a different model?)")
+        names = hidden_state_names(gh.shape[0] - 1, streams, prefix)
+        err, rel = row_errors(gh, oh, lead=2)  # [L+1, T] each
+        entries += [_entry(n, e, r, rtol, layer) for (n, layer), e, r in zip(names, err, rel)]
     g, o, positions = shared_positions(g, o)
     gl, ol, present = aligned_logits(g, o)
     if gl is not None and len(positions):
@@ -594,7 +631,7 @@ def candidate_from_model(model, golden: Golden, trace: bool = False) -> Golden:
         n_greedy = 0 if d.greedy_ids is None else len(d.greedy_ids)
         out.append(dump_prompt(model, d.input_ids, max_new_tokens=n_greedy,
                                trace=trace and bool(d.trace), text=d.text, pixel_values=d.pixel_values,
-                               image_position_ids=d.image_position_ids))
+                               image_position_ids=d.image_position_ids, decoder_input_ids=d.decoder_input_ids))
     return Golden(out, provenance(model), source=f"{model.source} ({model.dtype})")
 
 

@@ -6,6 +6,7 @@ the same seed gives the same tokens.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +82,45 @@ def sample(logits, rng: np.random.Generator, params: SamplingParams, seen=()) ->
     return int(ids[min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(ids) - 1)])
 
 
+def sample_rows(logits, rng: np.random.Generator, params: SamplingParams, seen: list, done, stop) -> list:
+    """One step of a batch: a new id per row from logits [B, V], None for a row already done.
+
+    Each row's id joins seen[b] (its repetition history); a row that samples a `stop` id
+    is done from then on (done [B] bool, updated in place) and gives None.
+    """
+    step = []
+    for b in range(len(done)):
+        if done[b]:
+            step.append(None)
+            continue
+        t = sample(logits[b], rng, params, seen[b] if params.repetition_penalty != 1 else ())
+        seen[b].append(t)
+        done[b] = t in stop
+        step.append(None if done[b] else t)
+    return step
+
+
+def decode_steps(logits, next_logits, max_new_tokens: int, rng, params: SamplingParams, seen: list, stop,
+                 stats: dict, t0: float):
+    """The decoding loop of a batch: yield one step (an id per row, None once a row has
+    stopped) at a time, then ask next_logits(step, done) for the logits [B, 1, V] after it.
+
+    logits [B, 1, V]: after the prompt. stats: prompt_seconds (from t0 to the first
+    token), generation_seconds and decode_steps (the steps after), new_tokens.
+    """
+    done = np.zeros(len(seen), bool)
+    for n in range(max_new_tokens):
+        step = sample_rows(logits[:, -1], rng, params, seen, done, stop)
+        stats["prompt_seconds" if n == 0 else "generation_seconds"] += time.perf_counter() - t0
+        stats["decode_steps"] += n > 0
+        if all(t is None for t in step):
+            return
+        stats["new_tokens"] += sum(t is not None for t in step)
+        yield step
+        t0 = time.perf_counter()
+        logits = next_logits(step, done)
+
+
 def _nucleus(p, ids, top_p, first=1024):
     """The candidates in `ids` whose more-likely predecessors hold less than top_p.
 
@@ -100,3 +140,14 @@ def check_seed(seed) -> None:
     if seed is not None and not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)
                                  and seed >= 0):
         raise GemmaRefError(f"seed must be an integer >= 0 (or None), not {seed!r}")
+
+
+def check_generate_args(prompts, max_new_tokens, seed) -> None:
+    """generate's arguments, checked before any work: non-empty prompts (id lists), an
+    integer max_new_tokens >= 0, a seed (check_seed)."""
+    check_seed(seed)
+    if not (isinstance(max_new_tokens, (int, np.integer)) and not isinstance(max_new_tokens, bool)
+            and max_new_tokens >= 0):
+        raise GemmaRefError(f"max_new_tokens must be an integer >= 0, not {max_new_tokens!r}")
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise GemmaRefError("generate: empty prompt")

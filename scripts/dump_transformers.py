@@ -15,6 +15,12 @@ or --ids-from another dump, to reuse its exact token ids (and, for image prompts
 pixel values, and Gemma 4's image_position_ids: `gemma-ref dump --prompts` with
 {"prompt", "images"} lines).
 
+Encoder-decoders (T5Gemma, T5Gemma 2): the prompt goes to the encoder; the decoder reads
+the start token and the greedy output but its last token (or --ids-from's
+decoder_input_ids); logits and hidden_states are the decoder's, encoder_hidden_states the
+encoder's, and --trace hooks both stacks under gemma-ref's names (model.encoder.layers.N...,
+model.decoder.layers.N...; T5Gemma 2's model.encoder.text_model.* spelled model.encoder.*).
+
 Needs: pip install torch transformers accelerate (accelerate: to read a GGUF).
 """
 
@@ -31,7 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForSeq2SeqLM,
+                          AutoTokenizer)
 
 FORMAT = "gemma-ref-golden/1"
 
@@ -47,8 +54,10 @@ def load(args):
         gguf = Path(args.gguf) if args.gguf else default_gguf()
         where, kw, files = str(gguf.parent), {"gguf_file": gguf.name}, [gguf]
     # Load in float32 (a GGUF is dequantized to float32), then widen: exact for float64.
-    # PaliGemma has no causal-LM class: its image-text one.
-    cls = AutoModelForImageTextToText if args.model and is_paligemma(args.model) else AutoModelForCausalLM
+    # PaliGemma has no causal-LM class: its image-text one; T5Gemma is a sequence-to-sequence model.
+    encdec = bool(args.model and getattr(AutoConfig.from_pretrained(where), "is_encoder_decoder", False))
+    cls = (AutoModelForImageTextToText if args.model and is_paligemma(args.model)
+           else AutoModelForSeq2SeqLM if encdec else AutoModelForCausalLM)
     model = cls.from_pretrained(where, dtype=torch.float32, attn_implementation="eager", **kw)
     model = model.to(dtype).eval()
     return model, lambda: AutoTokenizer.from_pretrained(where, **kw), str(files[0] if kw else where), files
@@ -69,6 +78,13 @@ def pixel_values_from(path, i) -> dict:
     with np.load(path) as z:
         return {name: torch.from_numpy(z[f"prompt_{i}/{name}"]) for name in ("pixel_values", "image_position_ids")
                 if f"prompt_{i}/{name}" in z.files}
+
+
+def decoder_ids_from(path, i) -> list[int] | None:
+    """An encoder-decoder dump's decoder_input_ids of prompt i (None if it has none)."""
+    with np.load(path) as z:
+        key = f"prompt_{i}/decoder_input_ids"
+        return z[key].tolist() if key in z.files else None
 
 
 def prompts_and_ids(args, tokenizer_loader) -> list[tuple[str | None, list[int]]]:
@@ -92,6 +108,11 @@ def prompts_and_ids(args, tokenizer_loader) -> list[tuple[str | None, list[int]]
 
 
 # --- the trace: transformers' module hooks, in gemma-ref's layout --------------------
+
+
+def by_head(t):
+    """A batch of one's heads, position first.          [1, n, T, H] -> [T, n, H]"""
+    return t[0].transpose(0, 1)
 
 
 def install_trace(model, trace: dict, padding=None):
@@ -132,7 +153,6 @@ def install_trace(model, trace: dict, padding=None):
     def heads(H):
         return lambda t: t[0].reshape(t.shape[1], -1, H)  # [B, T, n*H] -> [T, n, H]
 
-    by_head = lambda t: t[0].transpose(0, 1)  # [B, n, T, H] -> [T, n, H]
     unpadded = lambda t: t.masked_fill(padding[..., None], 0.0) if padding is not None else t  # [I, n, Dv]
     modules = dict(model.named_modules())
     text = next(n for n in ("model.language_model", "model") if n in modules)
@@ -174,10 +194,17 @@ def install_trace(model, trace: dict, padding=None):
             handles.append(module.register_forward_pre_hook(
                 lambda m, a, n=prefix: layer.__setitem__(slice(0, 2), [n, 0])))
 
-    modeling = sys.modules[type(modules[f"{text}.layers.0"].self_attn).__module__]
+    return traced_rotary(type(modules[f"{text}.layers.0"].self_attn), trace, layer, handles)
+
+
+def traced_rotary(attention_class, trace: dict, layer: list, handles: list):
+    """Wrap the modeling file's apply_rotary_pos_emb so q and k after RoPE are stored under
+    layer[0] (the current self_attn's prefix; None: not traced). -> a function that removes
+    the hooks in `handles` and the wrap."""
+    modeling = sys.modules[attention_class.__module__]
     rotary = modeling.apply_rotary_pos_emb
 
-    def traced_rotary(*a, **kw):
+    def traced(*a, **kw):
         if layer[0] is None:  # a vision tower's RoPE (Gemma 4's, per axis, by keywords): not traced
             return rotary(*a, **kw)
         q, k, *a = a
@@ -191,8 +218,121 @@ def install_trace(model, trace: dict, padding=None):
         trace[layer[0] + "k_rope"] = by_head(k).detach().numpy().copy()
         return q, k
 
-    modeling.apply_rotary_pos_emb = traced_rotary
+    modeling.apply_rotary_pos_emb = traced
     return lambda: ([h.remove() for h in handles], setattr(modeling, "apply_rotary_pos_emb", rotary))
+
+
+def install_trace_encdec(model, trace: dict):
+    """install_trace for an encoder-decoder: both stacks, under gemma-ref's names.
+
+    Per stack (model.encoder, or T5Gemma 2's model.encoder.text_model, and model.decoder):
+    embeddings, each layer's norms, q/k/v (heads split, [T, n, H]), q/k after RoPE, the
+    attention output (o_proj's input, `.attn`), o_proj, the MLP and the layer's output.
+    T5Gemma's cross-attention: its queries, output and o_proj (its keys and values are per
+    encoder token). T5Gemma 2's merged attention runs k_proj/v_proj/k_norm again on the
+    encoder states: the decoder's own (first) call is kept.
+    """
+    handles, layer = [], [None, 0]
+    modules = dict(model.named_modules())
+    enc = "model.encoder.text_model" if "model.encoder.text_model" in modules else "model.encoder"
+    renames = ((enc + ".", "model.encoder."), ("model.encoder.vision_tower", "vision_tower"),
+               ("model.encoder.multi_modal_projector", "multi_modal_projector"))
+
+    def short_name(name):
+        return next((new + name[len(old):] for old, new in renames if name.startswith(old)), name)
+
+    def store(name, fn=lambda t: t[0], first_only=False):
+        def hook(module, args, out):
+            out = out[0] if isinstance(out, tuple) else getattr(out, "last_hidden_state", out)
+            if not (first_only and short_name(name) in trace):
+                trace[short_name(name)] = fn(out).detach().numpy().copy()
+        return hook
+
+    for name, module in model.named_modules():
+        if not name.startswith((enc + ".", "model.decoder.", "lm_head")):
+            continue  # the vision tower's submodules are not traced
+        short = name.rsplit(".", 1)[-1]
+        parent = name.rsplit(".", 1)[0]
+        attn = modules.get(parent)
+        H = getattr(attn, "head_dim", None)
+        merged = type(attn).__name__.endswith("MergedAttention")
+        cross = parent.endswith("cross_attn")
+        if short == "embed_tokens" and type(module) is torch.nn.Embedding:
+            # T5Gemma scales after the module (by sqrt(D) in the activation dtype); gemma-ref's
+            # trace holds the scaled rows, as T5Gemma 2's scaled embedding module outputs them
+            scale = torch.tensor(module.embedding_dim ** 0.5, dtype=module.weight.dtype)
+            handles.append(module.register_forward_hook(store(name, lambda t, s=scale: t[0] * s)))
+        elif short in ("embed_tokens", "norm", "lm_head") and name.count(".") <= enc.count(".") + 1:
+            handles.append(module.register_forward_hook(store(name)))
+        elif name.split(".")[-2] == "layers":
+            handles.append(module.register_forward_hook(store(name)))
+        elif short.endswith("layernorm") or short in ("mlp", "o_proj"):
+            handles.append(module.register_forward_hook(store(name)))
+        elif short in ("q_proj", "k_proj", "v_proj") and H and not (cross and short != "q_proj"):
+            heads = lambda t, H=H: t[0].reshape(t.shape[1], -1, H)  # [B, T, n*H] -> [T, n, H]
+            handles.append(module.register_forward_hook(store(name, heads, first_only=merged)))
+        elif short in ("q_norm", "k_norm") and H:
+            handles.append(module.register_forward_hook(store(name, by_head, first_only=merged)))
+        if short == "o_proj":  # the attention output: o_proj's input
+            prefix = short_name(parent) + "."
+            handles.append(module.register_forward_pre_hook(
+                lambda m, a, p=prefix: trace.__setitem__(p + "attn", a[0][0].detach().numpy().copy())))
+        if short == "self_attn":
+            handles.append(module.register_forward_pre_hook(
+                lambda m, a, n=short_name(name) + ".": layer.__setitem__(slice(0, 2), [n, 0])))
+
+    return traced_rotary(type(modules["model.decoder.layers.0"].self_attn), trace, layer, handles)
+
+
+@torch.no_grad()
+def dump_prompt_encdec(model, ids: list[int], args, image_inputs=None, decoder_ids=None) -> dict:
+    """dump_prompt for an encoder-decoder: the decoder reads decoder_ids, by default the
+    start token and the greedy output but its last token."""
+    x = torch.tensor([ids])
+    images = {"pixel_values": image_inputs["pixel_values"].to(next(model.parameters()).dtype)} \
+        if image_inputs else {}
+    new = greedy_encdec(model, x, args.max_new_tokens, images) if args.max_new_tokens else None
+    if decoder_ids is None:
+        decoder_ids = [decoder_start(model)] + ([] if new is None else new[:-1].tolist())
+    trace: dict = {}
+    remove = install_trace_encdec(model, trace) if args.trace else None
+    try:
+        out = model(input_ids=x, decoder_input_ids=torch.tensor([decoder_ids]), output_hidden_states=True,
+                    use_cache=False, **images)
+    finally:
+        if remove:
+            remove()
+    logits = out.logits[0].numpy()  # [U, V]
+    d = {"input_ids": np.array(ids, np.int64), "decoder_input_ids": np.array(decoder_ids, np.int64),
+         "hidden_states": torch.stack(out.decoder_hidden_states)[:, 0].numpy(),  # [Ld+1, U, D]
+         "encoder_hidden_states": torch.stack(out.encoder_hidden_states)[:, 0].numpy()}  # [Le+1, T, D]
+    if args.top_k:
+        top = np.argsort(-logits, axis=-1, kind="stable")[:, :args.top_k]
+        d["topk_ids"], d["topk_logits"] = top.astype(np.int64), np.take_along_axis(logits, top, -1)
+    else:
+        d["logits"] = logits
+    if new is not None:
+        d["greedy_ids"] = new
+    for name, value in trace.items():
+        d["trace/" + name] = value
+    return d
+
+
+def decoder_start(model) -> int:
+    start = model.generation_config.decoder_start_token_id
+    return int(start if start is not None else model.config.decoder.bos_token_id)
+
+
+@torch.no_grad()
+def greedy_encdec(model, x, n: int, images) -> np.ndarray:
+    """n argmax steps: the encoder once, the decoder with its cache; never stops early."""
+    enc = model.get_encoder()(input_ids=x, **images)
+    dec, cache, new = torch.tensor([[decoder_start(model)]]), None, []
+    for _ in range(n):
+        out = model(encoder_outputs=enc, decoder_input_ids=dec, cache=cache, use_cache=True)
+        new.append(int(out.logits[0, -1].argmax()))
+        cache, dec = out.cache, torch.tensor([[new[-1]]])
+    return np.array(new, np.int64)
 
 
 # --- one prompt ---------------------------------------------------------------------------
@@ -289,7 +429,12 @@ def main(argv=None):
         image_inputs = pixel_values_from(args.ids_from, i) if args.ids_from else {}
         for name, value in image_inputs.items():
             arrays[f"prompt_{i}/{name}"] = value.numpy()
-        for key, value in dump_prompt(model, ids, args, image_inputs).items():
+        if model.config.is_encoder_decoder:
+            dec = decoder_ids_from(args.ids_from, i) if args.ids_from else None
+            dumped = dump_prompt_encdec(model, ids, args, image_inputs, dec)
+        else:
+            dumped = dump_prompt(model, ids, args, image_inputs)
+        for key, value in dumped.items():
             arrays[f"prompt_{i}/{key}"] = value
         print(f"prompt {i}: {len(ids)} tokens", file=sys.stderr)
     arrays["provenance"] = np.array(json.dumps({

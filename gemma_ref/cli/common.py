@@ -144,6 +144,9 @@ def load(args):
     t0 = time.perf_counter()
     model = Model.from_pretrained(args.model, dtype=args.dtype, max_memory=args.max_memory)
     print(f"{PROG}: loaded {model.source} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    why = getattr(model, "cannot", {}).get(getattr(args, "command", None))  # families.py: what it cannot do
+    if why:
+        raise GemmaRefError(f"{args.command}: {model.source}: {why}")
     return model
 
 

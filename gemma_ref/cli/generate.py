@@ -142,7 +142,8 @@ def cmd_generate(args) -> int:
                                    chat_template_kwargs=template_kwargs, stop=args.stop, stats=stats, **kw)
     else:  # stream() reads the images now: a bad one is an error before any output
         pieces = model.stream(prompt, images=images, stop=args.stop, stats=stats, **kw)
-        sys.stdout.write(prompt)
+        if getattr(model, "continues_prompt", True):  # an encoder-decoder's output stands alone
+            sys.stdout.write(prompt)
     for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
@@ -311,12 +312,14 @@ def _info_loaded(args) -> dict:
     where = str(model.checkpoint)
     if model.source and Path(model.source).exists():
         where = str(Path(model.source).resolve())
-    info = {"source": model.source, "files": where, "parameters": model.config.num_parameters,
+    config_file = Path(model.checkpoint) / "config.json"
+    described = (model.describe(config_file) if hasattr(model, "describe") else  # a family (families.py)
+                 {"parameters": model.config.num_parameters, "config": model.config.to_dict(),
+                  "chat_template": model.chat_template.source,
+                  "special": model.config.summary() + _images_summary(config_file, model.config)})
+    info = {"source": model.source, "files": where, **described,
             "tokenizer_vocab": model.tokenizer.vocab_size if model.tokenizer else None,
-            "instruction_tuned": model.instruction_tuned, "config": model.config.to_dict(),
-            "chat_template": model.chat_template.source,
-            "special": model.config.summary() + _images_summary(Path(model.checkpoint) / "config.json",
-                                                                 model.config),
+            "instruction_tuned": model.instruction_tuned,
             "file_sizes": {f.name: f.stat().st_size for f in sorted(Path(where).iterdir())
                            if f.is_file()} if Path(where).is_dir() else
                           {Path(where).name: Path(where).stat().st_size},

@@ -71,7 +71,7 @@ def cmd_models(args) -> int:
         print(json.dumps(rows, indent=1))
         return 0
     print("aliases for --model (also: a local directory, a .gguf file, or any Hub repo id):")
-    width = max(17, *(len(r["alias"]) + 1 for r in rows))  # aliases as long as paligemma2-28b-mix-448
+    width = max(17, max(len(r["alias"]) for r in rows) + 1)
     for r in rows:
         print(f"  {r['alias']:<{width}}{'chat ' if r['instruction_tuned'] else 'base '} {r['source']}")
     return 0
