@@ -29,6 +29,15 @@ BY_MODEL_TYPE: dict[str, str] = {}
 BY_TEST: list = []
 
 
+def _embedding(raw: dict, path) -> bool:  # EmbeddingGemma: a bidirectional Gemma 3 / sentence-transformers
+    from .embedding import is_embedding_checkpoint
+
+    return is_embedding_checkpoint(raw, path)
+
+
+BY_TEST.append((_embedding, "embedding:EmbeddingModel"))
+
+
 def family_of(raw: dict, path) -> str | None:
     """"module:Class" of the family that runs this checkpoint, or None for api.Model."""
     for test, target in BY_TEST:

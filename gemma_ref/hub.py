@@ -37,12 +37,17 @@ ALIASES = {
     "4-e4b": "google/gemma-4-E4B", "4-e4b-it": "google/gemma-4-E4B-it",
     "4-26b-a4b": "google/gemma-4-26B-A4B", "4-26b-a4b-it": "google/gemma-4-26B-A4B-it",
     "4-31b": "google/gemma-4-31B", "4-31b-it": "google/gemma-4-31B-it",
+    # EmbeddingGemma (sentence embeddings: `gemma-ref embed`; offline: `gemma-ref fetch`)
+    "embeddinggemma-300m": "google/embeddinggemma-300m",
 }
 
 # The files the engine reads from a Hub repo (never the .gguf or PyTorch copies).
 FILES = ["config.json", "generation_config.json", "tokenizer.model", "*.safetensors",
          "model.safetensors.index.json", "preprocessor_config.json", "processor_config.json",
-         "tokenizer_config.json", "chat_template.jinja", "additional_chat_templates/*.jinja"]
+         "tokenizer_config.json", "chat_template.jinja", "additional_chat_templates/*.jinja",
+         # sentence-transformers checkpoints (EmbeddingGemma): the modules after the encoder
+         "modules.json", "config_sentence_transformers.json", "sentence_bert_config.json",
+         "*_Pooling/config.json", "*_Dense/config.json"]
 
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
