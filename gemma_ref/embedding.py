@@ -314,7 +314,20 @@ class EmbeddingModel:
             raise GemmaRefError("embed: texts must be a string or a list of strings")
         prefix = self.prompt(prompt_name, prompt)
         dim = self._check_dim(dim)
-        ids = [self.encode(prefix + t) for t in texts]
+        return self.embed_ids([self.encode(prefix + t) for t in texts], dim=dim, normalize=normalize)
+
+    def embed_ids(self, ids, dim: int | None = None, normalize: bool = True) -> np.ndarray:
+        """Sentence embeddings of token-id sequences (each as encode makes them) -> [n, d] float32.
+
+        Texts of similar length are embedded together, padded: padding is seen by no
+        token and left out of the mean.
+        """
+        dim = self._check_dim(dim)
+        if not isinstance(ids, (list, tuple)) or not all(
+                len(i) and all(isinstance(t, (int, np.integer)) and 0 <= t < self.config.vocab_size for t in i)
+                for i in ids):
+            raise GemmaRefError(f"embed_ids: expected a list of non-empty token-id lists in "
+                                f"[0, {self.config.vocab_size})")
         out = np.empty((len(ids), self.dim), self.dtype)
         for batch in _batches([len(i) for i in ids], TOKENS_PER_BATCH):
             T = max(len(ids[b]) for b in batch)

@@ -41,6 +41,9 @@ ALIASES = {
     "embeddinggemma-300m": "google/embeddinggemma-300m",
 }
 
+# Aliases of embedding models (`gemma-ref embed`; generate refuses them)
+EMBEDDING_ALIASES = {"embeddinggemma-300m"}
+
 # The files the engine reads from a Hub repo (never the .gguf or PyTorch copies).
 FILES = ["config.json", "generation_config.json", "tokenizer.model", "*.safetensors",
          "model.safetensors.index.json", "preprocessor_config.json", "processor_config.json",

@@ -12,7 +12,7 @@ import os
 import sys
 
 from ..errors import GemmaRefError
-from . import evaluate, generate, manage, tools
+from . import embed, evaluate, generate, manage, tools
 from .common import PROG, Parser, error
 
 EXAMPLES = """\
@@ -24,6 +24,7 @@ examples:
   gemma-ref chat --model 3-1b-it
   gemma-ref generate --model 3-4b-it --chat --image photo.jpg "Describe this image."
   gemma-ref info --model ./my-gemma-checkpoint
+  gemma-ref embed --model embeddinggemma-300m --prompt-name query "Which planet is red?"
 """
 
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     tools.add_commands(sub)  # dump, compare, perplexity: the reference tooling
     manage.add_commands(sub)  # cache, models
     evaluate.add_commands(sub)  # eval: lm-evaluation-harness
+    embed.add_commands(sub)  # embed, similarity, fetch: embedding models (EmbeddingGemma)
     return parser
 
 

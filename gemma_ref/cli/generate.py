@@ -213,7 +213,10 @@ def cmd_info(args) -> int:
         print(f"  {human_bytes(size):>9}  {name}")
     print(f"parameters  {n:,} ({human_count(n)})")
     print(f"tokenizer   {info['tokenizer_vocab'] or 'none'} tokens")
-    print(f"chat        {'yes (instruction-tuned)' if info['instruction_tuned'] else 'no: a base model'}")
+    if info.get("kind") == "embedding":  # families.py's describe says so
+        print("kind        an embedding model: `gemma-ref embed` (no text generation)")
+    else:
+        print(f"chat        {'yes (instruction-tuned)' if info['instruction_tuned'] else 'no: a base model'}")
     print(f"template    {info['chat_template']}")
     for line in info["special"]:  # what is special (Gemma 3n, 4: shared K/V, PLE, AltUp, experts, ...)
         print(line)
@@ -308,6 +311,11 @@ def _info_loaded(args) -> dict:
     where = str(model.checkpoint)
     if model.source and Path(model.source).exists():
         where = str(Path(model.source).resolve())
+    if hasattr(model, "describe"):  # another architecture (families.py) describes itself
+        sizes = {f.name: f.stat().st_size for f in sorted(Path(where).iterdir()) if f.is_file()}
+        return {"source": model.source, "files": where, "tokenizer_vocab": model.tokenizer.vocab_size,
+                "instruction_tuned": False, "file_sizes": sizes, "loaded": True,
+                **model.describe(Path(model.checkpoint) / "config.json")}
     info = {"source": model.source, "files": where, "parameters": model.config.num_parameters,
             "tokenizer_vocab": model.tokenizer.vocab_size if model.tokenizer else None,
             "instruction_tuned": model.instruction_tuned, "config": model.config.to_dict(),
