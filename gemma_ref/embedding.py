@@ -386,11 +386,12 @@ def _weight_files(path: Path) -> list[Path]:
 
 
 def _batches(lengths: list[int], budget: int) -> list[list[int]]:
-    """Indices of the texts in batches of similar length, about `budget` tokens each (padded)."""
+    """Indices of the texts in batches of similar length (within 2x + 16 tokens), about `budget`
+    tokens each, padding included."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches, current = [], []
-    for i in order:
-        if current and lengths[i] * (len(current) + 1) > budget:  # the longest so far is i
+    for i in order:  # the longest so far is i
+        if current and (lengths[i] * (len(current) + 1) > budget or lengths[i] > 2 * lengths[current[0]] + 16):
             batches.append(current)
             current = []
         current.append(i)

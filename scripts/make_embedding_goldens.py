@@ -81,6 +81,8 @@ REAL_TEXTS = [
     ("document", " ".join(f"Sentence {i} of a long document about the history of numerical computing, "
                           f"from slide rules to NumPy." for i in range(40))),
 ]
+BATCH = 6  # the first BATCH texts (the short ones) are also embedded as one batch
+HIDDEN_TEXT = 4  # the text whose hidden states are kept (39 tokens)
 HIDDEN_LAYERS = (0, 1, 6, 12, 23, 24)  # entries of transformers' hidden_states kept (24: after the final norm)
 HIDDEN_ROWS = (0, 1, 2, -2, -1)  # token positions kept
 
@@ -247,24 +249,28 @@ def make_real(model_dir: Path) -> None:
         rows = [st.encode([text], prompt_name=name, truncate_dim=dim, normalize_embeddings=dim is not None,
                           convert_to_numpy=True)[0] for name, text in REAL_TEXTS]
         golden["embeddings" + tag] = np.stack(rows).astype(np.float32)
-    # the same texts as one padded batch, in order (sentence-transformers sorts by length inside)
+    # the short texts as one padded batch, with each prompt (sentence-transformers sorts by length inside)
+    short = [t for _, t in REAL_TEXTS[:BATCH]]
     for name in ("query", "document"):
-        batch = [t for n, t in REAL_TEXTS if n == name]
-        golden[f"batch_{name}"] = st.encode(batch, prompt_name=name, batch_size=8, convert_to_numpy=True)
+        golden[f"batch_{name}"] = st.encode(short, prompt_name=name, batch_size=8, convert_to_numpy=True)
     for name, text in REAL_TEXTS:
         full = (st.prompts[name] if name else "") + text
         ids = tok(full)["input_ids"]
         texts.append({"prompt_name": name, "text": text, "ids": ids})
-    # a few rows of transformers' hidden states for the longest text
+    # a text past max_seq_length (2048): the ids sentence-transformers embeds (cut, <eos> kept)
+    long_text = " ".join(f"word{i}" for i in range(1500))
+    cut = st.tokenize([long_text])["input_ids"][0].tolist()
+    assert len(cut) == st.max_seq_length < len(tok(long_text)["input_ids"])
+    # a few rows of transformers' hidden states for one text
     hf = transformers.AutoModel.from_pretrained(str(model_dir), attn_implementation="eager",
                                                 dtype=torch.float32).eval()
-    long_ids = torch.tensor([texts[-1]["ids"]])
+    long_ids = torch.tensor([texts[HIDDEN_TEXT]["ids"]])
     with torch.no_grad():
         hs = hf(input_ids=long_ids, output_hidden_states=True).hidden_states
     golden["hidden_rows"] = torch.stack([hs[i][0, list(HIDDEN_ROWS)] for i in HIDDEN_LAYERS]).numpy()
     save_npz(REAL_OUT / "golden.npz", golden)
-    meta = {"texts": texts, "hidden_layers": list(HIDDEN_LAYERS), "hidden_rows": list(HIDDEN_ROWS),
-            "hidden_text": len(texts) - 1}
+    meta = {"texts": texts, "truncated": {"text": long_text, "ids": cut}, "hidden_layers": list(HIDDEN_LAYERS), "hidden_rows": list(HIDDEN_ROWS),
+            "hidden_text": HIDDEN_TEXT, "batch": BATCH}
     (REAL_OUT / "golden.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
     sizes = [len(t["ids"]) for t in texts]
     (REAL_OUT / "PROVENANCE.md").write_text(f"""# EmbeddingGemma 300M goldens
@@ -276,16 +282,17 @@ def make_real(model_dir: Path) -> None:
 - `SentenceTransformer(DIR, device="cpu", model_kwargs={{"attn_implementation": "eager"}})`, float32, CPU
 
 golden.json: per text its prompt name, text and the ids sentence-transformers' tokenizer gives
-(prompt + text, `<bos>` ... `<eos>`; lengths {sizes}).
+(prompt + text, `<bos>` ... `<eos>`; lengths {sizes}); `truncated`: a text of {len(tok(long_text)["input_ids"])}
+tokens and the {len(cut)} ids `SentenceTransformer.tokenize` keeps (max_seq_length; `<eos>` last).
 
 golden.npz:
 - `embeddings` [{len(texts)}, 768]: `encode([text], prompt_name=...)` one text at a time (unit length: the
   model's Normalize module)
 - `embeddings_dim256`, `embeddings_dim128`: `encode([text], prompt_name=..., truncate_dim=d,
   normalize_embeddings=True)` (Matryoshka: cut, then re-normalised)
-- `batch_query`, `batch_document`: `encode(texts with that prompt name, batch_size=8)`: one padded batch
+- `batch_query`, `batch_document`: `encode(the first {BATCH} texts, prompt_name=..., batch_size=8)`: one padded batch
 - `hidden_rows` [{len(HIDDEN_LAYERS)}, {len(HIDDEN_ROWS)}, 768]: transformers `AutoModel` (Gemma3TextModel), eager,
-  `output_hidden_states=True` on the last text (with its prompt): entries {list(HIDDEN_LAYERS)} (0: scaled
+  `output_hidden_states=True` on text {HIDDEN_TEXT} (with its prompt): entries {list(HIDDEN_LAYERS)} (0: scaled
   embeddings, 24: after the final norm), token positions {list(HIDDEN_ROWS)}
 """)
     print(f"real: {len(texts)} texts, token counts {sizes}")
