@@ -27,15 +27,15 @@ import numpy as np
 
 from .config import GemmaConfig
 from .errors import GemmaRefError
-from .loader import check_and_widen, read_safetensors
+from .loader import check_and_widen, checkpoint_files, read_safetensors
 from .model import forward
 from .parallel import dense
 from .tokenizer import Tokenizer
 from .weights import Weights
 
-# sentence-transformers module types this engine runs, by the name modules.json gives them
-TRANSFORMER, POOLING, DENSE, NORMALIZE = (f"sentence_transformers.models.{n}"
-                                          for n in ("Transformer", "Pooling", "Dense", "Normalize"))
+# sentence-transformers modules this engine runs, by class name (modules.json spells them
+# sentence_transformers.models.Dense, or since version 6 sentence_transformers.base.modules.dense.Dense)
+TRANSFORMER, POOLING, DENSE, NORMALIZE = "Transformer", "Pooling", "Dense", "Normalize"
 # Dense activations: the name its config.json gives -> the function
 ACTIVATIONS = {"torch.nn.modules.linear.Identity": lambda x: x, "torch.nn.modules.activation.Tanh": np.tanh}
 TOKENS_PER_BATCH = 4096  # texts are embedded in batches of about this many tokens (padding included)
@@ -98,7 +98,7 @@ class SentenceHead:
         if not isinstance(modules, list) or not all(isinstance(m, dict) and isinstance(m.get("type"), str)
                                                     and isinstance(m.get("path"), str) for m in modules):
             raise GemmaRefError(f"{modules_file}: expected a list of {{\"type\": ..., \"path\": ...}} objects")
-        kinds = [m["type"].replace("sentence_transformers.base.modules.", "sentence_transformers.models.")
+        kinds = [m["type"].rsplit(".", 1)[-1] if m["type"].startswith("sentence_transformers.") else m["type"]
                  for m in modules]
         if not kinds or kinds[0] != TRANSFORMER or kinds[1:2] != [POOLING]:
             raise GemmaRefError(f"{modules_file}: gemma-ref runs a Transformer then a Pooling module "
@@ -117,7 +117,7 @@ class SentenceHead:
             else:
                 raise GemmaRefError(f"{modules_file}: module {m['type']} is not supported "
                                     f"(gemma-ref runs Pooling, Dense and Normalize)")
-        st = _json(path / "config_sentence_transformers.json", {})
+        st = _object(path / "config_sentence_transformers.json", {})
         prompts = st.get("prompts", {}) or {}
         if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                     for k, v in prompts.items()):
@@ -126,7 +126,7 @@ class SentenceHead:
         if default is not None and default not in prompts:
             raise GemmaRefError(f"{path / 'config_sentence_transformers.json'}: default_prompt_name "
                                 f"{default!r} is not one of the prompts")
-        bert = _json(path / "sentence_bert_config.json", {})
+        bert = _object(path / "sentence_bert_config.json", {})
         max_len = bert.get("max_seq_length") or max_positions
         if not isinstance(max_len, int) or max_len < 2:
             raise GemmaRefError(f"{path / 'sentence_bert_config.json'}: max_seq_length must be an integer >= 2")
@@ -153,9 +153,22 @@ def _json(path: Path, default=_REQUIRED):
         raise GemmaRefError(f"{path}: not valid JSON ({e})") from None
 
 
+def _object(path: Path, default=_REQUIRED) -> dict:
+    """A JSON file that must hold an object {key: value} (see _json for `default`)."""
+    c = _json(path, default)
+    if not isinstance(c, dict):
+        raise GemmaRefError(f"{path}: expected a JSON object {{key: value}}")
+    return c
+
+
+def _config(folder: Path) -> dict:
+    """A module's config.json."""
+    return _object(folder / "config.json")
+
+
 def _pooling(folder: Path, hidden_size: int) -> None:
     """Check 1_Pooling/config.json: mean pooling over every token (the prompt's too)."""
-    c = _json(folder / "config.json")
+    c = _config(folder)
     source = folder / "config.json"
     modes = c.get("pooling_mode")  # sentence-transformers >= 5 spelling
     if modes is None:
@@ -176,7 +189,7 @@ def _pooling(folder: Path, hidden_size: int) -> None:
 def _dense(folder: Path, width: int, dtype) -> DenseLayer:
     """One Dense module: config.json (in/out features, bias, activation) and model.safetensors."""
     source = folder / "config.json"
-    c = _json(source)
+    c = _config(folder)
     n_in, n_out, bias = c.get("in_features"), c.get("out_features"), c.get("bias", True)
     activation = c.get("activation_function", "torch.nn.modules.activation.Tanh")
     if n_in != width or not isinstance(n_out, int) or n_out < 1:
@@ -230,12 +243,12 @@ class EmbeddingModel:
         if tokenizer is None:
             raise GemmaRefError(f"{path}: no tokenizer.model or tokenizer.json")
         found = {}
-        for file in _weight_files(path):
+        for file in checkpoint_files(path):
             for name, tensor in read_safetensors(file).items():
                 # Gemma3TextModel's keys have no "model." prefix (there is no LM head around it)
                 found[name if name.startswith("model.") else "model." + name] = tensor
         weights = check_and_widen(found, config, str(path), max_memory, progress)
-        tok_config = _json(path / "tokenizer_config.json", {})
+        tok_config = _object(path / "tokenizer_config.json", {})
         model = cls(config, weights, tokenizer, head, add_bos=tok_config.get("add_bos_token", True) is not False,
                     add_eos=tok_config.get("add_eos_token", False) is True, source=source, dtype=dtype)
         model.checkpoint = path
@@ -250,17 +263,22 @@ class EmbeddingModel:
         dense_params, layers = 0, []
         special = []
         if (folder / "modules.json").exists():
-            modules = _json(folder / "modules.json")
-            for m in modules[2:] if isinstance(modules, list) else []:
-                if str(m.get("type", "")).endswith("Dense"):
-                    c = _json(folder / m["path"] / "config.json")
-                    dense_params += c["in_features"] * c["out_features"] + (c["out_features"] if c.get("bias") else 0)
-                    layers.append(f"Dense {c['in_features']}->{c['out_features']}")
-                elif str(m.get("type", "")).endswith("Normalize"):
-                    layers.append("L2 normalise")
-            special.append("embedding model    sentence embeddings (`gemma-ref embed`): mean pooling -> "
-                           + " -> ".join(layers))
-            prompts = _json(folder / "config_sentence_transformers.json", {}).get("prompts", {})
+            try:  # a light read for the listing; loading checks every file and says what is wrong
+                for m in _json(folder / "modules.json")[2:]:
+                    if m["type"].endswith("Dense"):
+                        c = _config(folder / m["path"])
+                        dense_params += c["in_features"] * c["out_features"] + (c["out_features"] if c.get("bias") else 0)
+                        layers.append(f"Dense {c['in_features']}->{c['out_features']}")
+                    elif m["type"].endswith("Normalize"):
+                        layers.append("L2 normalise")
+            except (GemmaRefError, KeyError, TypeError, AttributeError):
+                layers.append("(modules.json unreadable: loading says why)")
+            special.append("embedding model    sentence embeddings (`gemma-ref embed`): "
+                           + " -> ".join(["mean pooling"] + layers))
+            try:
+                prompts = dict(_object(folder / "config_sentence_transformers.json", {}).get("prompts") or {})
+            except (GemmaRefError, TypeError, ValueError):
+                prompts = {}
             if prompts:
                 shown = ", ".join(f"{k}: {v!r}" for k, v in list(prompts.items())[:2])
                 more = f" (+{len(prompts) - 2} more)" if len(prompts) > 2 else ""
@@ -377,12 +395,6 @@ class EmbeddingModel:
         c = self.config
         return (f"EmbeddingModel({self.source!r}, {c.model_type}, {c.num_parameters / 1e6:.0f}M params, "
                 f"{c.num_hidden_layers} layers, {self.dim}-d embeddings, dtype={self.dtype})")
-
-
-def _weight_files(path: Path) -> list[Path]:
-    from .loader import checkpoint_files
-
-    return checkpoint_files(path)
 
 
 def _batches(lengths: list[int], budget: int) -> list[list[int]]:

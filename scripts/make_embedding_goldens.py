@@ -160,11 +160,13 @@ def make_tiny(name: str, spec: dict) -> dict:
         width = out_features
     if spec["normalize"]:
         modules.append(Normalize())
-    entries = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+    # modules.json as sentence-transformers 6 writes it (module path + class name; the real
+    # checkpoint has the older spelling, sentence_transformers.models.Dense)
+    entries = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"}]
     for i, m in enumerate(modules, 1):
         kind = type(m).__name__
         folder = f"{i}_{kind}"
-        entries.append({"idx": i, "name": str(i), "path": folder, "type": f"sentence_transformers.models.{kind}"})
+        entries.append({"idx": i, "name": str(i), "path": folder, "type": f"{type(m).__module__}.{kind}"})
         (out / folder).mkdir()
         m.save(str(out / folder))
     (out / "modules.json").write_text(json.dumps(entries, indent=2) + "\n")
