@@ -41,12 +41,6 @@ ACTIVATIONS = {"torch.nn.modules.linear.Identity": lambda x: x, "torch.nn.module
 TOKENS_PER_BATCH = 4096  # texts are embedded in batches of about this many tokens (padding included)
 
 
-def is_embedding_checkpoint(raw: dict, path) -> bool:
-    """families.BY_TEST: a sentence-transformers checkpoint, or a bidirectional Gemma 3."""
-    return bool(raw.get("use_bidirectional_attention") is True and raw.get("model_type") == "gemma3_text"
-                or (path is not None and (Path(path) / "modules.json").exists()))
-
-
 # --- the sentence-transformers modules ------------------------------------------------
 
 
