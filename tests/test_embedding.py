@@ -264,6 +264,11 @@ def test_cli_wrong_kind_of_model(capsys, tiny_dirs):
     assert "is an embedding model" in capsys.readouterr().err
 
 
+def test_embed_on_a_generation_model(tiny_models):
+    with pytest.raises(GemmaRefError, match="is a text-generation model, not an embedding model"):
+        tiny_models["gemma3-mqa"].embed(["hi"])
+
+
 def test_info_and_models(capsys):
     assert main(["info", "--model", str(W6)]) == 0
     out = capsys.readouterr().out
