@@ -35,7 +35,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import safetensors.torch
 import sentence_transformers
 import torch
 import transformers

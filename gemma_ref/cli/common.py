@@ -133,8 +133,10 @@ def parse_size(text: str, what: str) -> int:
     return int(value * units[unit])
 
 
-def load(args):
-    """The model named by --model (with --dtype, --threads, --max-memory), timed on stderr."""
+def load(args, kind: str | None = None):
+    """The model named by --model (with --dtype, --threads, --max-memory), timed on stderr.
+
+    kind: "generation" or "embedding", what the command needs; another kind is an error."""
     from ..api import Model
     from ..parallel import set_threads
 
@@ -144,6 +146,12 @@ def load(args):
     t0 = time.perf_counter()
     model = Model.from_pretrained(args.model, dtype=args.dtype, max_memory=args.max_memory)
     print(f"{PROG}: loaded {model.source} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    has = getattr(model, "kind", "generation")  # api.Model generates; families.py's classes say
+    if kind is not None and has != kind:
+        raise GemmaRefError(f"{args.command}: {model.source} is an embedding model: it cannot generate text "
+                            f"(use `gemma-ref embed`)" if has == "embedding" else
+                            f"{args.command}: {model.source} is a text-generation model, not an embedding "
+                            f"model (try --model embeddinggemma-300m)")
     return model
 
 

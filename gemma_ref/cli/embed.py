@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -63,14 +62,6 @@ def _add_embedding_options(p):
                    help="do not re-normalise after --dim (the vector as the modules give it, cut)")
 
 
-def _embedding_model(args):
-    model = load(args)
-    if getattr(model, "kind", None) != "embedding":
-        raise GemmaRefError(f"{args.command}: {model.source} is a text-generation model, not an embedding "
-                            f"model (try --model embeddinggemma-300m)")
-    return model
-
-
 def cmd_embed(args) -> int:
     if bool(args.texts) == (args.file is not None):
         raise GemmaRefError("embed: give the texts as arguments or --file FILE (one of them)")
@@ -87,7 +78,7 @@ def cmd_embed(args) -> int:
             raise GemmaRefError(f"{args.file}: no text (only empty lines)")
     else:
         texts = [check_text(t, "a text") for t in args.texts]
-    model = _embedding_model(args)
+    model = load(args, "embedding")
     vectors = model.embed(texts, prompt_name=args.prompt_name, prompt=args.prompt, dim=args.dim,
                           normalize=not args.no_normalize)
     if args.output is not None:
@@ -108,7 +99,7 @@ def cmd_similarity(args) -> int:
     check_model_args(args)
     for t in [args.query, *args.documents]:
         check_text(t, "a text")
-    model = _embedding_model(args)
+    model = load(args, "embedding")
     prompts = model.head.prompts
     query = model.embed([args.query], prompt_name="query" if "query" in prompts else None, dim=args.dim)
     docs = model.embed(args.documents, prompt_name="document" if "document" in prompts else None, dim=args.dim)

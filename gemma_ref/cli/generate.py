@@ -133,7 +133,7 @@ def cmd_generate(args) -> int:
     if args.system is not None:
         check_text(args.system, "--system")
     images = _images(args)
-    model = load(args)
+    model = load(args, "generation")
     stats = {}
     if args.chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
@@ -166,7 +166,7 @@ def cmd_chat(args) -> int:
         check_text(args.system, "--system")
     template_kwargs = _template_kwargs(args)
     images = _images(args)  # they go with the first message
-    model = load(args)
+    model = load(args, "generation")
     messages = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
     stdin = getattr(sys.stdin, "buffer", None)
