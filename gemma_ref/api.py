@@ -545,6 +545,11 @@ class Model:
 
         return score(self, context, continuations)
 
+    def embed(self, texts, **kwargs):
+        """Sentence embeddings come from an embedding model (embedding.py), not this one."""
+        raise GemmaRefError(f"{self.source or 'this model'} is a text-generation model, not an embedding "
+                            f"model: load one such as embeddinggemma-300m (docs/EMBEDDINGS.md)")
+
     def __repr__(self):
         c = self.config
         return (f"Model({self.source!r}, {c.model_type}, {c.num_parameters / 1e6:.0f}M params, "

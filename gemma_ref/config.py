@@ -68,7 +68,10 @@ class LayerSpec:
     """What layer i computes, resolved once from the config (see GemmaConfig.layers)."""
 
     kind: str  # FULL or SLIDING
-    window: int | None  # sliding window (None: full attention)
+    # sliding window: a query sees keys less than `window` before it (None: full attention);
+    # bidirectional (EmbeddingGemma) also less than `window` after it, and window is then
+    # sliding_window // 2 + 1, the exclusive bound transformers derives from the config's
+    window: int | None
     head_dim: int  # H of this layer's heads (Gemma 4 full layers: global_head_dim)
     num_key_value_heads: int  # K of this layer
     kv_source: int  # the layer whose keys/values this one attends with (itself unless shared)
@@ -128,6 +131,9 @@ class GemmaConfig:
     layer_scalar: bool = False  # each layer's output times model.layers.i.layer_scalar (Gemma 4)
     mlp_input_norm: str = "post_attention_layernorm"  # checkpoint name of the MLP's input norm
     # (Gemma 1's; Gemma 2 and later, VaultGemma included: "pre_feedforward_layernorm")
+    # EmbeddingGemma (gemma3_text, an encoder): no causal mask; a sliding layer sees the
+    # sliding_window // 2 tokens on either side (LayerSpec.window)
+    use_bidirectional_attention: bool = False
     bos_token_id: int = 2
     eos_token_id: int | tuple[int, ...] = 1
     pad_token_id: int = 0
@@ -192,8 +198,9 @@ class GemmaConfig:
             rope = Rope(self.rope_local_base_freq, 1.0, H, H // 2)  # sliding layers: all pairs turn
             if full:  # proportional RoPE: the first partial_rotary_factor of the pairs turn
                 rope = Rope(self.rope_theta, self.rope_scaling_factor, H, int(self.partial_rotary_factor * H // 2))
+            window = self.sliding_window // 2 + 1 if self.use_bidirectional_attention else self.sliding_window
             specs.append(LayerSpec(
-                kind=kind, window=None if full else self.sliding_window, head_dim=H,
+                kind=kind, window=None if full else window, head_dim=H,
                 num_key_value_heads=K, kv_source=sources[i], shares_kv=i in sources[first_shared:],
                 v_proj=not (self.attention_k_eq_v and full),
                 intermediate_size=widths[i] * (2 if shared and self.use_double_wide_mlp else 1),

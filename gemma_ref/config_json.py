@@ -82,6 +82,8 @@ def config_fields(d: dict, source: str = "config.json") -> dict:
     activation = d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh"
     if activation not in _TANH_GELU_NAMES:
         raise GemmaRefError(f"{source}: activation {activation!r} is not Gemma's GeGLU")
+    # EmbeddingGemma: Gemma 3 with every token seeing every other (no causal mask)
+    both_ways = r.bool("use_bidirectional_attention", False) if model_type == "gemma3_text" else False
     if gemma4 and d.get("use_bidirectional_attention") not in (None, "vision"):
         raise GemmaRefError(f"{source}: use_bidirectional_attention "
                             f"{d['use_bidirectional_attention']!r} is not supported (causal text only)")
@@ -147,6 +149,7 @@ def config_fields(d: dict, source: str = "config.json") -> dict:
         value_norm=gen.value_norm,
         layer_scalar=gen.layer_scalar,
         mlp_input_norm=gen.mlp_input_norm,
+        use_bidirectional_attention=both_ways,
         bos_token_id=r.int("bos_token_id", 2, minimum=0),
         eos_token_id=eos,
         pad_token_id=r.int("pad_token_id", 0, minimum=0),

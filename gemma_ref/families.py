@@ -22,6 +22,7 @@ A BY_TEST test gets the checkpoint directory, or None when only config.json is k
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 # config.json model_type -> "module:Class" (relative to gemma_ref)
 BY_MODEL_TYPE: dict[str, str] = {
@@ -33,7 +34,12 @@ BY_MODEL_TYPE: dict[str, str] = {
 
 # Checkpoints that share a model_type with a generation model but are another kind,
 # told apart by a file or a config key: (test(raw config, checkpoint dir), "module:Class")
-BY_TEST: list = []
+BY_TEST: list = [
+    # EmbeddingGemma: a sentence-transformers checkpoint (modules.json), or a bidirectional Gemma 3
+    (lambda raw, path: (path is not None and (Path(path) / "modules.json").exists())
+     or (raw.get("model_type") == "gemma3_text" and raw.get("use_bidirectional_attention") is True),
+     "embedding:EmbeddingModel"),
+]
 
 
 def family_of(raw: dict, path) -> str | None:

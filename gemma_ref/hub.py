@@ -60,12 +60,20 @@ ALIASES = {
     # T5Gemma 2 (encoder-decoder from Gemma 3, images in the encoder; pretrained only)
     "t5gemma-2-270m-270m": "google/t5gemma-2-270m-270m", "t5gemma-2-1b-1b": "google/t5gemma-2-1b-1b",
     "t5gemma-2-4b-4b": "google/t5gemma-2-4b-4b",
+    # EmbeddingGemma (sentence embeddings: `gemma-ref embed`; offline: `gemma-ref fetch`)
+    "embeddinggemma-300m": "google/embeddinggemma-300m",
 }
+
+# Aliases of embedding models (`gemma-ref embed`; generate refuses them)
+EMBEDDING_ALIASES = {"embeddinggemma-300m"}
 
 # The files the engine reads from a Hub repo (never the .gguf or PyTorch copies).
 FILES = ["config.json", "generation_config.json", "tokenizer.model", "*.safetensors",
          "model.safetensors.index.json", "preprocessor_config.json", "processor_config.json",
-         "tokenizer_config.json", "chat_template.jinja", "chat_template.json", "additional_chat_templates/*.jinja"]
+         "tokenizer_config.json", "chat_template.jinja", "chat_template.json", "additional_chat_templates/*.jinja",
+         # sentence-transformers checkpoints (EmbeddingGemma): the modules after the encoder
+         "modules.json", "config_sentence_transformers.json", "sentence_bert_config.json",
+         "*_Pooling/config.json", "*_Dense/config.json"]
 
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 

@@ -137,6 +137,17 @@ def visible(q_pos, k_pos, window=None, reach=None):
     return seen
 
 
+def both_ways_reach(positions, window):
+    """Bidirectional attention (EmbeddingGemma): the last position each token sees. [B, T] -> [B, T]
+
+    On a full layer every key; on a sliding layer those less than `window` after it,
+    as visible keeps those less than `window` before it: |q_pos - k_pos| < window.
+    """
+    if window is None:
+        return np.full_like(positions, np.iinfo(positions.dtype).max)
+    return positions + (window - 1)
+
+
 def attention(q, k, v, q_pos, k_pos, scale, window=None, cap=None, reach=None, mask=None):
     """Causal (optionally sliding-window) grouped-query attention, K/V not copied per group.
 
@@ -518,7 +529,7 @@ def altup_layer(xs, W, i, config, cos_sin, positions, cache, shared, trace, keep
 
 
 def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *, images=None,
-            last_only=False, n_vocab=None, trace=None, dtype=np.float32):
+            last_only=False, n_vocab=None, trace=None, dtype=np.float32, lm_head=True):
     """Logits for token ids.                     ids [B, T] -> logits [B, T, V] (or [B, 1, V])
 
     weights:   HF key -> array (any float dtype; widened to `dtype` as used).
@@ -532,6 +543,8 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *, im
     last_only: compute logits for the last position only (generation).
     n_vocab:   keep the first n_vocab logits (embedding tables may have padding rows).
     trace:     a dict to receive named intermediates (HF module names), or None.
+    lm_head:   False: return the hidden states after the final norm [B, T, D] instead of
+               logits (an encoder: EmbeddingGemma).
     """
     W = weights if isinstance(weights, Weights) else Weights(weights, dtype)
     dtype = W.dtype
@@ -592,9 +605,12 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *, im
             # For last_only, the last layer needs every token's keys and values (for its
             # attention and the cache) but the rest of its work for the last token only.
             keep = slice(-1, None) if last_only and i == last and trace is None else slice(None)
+            if config.use_bidirectional_attention:  # an encoder: tokens see later ones too
+                layer_reach = both_ways_reach(positions, spec.window)
+            else:
+                layer_reach = reach if images is not None and images.sees_both_ways(spec) else None
             x = layer(x, W, i, config, rope_tables[spec.rope], positions, cache, shared, trace,
-                      keep, None if ple is None else ple[:, :, i],
-                      reach if images is not None and images.sees_both_ways(spec) else None)
+                      keep, None if ple is None else ple[:, :, i], layer_reach)
 
         if last_only:
             x = x[..., -1:, :]
@@ -603,6 +619,8 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *, im
             record(trace, "model.altup_unembed_projections", x)
         x = rms_norm(x, W["model.norm.weight"], config.rms_norm_eps, config.norm_offset)  # [B, T, D]
         record(trace, "model.norm", x)
+        if not lm_head:
+            return x
         head = E if n_vocab is None else E[:n_vocab]  # tied output head
         logits = linear(x, head)  # [B, T, D] -> [B, T, V]
     record(trace, "lm_head", logits)  # as transformers' lm_head hook: before the softcap

