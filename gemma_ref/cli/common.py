@@ -153,7 +153,7 @@ def load(args, kind: str | None = None):
     if kind is not None and has != kind:
         raise GemmaRefError(f"{args.command}: {model.source} is an embedding model: it cannot generate text "
                             f"(use `gemma-ref embed`)" if has == "embedding" else
-                            f"{args.command}: {model.source} is not an embedding model "
+                            f"{args.command}: {model.source} is a text-generation model, not an embedding model "
                             f"(try --model embeddinggemma-300m)" if kind == "embedding" else
                             f"{args.command}: {model.source} is a {has} model, not a {kind} model")
     return model
