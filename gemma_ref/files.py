@@ -28,6 +28,10 @@ def unreadable(path, e: OSError) -> GemmaRefError:
     return GemmaRefError(f"{path}: cannot read it ({e.strerror or e})")
 
 
+def _a(what: str) -> str:
+    return ("an " if what[:1] in "aeiou" else "a ") + what
+
+
 def open_file(path, what: str = "file", *, missing: str | None = None,
               pipes: bool = False) -> BinaryIO:
     """`path` opened for reading in binary, if it is a regular file (or, with pipes=True, a
@@ -49,10 +53,6 @@ def open_file(path, what: str = "file", *, missing: str | None = None,
         raise GemmaRefError(f"{path}: {kind}, not {_a(what)}")
     os.set_blocking(fd, True)  # a pipe's writer may be slower than us: wait for its data
     return open(fd, "rb")
-
-
-def _a(what: str) -> str:
-    return ("an " if what[:1] in "aeiou" else "a ") + what
 
 
 def check_file(path, what: str = "file", *, missing: str | None = None) -> Path:
