@@ -15,8 +15,9 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from . import chat_template as chat_templates
-from . import families, hub, vision, vision_gemma4
+from . import families, files, hub, vision, vision_gemma4
 from .config import GemmaConfig
+from .config_json import load_json
 from .errors import GemmaRefError
 from .kv_cache import new_cache
 from .loader import gguf_as_checkpoint, load_safetensors_checkpoint
@@ -129,14 +130,15 @@ class Model:
         gguf_file = None
         if path.is_file() and path.suffix == ".gguf":
             gguf_file, path = path, gguf_as_checkpoint(path, progress)
-        elif path.is_file():
+        elif not path.is_dir():  # a FIFO or a device is named as such; a file is not a checkpoint
+            files.check_file(path, "checkpoint directory or .gguf file")
             raise GemmaRefError(f"{path}: expected a checkpoint directory or a .gguf file")
         family = families.family_of(_raw_config(path), path)
         if family is not None:  # another architecture: its own module (see families.py)
             return families.load_class(family).from_checkpoint(
                 path, source=str(source), dtype=dtype, max_memory=max_memory, progress=progress)
         config = GemmaConfig.from_json(path / "config.json")
-        raw = json.loads((path / "config.json").read_text())
+        raw = load_json(path / "config.json")
         vision = (VisionConfig.from_dict(raw, str(path / "config.json"))
                   or Gemma4VisionConfig.from_dict(raw, str(path / "config.json")))
         weights = load_safetensors_checkpoint(path, config, max_memory, progress, vision,
@@ -321,24 +323,30 @@ class Model:
         prompt_ids), or None.
         stats: a dict to fill with prompt_tokens, prompt_seconds (prefill and the first
         token), new_tokens, decode_steps and generation_seconds (the steps after the
-        first: one forward pass of one token per row each), as they happen."""
+        first: one forward pass of one token per row each), as they happen.
+        The arguments are checked when it is called, before the first step is asked for
+        (so a caller that prints the prompt first prints nothing before an error)."""
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
         check_generate_args(prompts, max_new_tokens, seed)
-        stop = self._default_stop if stop_ids is None else set(stop_ids)
-        rng = np.random.default_rng(seed)
-        B, P = len(prompts), max(len(p) for p in prompts)
-        max_len = P + max_new_tokens
-        if max_len > self.config.max_position_embeddings:
+        P = max(len(p) for p in prompts)
+        if P + max_new_tokens > self.config.max_position_embeddings:
             raise GemmaRefError(
                 f"prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                 f"context of {self.config.max_position_embeddings} tokens")
+        stop = self._default_stop if stop_ids is None else set(stop_ids)
+        return self._decode(prompts, max_new_tokens, params, np.random.default_rng(seed), stop,
+                            image_features, {} if stats is None else stats)
+
+    def _decode(self, prompts, max_new_tokens, params, rng, stop, image_features, stats):
+        """generate_ids' steps, its arguments checked."""
+        B, P = len(prompts), max(len(p) for p in prompts)
+        max_len = P + max_new_tokens
         # Left padding: row b's tokens sit at the end; padding has position -1.
         ids = np.full((B, P), self.config.pad_token_id, np.int64)
         pos = np.full((B, P), -1, np.int64)
         for b, p in enumerate(prompts):
             ids[b, P - len(p):] = p
             pos[b, P - len(p):] = np.arange(len(p)) + self.first_position
-        stats = {} if stats is None else stats
         stats.update(prompt_tokens=sum(len(p) for p in prompts), new_tokens=0, decode_steps=0,
                      prompt_seconds=0.0, generation_seconds=0.0)
         t0 = time.perf_counter()
@@ -599,8 +607,8 @@ def _prefill_chunks(ids, vision_config, size: int) -> list[tuple[int, int]]:
 def _raw_config(path: Path) -> dict:
     """config.json as a dict ({} if it is missing or not JSON: GemmaConfig.from_json says why)."""
     try:
-        raw = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
+        raw = json.loads(files.read_bytes(path / "config.json"))
+    except (GemmaRefError, ValueError):
         return {}
     return raw if isinstance(raw, dict) else {}
 
@@ -611,7 +619,7 @@ def _generation_config_eos(path: Path) -> list[int]:
     if not f.exists():
         return []
     try:
-        eos = json.loads(f.read_text()).get("eos_token_id", [])
-    except json.JSONDecodeError:
+        eos = json.loads(files.read_bytes(f)).get("eos_token_id", [])
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise GemmaRefError(f"{f}: not valid JSON") from None
     return [eos] if isinstance(eos, int) else list(eos or [])

@@ -23,6 +23,7 @@ import re
 import shutil
 from pathlib import Path
 
+from . import files
 from .errors import GemmaRefError
 
 HASHES = "hashes.json"  # resolved path -> {size, mtime_ns, sha256}
@@ -137,7 +138,7 @@ def content_hash(path: Path, known: str | None = None) -> str:
 
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with files.open_file(path) as f:  # an unreadable file: one error naming it
         while block := f.read(1 << 22):
             h.update(block)
     return h.hexdigest()

@@ -35,6 +35,7 @@ import jinja2.nodes
 import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from . import files
 from .errors import GemmaRefError
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -226,7 +227,7 @@ def load(directory: Path | None, tokenizer=None, model_type: str = "gemma3",
     templates, source = {}, None
     if directory is not None:
         main = directory / "chat_template.jinja"
-        if main.is_file():
+        if main.exists():  # a directory or FIFO in its place is an error, not "no template"
             templates["default"] = _read(main)
             source = str(main)
         extra = directory / "additional_chat_templates"
@@ -289,10 +290,10 @@ def special_tokens(config: dict, tokenizer=None) -> dict[str, str]:
 
 def _tokenizer_config(directory: Path | None) -> dict:
     f = None if directory is None else directory / "tokenizer_config.json"
-    if f is None or not f.is_file():
+    if f is None or not f.exists():
         return {}
     try:
-        config = json.loads(f.read_text(encoding="utf-8"))
+        config = json.loads(files.read_bytes(f).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise GemmaRefError(f"{f}: not valid JSON") from None
     if not isinstance(config, dict):
@@ -302,7 +303,7 @@ def _tokenizer_config(directory: Path | None) -> dict:
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return files.read_text(path)
     except UnicodeDecodeError:
         raise GemmaRefError(f"{path}: not UTF-8 text") from None
 
@@ -319,7 +320,7 @@ def gguf_chat_template(path: Path, key: str = "tokenizer.chat_template") -> str 
     (gguf.GGUFReader would parse the 262k-entry vocabulary into Python objects first.)
     """
     try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        with files.open_file(path, ".gguf file") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
             if m[:4] != b"GGUF":
                 return None
             version, = struct.unpack_from("<I", m, 4)

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
+from . import files
 from .errors import GemmaRefError
 
 FULL = "full_attention"
@@ -159,10 +160,9 @@ def config_fields(d: dict, source: str = "config.json") -> dict:
 def load_json(path: str | Path) -> dict:
     """The JSON object in a config.json file, or a GemmaRefError saying what is wrong with it."""
     path = Path(path)
+    content = files.read_bytes(path, missing="not found (a checkpoint directory needs config.json)")
     try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise GemmaRefError(f"{path}: not found (a checkpoint directory needs config.json)") from None
+        d = json.loads(content.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise GemmaRefError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(d, dict):

@@ -31,6 +31,7 @@ import numpy as np
 from sentencepiece import sentencepiece_model_pb2
 
 from .errors import GemmaRefError
+from .files import open_file
 from .gguf_layout import (NONE, OPTIONAL_TENSORS, PLE_ARCHITECTURES, REQUIRED, ROPE_FREQS, SHIFTED, STACKED,
                           SUPPORTED_ARCHITECTURES, TENSOR_NAME_TABLE, UNSHIFT, build_config, expected_shape,
                           expected_tensors, unpadded_rows)
@@ -163,10 +164,8 @@ class _Reader(gguf.GGUFReader):
 
 
 def _open_reader(path: str) -> gguf.GGUFReader:
-    if not os.path.isfile(path):
-        raise GemmaRefError(f"{path}: no such file (expected a .gguf model file)")
-    size = os.path.getsize(path)
-    with open(path, "rb") as fh:
+    with open_file(path, ".gguf file", missing="no such file (expected a .gguf model file)") as fh:
+        size = os.fstat(fh.fileno()).st_size
         magic = fh.read(4)
     if magic != _GGUF_MAGIC:
         raise GemmaRefError(

@@ -19,6 +19,7 @@ import numpy as np
 
 from .config import GemmaConfig
 from .errors import GemmaRefError
+from .files import check_file, open_file, read_bytes
 from .weights import ROW_TABLES
 
 # safetensors dtype tag -> NumPy dtype (bfloat16 comes from ml_dtypes).
@@ -171,20 +172,15 @@ def read_safetensors(path: Path) -> dict[str, StoredTensor]:
     data. Every entry must have a known dtype, a shape of non-negative integers and
     offsets inside the data that fit the shape and overlap no other tensor's.
     """
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise GemmaRefError(f"{path}: truncated or not a safetensors file ({size} bytes)")
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8 or n > 100_000_000:
-                raise GemmaRefError(f"{path}: not a safetensors file, or its header is corrupt")
-            raw = f.read(n)
-    except IsADirectoryError:
-        raise GemmaRefError(f"{path}: a directory, not a .safetensors file") from None
-    except FileNotFoundError:
-        raise GemmaRefError(f"{path}: no such file") from None
+    with open_file(path, ".safetensors file", missing="no such file") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(8)
+        if len(head) < 8:
+            raise GemmaRefError(f"{path}: truncated or not a safetensors file ({size} bytes)")
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8 or n > 100_000_000:
+            raise GemmaRefError(f"{path}: not a safetensors file, or its header is corrupt")
+        raw = f.read(n)
     try:
         header = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -264,7 +260,7 @@ def checkpoint_files(directory: Path) -> list[Path]:
     index = directory / "model.safetensors.index.json"
     if index.exists():
         try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            weight_map = json.loads(read_bytes(index).decode("utf-8"))["weight_map"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
             raise GemmaRefError(f"{index}: corrupt index (no JSON object with a 'weight_map': "
                                 f"{type(e).__name__})") from None
@@ -280,10 +276,7 @@ def checkpoint_files(directory: Path) -> list[Path]:
         files = sorted(directory.glob("*.safetensors"))
         if not files:
             raise GemmaRefError(f"{directory}: no *.safetensors weights found")
-    not_files = [str(f) for f in files if not f.is_file()]
-    if not_files:
-        raise GemmaRefError(f"{not_files[0]}: a directory, not a .safetensors file")
-    return files
+    return [check_file(f, ".safetensors file") for f in files]
 
 
 def load_safetensors_checkpoint(directory: Path, config: GemmaConfig,

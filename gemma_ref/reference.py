@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import sha256
+from . import files
 from .errors import GemmaRefError
 
 FORMAT = "gemma-ref-golden/1"
@@ -190,10 +191,7 @@ def read_prompts(path: str | Path) -> list:
     from .tokenizer import decode_utf8
 
     path = Path(path)
-    try:
-        lines = decode_utf8(path.read_bytes(), str(path)).splitlines()
-    except (FileNotFoundError, IsADirectoryError):
-        raise GemmaRefError(f"{path}: no such prompts file") from None
+    lines = decode_utf8(files.read_bytes(path, "prompts file", pipes=True), str(path)).splitlines()
     prompts = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -215,6 +213,8 @@ def read_prompts(path: str | Path) -> list:
         if isinstance(item, list) and not item:
             raise GemmaRefError(f'{path}:{n}: empty input_ids (a prompt needs at least <bos>)')
         prompts.append(item)
+    if not prompts:
+        raise GemmaRefError(f"{path}: empty prompts file (no prompt in it)")
     return prompts
 
 
@@ -244,9 +244,9 @@ def file_hashes(source: str) -> dict[str, str]:
             path = hub.resolve(source)
         except GemmaRefError:
             return {}
-    files = [path] if path.is_file() else sorted(
+    paths = [path] if path.is_file() else sorted(
         f for pattern in ("*.json", "*.safetensors", "tokenizer.model") for f in path.glob(pattern))
-    return {f.name: sha256(f) for f in files}
+    return {f.name: sha256(f) for f in paths}
 
 
 # --- the file ------------------------------------------------------------------------
@@ -281,13 +281,9 @@ def load(path: str | Path) -> Golden:
     Untrusted input: arrays of Python objects are refused without unpickling, and any
     member that is not a plain .npy array is an error that names it.
     """
-    path = Path(path)
+    path = files.check_file(path, ".npz file", missing="no such file")
     try:
         z = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise GemmaRefError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise GemmaRefError(f"{path}: a directory, not a .npz file") from None
     except (ValueError, OSError, EOFError, zipfile.BadZipFile):
         raise GemmaRefError(f"{path}: not a .npz file") from None
     if not isinstance(z, np.lib.npyio.NpzFile):

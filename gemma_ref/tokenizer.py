@@ -12,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+from . import files
 from .errors import GemmaRefError
 
 # Turn markers: Gemma 1-3 spell them <start_of_turn> / <end_of_turn>, Gemma 4 <|turn> / <turn|>.
@@ -50,19 +51,14 @@ class Tokenizer:
     @classmethod
     def from_file(cls, path: str | Path) -> "Tokenizer":
         path = Path(path)
-        try:
-            return cls(path.read_bytes(), str(path))
-        except FileNotFoundError:
-            raise GemmaRefError(f"{path}: not found") from None
+        return cls(files.read_bytes(path, missing="not found"), str(path))
 
     @classmethod
     def from_tokenizer_json(cls, path: str | Path) -> "Tokenizer":
         """A Hugging Face tokenizer.json of SentencePiece style (see the module docstring)."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise GemmaRefError(f"{path}: not found") from None
+            data = json.loads(files.read_bytes(path, missing="not found").decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise GemmaRefError(f"{path}: not valid JSON ({e})") from None
         return cls(sentencepiece_from_tokenizer_json(data, str(path)), str(path))

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import files
 from .errors import GemmaRefError
 from .model import gelu_tanh, record, rms_norm
 from .parallel import linear, split_tokens, threads_for
@@ -314,11 +315,10 @@ class Preprocessing:
 
     @classmethod
     def from_json(cls, path: Path) -> "Preprocessing":
+        content = files.read_bytes(path, missing="not found (images need the checkpoint's "
+                                                  "preprocessor_config.json)")
         try:
-            d = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise GemmaRefError(f"{path}: not found (images need the checkpoint's "
-                                "preprocessor_config.json)") from None
+            d = json.loads(content.decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise GemmaRefError(f"{path}: not valid JSON ({e})") from None
         try:
@@ -348,14 +348,11 @@ def load_image(image, source: str = "image"):
     if isinstance(image, Image.Image):
         return image
     if isinstance(image, (str, Path)):
+        files.check_file(image, "image file")  # missing, a directory, a FIFO, unreadable
         try:
             with Image.open(image) as f:
                 f.load()
                 return ImageOps.exif_transpose(f).convert("RGB")
-        except FileNotFoundError:
-            raise GemmaRefError(f"{image}: no such image file") from None
-        except IsADirectoryError:
-            raise GemmaRefError(f"{image}: is a directory, not an image file") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise GemmaRefError(f"{image}: cannot read the image ({e})") from None
     a = np.asarray(image) if isinstance(image, (np.ndarray, list)) else None

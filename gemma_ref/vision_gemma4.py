@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import files
 from .errors import GemmaRefError
 from .model import gelu_tanh, record, rms_norm, rope
 from .parallel import linear, split_tokens, threads_for
@@ -272,7 +273,7 @@ class Gemma4Preprocessing:
             f = Path(path) / name
             if f.exists():
                 try:
-                    d = json.loads(f.read_text())
+                    d = json.loads(files.read_bytes(f).decode("utf-8"))
                 except (json.JSONDecodeError, UnicodeDecodeError) as e:
                     raise GemmaRefError(f"{f}: not valid JSON ({e})") from None
                 d = d.get("image_processor", d)

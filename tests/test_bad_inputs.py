@@ -13,8 +13,10 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import struct
 import sys
+import threading
 import traceback
 import zipfile
 from dataclasses import dataclass, field
@@ -392,7 +394,10 @@ def run_cli(argv, stdin: bytes, capsys, monkeypatch):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_gives_one_error_line(name, good, tmp_path, capsys, monkeypatch):
-    case = CASES[name]
+    check_one_error_line(CASES[name], good, tmp_path, capsys, monkeypatch)
+
+
+def check_one_error_line(case: Case, good, tmp_path, capsys, monkeypatch):
     ckpt, gguf, golden, good_cache = good
     cache = tmp_path / "xdg"
     shutil.copytree(good_cache, cache)
@@ -476,3 +481,134 @@ def test_api_bad_input_raises_one_line(name, good, monkeypatch):
     assert "\n" not in str(e.value) and re.search(message, str(e.value)), str(e.value)
     assert not loads  # refused before reading any weight
 
+
+
+# --- a path gemma-ref opens that is a directory, a FIFO, or unreadable (issue 25) --------------
+#
+# Every file gemma-ref opens goes through gemma_ref.files: each case puts a directory, a FIFO
+# (no writer: opening it the ordinary way would wait forever) or a file it may not read (tests
+# run as root, for whom chmod does not stop reads: os.open is made to refuse it) where a file
+# belongs, and expects one line naming that file. An alarm fails a case that blocks.
+
+VISION = pathlib.Path(__file__).parent / "data" / "vision"
+IMAGE = VISION / "images" / "rgb_wide.png"
+KINDS = {"dir": r"a directory, not an? ", "fifo": r"a FIFO, not an? ", "unreadable": r"cannot read it \(Permission denied\)"}
+
+
+def spoil(env: Env, path: Path, kind: str) -> Path:
+    """Put a directory, a FIFO or an unreadable file at `path` (replacing what is there)."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+    if kind == "dir":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_bytes(b"{}")
+        real_open = os.open
+
+        def guarded(p, flags, *a, **k):
+            if os.fspath(p) == str(path):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_open(p, flags, *a, **k)
+        env.monkeypatch.setattr(os, "open", guarded)
+    return path
+
+
+def in_copy(source: Path, name: str, kind: str):
+    """A setup: a copy of checkpoint `source` (None: the good tiny one) whose file `name` is spoiled."""
+    def setup(env: Env) -> Path:
+        d = env.tmp / "ckpt"
+        shutil.copytree(source or env.ckpt, d)
+        if name == "tokenizer.json":  # a checkpoint with tokenizer.json only (as Gemma 4's)
+            (d / "tokenizer.model").unlink()
+            shutil.copy(pathlib.Path(__file__).parent / "data" / "tokenizer" / "tiny.tokenizer.json", d / name)
+        if name == "model-1.safetensors":  # a sharded checkpoint whose shard is spoiled
+            (d / "model.safetensors").rename(d / name)
+            (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": name}}))
+        spoil(env, d / name, kind)
+        return d
+    return setup
+
+
+def alone(name: str, kind: str):
+    """A setup: a spoiled file `name` in the scratch directory."""
+    return lambda env: spoil(env, env.tmp / name, kind)
+
+
+GEN_PATH = GEN[:-1] + ["{path}", "hi"]
+STREAMED = {"fifo": r"empty"}  # text inputs may be pipes: a FIFO no one writes to reads as empty
+
+
+def said(name: str, kind: str, instead: dict | None = None) -> str:
+    """The error line's pattern: the file's name, then what is wrong with it."""
+    return re.escape(name) + ": " + (instead or {}).get(kind, KINDS[kind])
+
+
+FILE_CASES = {}
+for kind in KINDS:
+    for name in ("config.json", "tokenizer.model", "tokenizer.json", "generation_config.json",
+                 "chat_template.jinja", "tokenizer_config.json", "model.safetensors.index.json",
+                 "model.safetensors", "model-1.safetensors"):
+        FILE_CASES[f"{kind}-{name}"] = Case(GEN_PATH, 1, said(name, kind), in_copy(None, name, kind))
+    FILE_CASES[f"{kind}-info-tokenizer.model"] = Case(["info", "--model", "{path}"], 1, said("tokenizer.model", kind),
+                                                      in_copy(None, "tokenizer.model", kind))
+    for ckpt in ("gemma3-vision-mqa", "gemma4-vision"):
+        FILE_CASES[f"{kind}-{ckpt}-preprocessor_config.json"] = Case(
+            GEN_PATH[:-1] + ["--image", str(IMAGE), "hi"], 1, said("preprocessor_config.json", kind),
+            in_copy(VISION / ckpt, "preprocessor_config.json", kind))
+    FILE_CASES[f"{kind}-image"] = Case(GEN + ["--image", "{path}", "hi"], 1, said("x.png", kind), alone("x.png", kind))
+    FILE_CASES[f"{kind}-gguf"] = Case(["generate", "-n", "1", "--model", "{path}", "hi"], 1,
+                                      r"m\.gguf/config\.json: not found" if kind == "dir" else said("m.gguf", kind),
+                                      alone("m.gguf", kind))
+    FILE_CASES[f"{kind}-npz-first"] = Case(["compare", "{path}", "{golden}"], 2, said("g.npz", kind), alone("g.npz", kind))
+    FILE_CASES[f"{kind}-npz-second"] = Case(["compare", "{golden}", "{path}"], 2, said("g.npz", kind), alone("g.npz", kind))
+    FILE_CASES[f"{kind}-prompt-file"] = Case(GEN + ["--file", "{path}"], 1, said("p.txt", kind, STREAMED),
+                                             alone("p.txt", kind))
+    FILE_CASES[f"{kind}-perplexity-file"] = Case(["perplexity", "--model", "{ckpt}", "{path}"], 1,
+                                                 said("t.txt", kind, STREAMED), alone("t.txt", kind))
+    FILE_CASES[f"{kind}-prompts-jsonl"] = Case(["dump", "--model", "{ckpt}", "-o", "{tmp}/x.npz", "--prompts", "{path}"],
+                                               1, said("p.jsonl", kind, STREAMED), alone("p.jsonl", kind))
+
+
+@pytest.mark.parametrize("name", list(FILE_CASES))
+def test_a_directory_fifo_or_unreadable_file_gives_one_error_line(name, good, tmp_path, capsys, monkeypatch):
+    class Blocked(BaseException):  # not an OSError: nothing on the way may turn it into a message
+        pass
+
+    def blocked(*_):
+        raise Blocked(f"{name}: still waiting after 20 s (opening a FIFO blocks?)")
+
+    # The alarm goes to this thread: a process-wide one may land on a BLAS or monitor thread.
+    previous = signal.signal(signal.SIGALRM, blocked)
+    alarm = threading.Timer(20, signal.pthread_kill, (threading.get_ident(), signal.SIGALRM))
+    alarm.start()
+    try:
+        check_one_error_line(FILE_CASES[name], good, tmp_path, capsys, monkeypatch)
+    finally:
+        alarm.cancel()
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_pipe_is_read_as_a_prompt_file(good, capsys, monkeypatch):
+    """`--file <(command)`: a pipe with a writer is read to its end, not refused."""
+    read, write = os.pipe()
+    os.write(write, b"Hello from a pipe")
+    os.close(write)
+    try:
+        code, out, err = run_cli(GEN[:-1] + [str(good[0]), "-n", "0", "--file", f"/dev/fd/{read}"], b"", capsys, monkeypatch)
+    finally:
+        os.close(read)
+    assert code == 0, err
+    assert out.startswith("Hello from a pipe")
+
+
+def test_generate_prints_nothing_before_a_context_error(good, capsys, monkeypatch):
+    """The prompt is echoed only once generation can start: a too-long request prints no prompt."""
+    for extra in ([], ["--chat"]):
+        code, out, err = run_cli(["generate", "-n", "300", "--model", str(good[0]), *extra, "Hello there"], b"",
+                                 capsys, monkeypatch)
+        assert code == 1 and "exceeds the model's context of 256 tokens" in err
+        assert out == ""

@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
+from .. import files
 from ..errors import GemmaRefError
 from ..tokenizer import check_text, decode_utf8 as decode
 
@@ -171,14 +171,7 @@ def read_text(name: str, what: str = "file") -> str:
     if name == "-":
         text = read_stdin()
     else:
-        try:
-            text = decode(Path(name).read_bytes(), name)
-        except FileNotFoundError:
-            raise GemmaRefError(f"{name}: no such {what}") from None
-        except IsADirectoryError:
-            raise GemmaRefError(f"{name}: a directory, not a {what}") from None
-        except OSError as e:
-            raise GemmaRefError(f"{name}: cannot read ({e.strerror})") from None
+        text = decode(files.read_bytes(name, what, pipes=True), name)  # --file <(command) is a pipe
     if not text:
         raise GemmaRefError(f"{name if name != '-' else 'stdin'}: empty {what}")
     return text

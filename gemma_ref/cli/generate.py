@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import files
 from ..errors import GemmaRefError
 from ..tokenizer import check_text
 from .common import (add_model, add_sampling, check_model_args, human_bytes, human_count, load, read_stdin,
@@ -82,10 +83,7 @@ def _add_images(p):
 def _images(args) -> list[str]:
     """The --image files, checked before the (slow) load."""
     for f in args.image:
-        if not Path(f).exists():
-            raise GemmaRefError(f"{f}: no such image file")
-        if not Path(f).is_file():
-            raise GemmaRefError(f"{f}: not a file")
+        files.check_file(f, "image file")  # missing, a directory, a FIFO, unreadable
     return list(args.image)
 
 
@@ -230,8 +228,8 @@ def cmd_info(args) -> int:
 def _read_json(path) -> dict:
     """A JSON object from a file, {} if it cannot be read (the config's own reader says why)."""
     try:
-        raw = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        raw = json.loads(files.read_bytes(path))
+    except (GemmaRefError, ValueError):
         return {}
     return raw if isinstance(raw, dict) else {}
 
