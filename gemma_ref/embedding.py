@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import files
 from .config import GemmaConfig
 from .errors import GemmaRefError
 from .loader import check_and_widen, checkpoint_files, read_safetensors
@@ -142,7 +143,7 @@ def _json(path: Path, default=_REQUIRED):
             raise GemmaRefError(f"{path}: not found (a sentence-transformers module file)")
         return default
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(files.read_text(path, "JSON file"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise GemmaRefError(f"{path}: not valid JSON ({e})") from None
 

@@ -29,7 +29,6 @@ models/t5gemma2/modeling_t5gemma2.py and masking_utils.py.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -728,8 +727,4 @@ def _ids(ids, what: str, vocab: int) -> np.ndarray:
 
 def _generation_config(path: Path) -> dict:
     f = path / "generation_config.json"
-    try:
-        d = json.loads(f.read_text()) if f.exists() else {}
-    except (OSError, ValueError):
-        raise GemmaRefError(f"{f}: not valid JSON") from None
-    return d if isinstance(d, dict) else {}
+    return load_json(f) if f.exists() else {}

@@ -563,6 +563,17 @@ for kind in KINDS:
     FILE_CASES[f"{kind}-gguf"] = Case(["generate", "-n", "1", "--model", "{path}", "hi"], 1,
                                       r"m\.gguf/config\.json: not found" if kind == "dir" else said("m.gguf", kind),
                                       alone("m.gguf", kind))
+    # The other architectures' own files (families.py)
+    DATA = pathlib.Path(__file__).parent / "data"
+    for name in ("modules.json", "config_sentence_transformers.json"):
+        FILE_CASES[f"{kind}-embedding-{name}"] = Case(["embed", "--model", "{path}", "hi"], 1, said(name, kind),
+                                                      in_copy(DATA / "embedding" / "tiny-mqa-w6", name, kind))
+    FILE_CASES[f"{kind}-t5gemma-generation_config.json"] = Case(
+        GEN_PATH, 1, said("generation_config.json", kind),
+        in_copy(DATA / "encdec" / "t5gemma-tiny", "generation_config.json", kind))
+    FILE_CASES[f"{kind}-paligemma-preprocessor_config.json"] = Case(
+        GEN_PATH[:-1] + ["--image", str(IMAGE), "hi"], 1, said("preprocessor_config.json", kind),
+        in_copy(DATA / "paligemma" / "paligemma1-mqa", "preprocessor_config.json", kind))
     FILE_CASES[f"{kind}-npz-first"] = Case(["compare", "{path}", "{golden}"], 2, said("g.npz", kind), alone("g.npz", kind))
     FILE_CASES[f"{kind}-npz-second"] = Case(["compare", "{golden}", "{path}"], 2, said("g.npz", kind), alone("g.npz", kind))
     FILE_CASES[f"{kind}-prompt-file"] = Case(GEN + ["--file", "{path}"], 1, said("p.txt", kind, STREAMED),
