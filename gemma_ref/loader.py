@@ -285,18 +285,23 @@ def checkpoint_files(directory: Path) -> list[Path]:
 
 def load_safetensors_checkpoint(directory: Path, config: GemmaConfig,
                                 max_memory: int | None = None, progress: bool = True,
-                                vision=None):
+                                vision=None, audio=None):
     """Read and check a checkpoint directory: HF key -> array, in HF layout.
 
     Tensors are held float32 in RAM, in their stored dtype in RAM, or memory-mapped,
     within `max_memory` bytes (plan_tiers says which), so a checkpoint larger than RAM
     as float32, or at all, still runs (see weights.Weights and parallel.widen_into).
     vision: a vision.VisionConfig to load (and check) the vision tower and projector too.
+    audio: an audio.AudioConfig to load (and check) the audio tower and its embedder too,
+    as `audio_tower.*` and `embed_audio.*`.
     """
     found: dict[str, StoredTensor] = {}
     skipped_vision = 0
     for path in checkpoint_files(directory):
         for name, tensor in read_safetensors(path).items():
+            if audio is not None and name.startswith(("model.audio_tower.", "model.embed_audio.")):
+                found[name[len("model."):]] = tensor
+                continue
             if name.startswith(_VISION_PREFIXES):
                 if vision is None:
                     skipped_vision += 1
@@ -325,6 +330,8 @@ def load_safetensors_checkpoint(directory: Path, config: GemmaConfig,
     extra = {}
     if vision is not None:
         extra = vision.expected_shapes(config.hidden_size)
+    if audio is not None:
+        extra = {**extra, **audio.expected_shapes()}
     return check_and_widen(found, config, str(directory), max_memory, progress, extra)
 
 

@@ -265,3 +265,21 @@ def chat_images(messages: list[dict]) -> list:
                                         "downloads none; save it and give its path")
                 images.append(image)
     return images
+
+
+def chat_audio(messages: list[dict]) -> list:
+    """The clips of a conversation's audio parts, in order (`audio`, `path` or `url`, as
+    transformers' chat format names them: a local file, or (samples, sample_rate))."""
+    clips = []
+    for m in messages:
+        for part in m.get("content") if isinstance(m.get("content"), list) else []:
+            if isinstance(part, dict) and part.get("type") == "audio":
+                clip = next((part[k] for k in ("audio", "path", "url") if part.get(k) is not None), None)
+                if clip is None:
+                    raise GemmaRefError('chat: an audio part needs "audio" (a path or (samples, '
+                                        'sample_rate)), "path" or "url"')
+                if isinstance(clip, str) and clip.startswith(("http://", "https://")):
+                    raise GemmaRefError(f"chat: {clip[:60]}: gemma-ref reads audio from files and "
+                                        "downloads none; save it and give its path")
+                clips.append(clip)
+    return clips
