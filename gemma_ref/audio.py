@@ -413,7 +413,7 @@ def subsample(features, mask, W, c: AudioConfig, trace=None):
         h = layer_norm(h.transpose(1, 2, 0), W[pre + f"layer{i}.norm.weight"], c.rms_norm_eps)  # [F/2, M/2, C]
         h = np.maximum(h, 0).transpose(2, 0, 1)  # ReLU; [C, F/2, M/2]
         mask = mask[::2]
-        record(trace, pre + f"layer{i}", h[None])
+        record(trace, pre + f"layer{i}", h.transpose(1, 2, 0)[None])  # [1, F', M', C]: time second
     C, T, M4 = h.shape
     h = h.transpose(1, 2, 0).reshape(T, M4 * C)  # [T', M/4 * C]: channels fastest
     h = linear(h, W[pre + "input_proj_linear.weight"])  # [T', Da]
@@ -642,7 +642,9 @@ class Audio:
 
         clips: paths or (samples, rate) pairs; or the processor's features, a dict with
         `input_features` [I, F, M] and `input_features_mask` [I, F] (padded frames False).
-        The trace holds the last clip's tower (transformers' names, batch axis 1)."""
+        The trace holds the tower's steps under transformers' module names, [I, T', ...]
+        (a shorter clip's padded with zeros; the subsampling convolutions' [I, F', M', C],
+        time second, where transformers' module outputs are [I, C, F', M'])."""
         if isinstance(clips, dict):
             if set(clips) != {"input_features", "input_features_mask"}:
                 raise GemmaRefError("audio as a dict: the processor's 'input_features' and "
@@ -659,9 +661,13 @@ class Audio:
                                                   and not isinstance(clips[1], (tuple, str, Path))):
                 clips = [clips]
             pairs = [self.clip_features(c, f"audio {k + 1}") for k, c in enumerate(clips)]
-        out = []
-        for features, mask in pairs:
-            out.append(clip_embeddings(features, mask, W, self.config, trace))
+        traces = [{} if trace is not None else None for _ in pairs]
+        out = [clip_embeddings(f, m, W, self.config, t) for (f, m), t in zip(pairs, traces)]
+        if trace is not None and pairs:  # the clips side by side, as transformers batches them
+            for name in traces[0]:
+                n = max(t[name].shape[1] for t in traces)
+                trace[name] = np.concatenate([np.pad(t[name], [(0, 0), (0, n - t[name].shape[1])]
+                                                     + [(0, 0)] * (t[name].ndim - 2)) for t in traces])
         return out
 
     def block(self, n: int) -> list[int]:

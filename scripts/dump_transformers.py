@@ -12,8 +12,9 @@ eager attention (the reference implementation), on CPU, in --dtype.
 
 Prompts: --prompt / --prompts (tokenized by transformers' tokenizer, <bos> added),
 or --ids-from another dump, to reuse its exact token ids (and, for image prompts, its
-pixel values, and Gemma 4's image_position_ids: `gemma-ref dump --prompts` with
-{"prompt", "images"} lines).
+pixel values, and Gemma 4's image_position_ids; for audio prompts, their input_features and
+input_features_mask: `gemma-ref dump --prompts` with
+{"prompt", "images", "audio"} lines).
 
 Needs: pip install torch transformers accelerate (accelerate: to read a GGUF).
 """
@@ -60,10 +61,12 @@ def default_gguf() -> Path:
 
 
 def pixel_values_from(path, i) -> dict:
-    """A dump's image inputs of prompt i: pixel_values (and Gemma 4's image_position_ids), or {}."""
+    """A dump's image inputs of prompt i: pixel_values (and Gemma 4's image_position_ids), and
+    its audio inputs (Gemma 4: input_features, input_features_mask), or {}."""
     with np.load(path) as z:
-        return {name: torch.from_numpy(z[f"prompt_{i}/{name}"]) for name in ("pixel_values", "image_position_ids")
-                if f"prompt_{i}/{name}" in z.files}
+        return {name: torch.from_numpy(z[f"prompt_{i}/{name}"]) for name in (
+            "pixel_values", "image_position_ids", "input_features", "input_features_mask")
+            if f"prompt_{i}/{name}" in z.files}
 
 
 def prompts_and_ids(args, tokenizer_loader) -> list[tuple[str | None, list[int]]]:
@@ -197,6 +200,7 @@ def dump_prompt(model, ids: list[int], args, image_inputs=None) -> dict:
     pixel_values [I, 3, S, S]; Gemma 4 pixel_values [I, n, 3p^2] and image_position_ids [I, n, 2]."""
     x = torch.tensor([ids])
     images, padding = {}, None
+    audio = {k: image_inputs.pop(k) for k in ("input_features", "input_features_mask") if k in (image_inputs or {})}
     if image_inputs:  # the image soft tokens marked: their bidirectional mask
         images = {"pixel_values": image_inputs["pixel_values"].to(next(model.parameters()).dtype)}
         if "image_position_ids" in image_inputs:  # Gemma 4
@@ -205,6 +209,7 @@ def dump_prompt(model, ids: list[int], args, image_inputs=None) -> dict:
             padding = (image_inputs["image_position_ids"] == -1).all(dim=-1)  # [I, n]
         else:
             images["token_type_ids"] = (x == model.config.image_token_id).long()
+    images.update(audio)  # audio soft tokens: causal, no mask to mark
     trace: dict = {}
     remove = install_trace(model, trace, padding) if args.trace else None
     try:
@@ -280,7 +285,7 @@ def main(argv=None):
         image_inputs = pixel_values_from(args.ids_from, i) if args.ids_from else {}
         for name, value in image_inputs.items():
             arrays[f"prompt_{i}/{name}"] = value.numpy()
-        for key, value in dump_prompt(model, ids, args, image_inputs).items():
+        for key, value in dump_prompt(model, ids, args, dict(image_inputs)).items():
             arrays[f"prompt_{i}/{key}"] = value
         print(f"prompt {i}: {len(ids)} tokens", file=sys.stderr)
     arrays["provenance"] = np.array(json.dumps({

@@ -161,9 +161,9 @@ def test_tower_and_soft_tokens(variant):
         soft = model.embed_audio(processor_features(g, case), trace=trace)
         for k in range(len(soft)):
             assert np.abs(soft[k] - g[f"{case}.soft_{k}"]).max() <= TOL, (case, k)
-        last = len(soft) - 1  # the trace holds the last clip's tower
-        tower = trace["audio_tower"][0][:len(g[f"{case}.tower_{last}"])]
-        assert np.abs(tower - g[f"{case}.tower_{last}"]).max() <= TOL
+        for k in range(len(soft)):  # the trace holds every clip's tower, padded to the longest
+            tower = trace["audio_tower"][k][:len(g[f"{case}.tower_{k}"])]
+            assert np.abs(tower - g[f"{case}.tower_{k}"]).max() <= TOL
 
 
 def test_prompt_ids_logits_and_greedy(variant):
@@ -288,3 +288,33 @@ def test_checkpoint_missing_an_audio_tensor_is_named(tmp_path):
     write_safetensors(d / "model.safetensors", tensors)
     with pytest.raises(GemmaRefError, match="audio_tower.layers.1.self_attn.per_dim_scale"):
         Model.from_pretrained(d, progress=False)
+
+
+# --- dump / compare ------------------------------------------------------------------------
+
+
+def test_dump_keeps_the_features_and_reruns_them(tmp_path):
+    """`gemma-ref dump` on audio prompts stores the processor-layout features, so that
+    scripts/dump_transformers.py --ids-from (and compare --model) rerun exactly those."""
+    from gemma_ref import reference
+
+    d = DATA / "gemma4-audio"
+    g = np.load(d / "golden.npz")
+    for name in ("tone.wav", "short.wav", "silence.wav"):
+        shutil.copy(CLIPS / name, tmp_path / name)
+    (tmp_path / "p.jsonl").write_text('{"prompt": "Transcribe <|audio|> please.", "audio": ["tone.wav"]}\n'
+                                      '{"prompt": "<|audio|> and <|audio|>: which is louder?", '
+                                      '"audio": ["short.wav", "silence.wav"]}\n')
+    out = tmp_path / "gr.npz"
+    assert main(["dump", "--model", str(d), "--prompts", str(tmp_path / "p.jsonl"), "-o", str(out), "-n", "3"]) == 0
+    golden = reference.load(out)
+    for p, case in zip(golden.prompts, ("one", "two")):
+        assert p.input_ids.tolist() == g[f"{case}.input_ids"].tolist()
+        assert np.abs(p.logits - g[f"{case}.logits"][:, :512]).max() <= TOL
+        assert p.input_features.shape[0] == len(CASES[case][1]) and p.input_features_mask.dtype == bool
+        n = len(g[f"{case}.features_0"])
+        assert np.array_equal(p.input_features[0, :n], g[f"{case}.features_0"])
+    model = Model.from_pretrained(d, progress=False)
+    again = reference.candidate_from_model(model, golden)
+    for a, b in zip(golden.prompts, again.prompts):
+        assert np.array_equal(a.logits, b.logits) and np.array_equal(a.greedy_ids, b.greedy_ids)

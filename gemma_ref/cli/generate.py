@@ -121,8 +121,10 @@ def _with_images(text: str, images: list[str], clips: list[str] = ()):
         if n == 0:  # no marker of this kind: its parts go first
             parts += [{"type": kind, kind: f} for f in files]
         elif n != len(files):
-            raise GemmaRefError(f"the prompt has {n} {markers[-1]} marker(s) for {len(files)} "
-                                f"{'image(s)' if kind == 'image' else 'audio clip(s)'}; give one per marker")
+            marker = next(m for m in markers if m in text)
+            raise GemmaRefError(f"the prompt has {n} {marker} marker(s) for {len(files)} "
+                                f"{'image(s)' if kind == 'image' else 'audio clip(s)'}; give one "
+                                f"{'image' if kind == 'image' else 'clip'} per marker")
     parts.append({"type": "text", "text": pieces[0]})
     left = {kind: iter(files) for kind, (files, _) in media.items()}
     for marker, piece in zip(pieces[1::2], pieces[2::2]):
