@@ -458,7 +458,8 @@ def block_context(x, c: AudioConfig):
     Q, X, past = c.attention_chunk_size, c.context_size, c.attention_context_left - 1
     n = -(-len(x) // Q)
     xp = np.pad(x, ((past, c.attention_context_right + Q - 1), (0, 0), (0, 0)))
-    return np.stack([xp[b * Q:b * Q + X] for b in range(n)])
+    windows = np.lib.stride_tricks.sliding_window_view(xp, X, axis=0)[::Q][:n]  # [B_k, N, H, X], a view
+    return np.moveaxis(windows, -1, 1)
 
 
 def rel_shift(bd, X: int):

@@ -239,10 +239,12 @@ def _bad_files(tmp):
     (["--audio", "{clips}/tone.wav", "<|audio|> <|audio|>"], "2 <|audio|> marker(s) for 1"),
     (["--audio", "{clips}/tone.wav", "--audio", "{clips}/short.wav", "<|audio|> only"], "1 <|audio|> marker(s) for 2"),
     (["--model", "{vision}", "--audio", "{clips}/tone.wav", "x"], "takes no audio"),
+    (["--model", "{gemma3n}", "--audio", "{clips}/tone.wav", "x"], "audio tower is not implemented"),
 ])
 def test_cli_bad_audio_is_one_error_line(argv, message, tmp_path, capsys):
     _bad_files(tmp_path)
-    fill = {"tmp": tmp_path, "clips": CLIPS, "vision": DATA.parent / "vision" / "gemma4-vision"}
+    fill = {"tmp": tmp_path, "clips": CLIPS, "vision": DATA.parent / "vision" / "gemma4-vision",
+            "gemma3n": DATA.parent / "tiny" / "gemma3n-2streams"}
     argv = [a.format(**fill) for a in argv]
     model = [] if "--model" in argv else ["--model", str(DATA / "gemma4-audio")]
     before = sorted(p.name for p in tmp_path.iterdir())
