@@ -181,7 +181,7 @@ class Model:
                                                rows, self.vision)
         if audio is not None and len(audio):  # audio soft tokens, placed as image ones are
             rows = _rows(self.embed_audio(audio, trace=trace))
-            image_tokens = audio_lib.merge(image_tokens, self._audio().tokens(ids2, rows))
+            image_tokens = audio_lib.merge(image_tokens, self._audio().tokens(ids2, rows, self.weights))
         logits = forward(self.weights, self.config, ids2, images=image_tokens, n_vocab=self.n_vocab,
                          trace=trace)
         return logits[0] if ids.ndim == 1 else logits
@@ -300,18 +300,17 @@ class Model:
 
     def _audio(self) -> Audio:
         if self.audio is None:
-            why = ("gemma-ref runs the language model of Gemma 3n only (its audio tower is not "
-                   "implemented)" if self.config.model_type.startswith("gemma3n")
-                   else "its config.json has no audio_config: only Gemma 4 E2B/E4B take audio")
+            why = "its config.json has no audio_config: Gemma 4 E2B/E4B and Gemma 3n take audio"
             raise GemmaRefError(f"{self.source}: this model takes no audio ({why})")
         return self.audio
 
     def _audio_marker(self) -> str:
-        """What a prompt writes where a clip goes: the audio token's piece (<|audio|>)."""
+        """What a prompt writes where a clip goes: the audio token's piece (Gemma 4 <|audio|>,
+        3n <audio_soft_token>)."""
         i = self.audio.config.audio_token_id
         if self.tokenizer is not None and i < self.tokenizer.vocab_size:
             return self.tokenizer.sp.id_to_piece(i)
-        return audio_lib.AUDIO_MARKER
+        return self.audio.marker
 
     def prompt_inputs(self, prompt: str, images: Sequence = (), audio: Sequence = (), *,
                       pan_and_scan: bool | None = None):
@@ -326,6 +325,8 @@ class Model:
                                               and isinstance(audio[1], (int, np.integer))):
             audio = [audio]
         marker = self._audio_marker() if self.audio is not None else audio_lib.AUDIO_MARKER
+        if self.audio is not None and marker != audio_lib.AUDIO_MARKER and isinstance(prompt, str):
+            prompt = prompt.replace(audio_lib.AUDIO_MARKER, marker)  # Gemma 4's spelling works too
         if audio is None or not len(audio):
             if self.audio is not None and isinstance(prompt, str) and marker in prompt:
                 raise GemmaRefError(f"the prompt has {prompt.count(marker)} {marker} "
@@ -354,6 +355,7 @@ class Model:
             v = self.vision
             blocks[image_marker] = [[v.boi_token_id] + [v.image_token_id] * len(f) + [v.eoi_token_id]
                                     for f in features]
+        prompt = self.audio.wrap(prompt, marker)
         return audio_lib.expand_markers(prompt, blocks, self.tokenizer.encode), features, clips
 
     def _image_marker(self) -> str:
@@ -444,7 +446,7 @@ class Model:
                 take = [int(n) for n in (chunk == self.audio.config.audio_token_id).sum(axis=1)]
                 embeds = np.concatenate([r[:n] for r, n in zip(sound, take)])
                 sound = [r[n:] for r, n in zip(sound, take)]
-                images = audio_lib.merge(images, self.audio.tokens(chunk, embeds))
+                images = audio_lib.merge(images, self.audio.tokens(chunk, embeds, self.weights))
             chunks.append((chunk, chunk_pos, images))
         if rows is not None and any(len(r) for r in rows):
             raise GemmaRefError("the prompt has fewer image soft tokens than its images give")

@@ -1,37 +1,38 @@
-"""Audio in (Gemma 4 E2B/E4B): waveform -> log-mel -> Conformer -> soft tokens.
+"""Audio in (Gemma 4 E2B/E4B, Gemma 3n E2B/E4B): features -> Conformer -> soft tokens.
 
-Every step follows transformers 5.25: models/gemma4/feature_extraction_gemma4.py
-(Gemma4AudioFeatureExtractor), models/gemma4/modeling_gemma4.py (Gemma4AudioModel,
-Gemma4MultimodalEmbedder, Gemma4Model.forward's audio merge) and processing_gemma4.py
-(replace_audio_token); the decoding of files as transformers.audio_utils.load_audio's
-soundfile backend (soundfile + soxr). Axis legend as model.py's, plus:
+One Conformer for both generations, driven by AudioConfig; every step follows
+transformers 5.25: models/gemma4/modeling_gemma4.py (Gemma4AudioModel,
+Gemma4MultimodalEmbedder, Gemma4Model.forward's audio merge), models/gemma3n/modeling_gemma3n.py
+(Gemma3nAudioEncoder, Gemma3nMultimodalEmbedder, Gemma3nModel.forward) and the processors
+(replace_audio_token). Features come from audio_features.py. Axis legend as model.py's, plus:
 
-    A samples   F mel frames (10 ms)   M mel bins   T' tokens (40 ms)   C channels
-    Q chunk (queries per block)   X context (keys per block)   R relative positions
+    F mel frames (10 ms)   M mel bins   T' tokens (Gemma 4: 40 ms; 3n: 160 ms after the
+    reduction)   C channels   Q chunk (queries per block)   X context (keys per block)
+    R relative positions
 
 The language model does not learn about audio: `audio_tokens` hands it the clips' soft
-tokens as model.ImageTokens (embedded as <pad>, their features in place, causal reach).
-Parameters keep their transformers names, `audio_tower.*` and `embed_audio.*` (the
-loader drops the `model.` of `model.audio_tower.*`).
+tokens as model.ImageTokens (their features in place, causal reach). Parameters keep
+their transformers names, `audio_tower.*` and `embed_audio.*` (the loader drops the
+`model.` of `model.audio_tower.*`); NAMES maps the two generations' module names.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import wave
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .audio_features import GEMMA3N_FEATURES, AudioFeatures, log_mel, read_audio  # noqa: F401 (the API)
 from .errors import GemmaRefError
 from .model import ImageTokens, record, rms_norm
 from .parallel import linear
 from .vision_gemma4 import clipped_linear
 
 AUDIO_MARKER = "<|audio|>"  # the audio token, which prompts write where a clip goes
+GEMMA3N_AUDIO_MARKER = "<audio_soft_token>"  # Gemma 3n's
 
 
 # --- configuration ------------------------------------------------------------------
@@ -39,28 +40,49 @@ AUDIO_MARKER = "<|audio|>"  # the audio token, which prompts write where a clip 
 
 @dataclass(frozen=True)
 class AudioConfig:
-    """`audio_config` (Gemma4AudioConfig keys and defaults) + the audio keys of config.json."""
+    """`audio_config` + the audio keys of config.json, in Gemma4AudioConfig's names and
+    defaults (E2B/E4B). Gemma 3n's Gemma3nAudioConfig spells them `conf_*` / `sscp_*`
+    (from_dict translates) and differs in the fields marked "3n" (gemma3n() sets them)."""
 
-    hidden_size: int = 1024  # Da
+    model_type: str = "gemma4_audio"  # or "gemma3n_audio": which checkpoint names (NAMES)
+    hidden_size: int = 1024  # Da (3n: 1536)
     num_hidden_layers: int = 12
     num_attention_heads: int = 8  # N (head size Da / N)
     hidden_act: str = "silu"
     subsampling_conv_channels: tuple = (128, 32)  # C0, C1 of the two stride-2 convolutions
+    sscp_conv_kernel_size: tuple = ((3, 3), (3, 3))  # (time, mel) per convolution
+    sscp_conv_stride_size: tuple = ((2, 2), (2, 2))
+    sscp_norm: str = "layer"  # after each convolution: LayerNorm over channels; 3n: "cumulative_group"
+    sscp_norm_eps: float = 1e-6  # Gemma 4: rms_norm_eps; 3n: sscp_conv_group_norm_eps (1e-3)
+    sscp_time_padding: str = "centred"  # (1, 1) frames; 3n: "ahead", (0, k - 1) (the mel axis: (1, 1) in both)
+    sscp_masks_input: bool = True  # padded frames zeroed before each convolution (3n: False)
+    input_feat_size: int = 0  # 3n: mel bins M (Gemma 4's flatten assumes M = C0: 0)
     conv_kernel_size: int = 5  # of the causal depthwise convolution
+    conv_masks_input: bool = False  # 3n: padded frames zeroed before the convolution module
     residual_weight: float = 0.5  # the macaron feed-forward halves
     attention_chunk_size: int = 12  # Q
-    attention_context_left: int = 13  # keys reach back context_left - 1 blocks' worth ...
-    attention_context_right: int = 0  # ... and forward context_right
+    attention_context_left: int = 13  # a query sees keys up to context_left - 2 back (3n: - 1) ...
+    attention_context_right: int = 0  # ... and up to context_right - 1 ahead (3n: context_right)
+    context_inclusive: bool = False  # 3n: True (the bounds above one wider)
+    relative_positions: str = "half_context"  # distances X/2 .. 0; 3n: "span", left - 1 .. -right
+    key_scale: bool = True  # keys * ln(1 + e) / ln 2 (3n: False)
     attention_logit_cap: float = 50.0
-    attention_invalid_logits_value: float = -1.0e9  # the score of a key not seen
-    use_clipped_linears: bool = True  # q/k/v/post/ffw/lconv projections clamp to stored bounds
+    attention_invalid_logits_value: float = -1.0e9  # the score of a key not seen (3n: float32 min)
+    use_clipped_linears: bool = True  # projections clamp to stored bounds (3n: plain linears)
     rms_norm_eps: float = 1e-6
     gradient_clipping: float = 1e10  # activations clamped to +-this at fixed points
-    output_proj_dims: int = 1536  # Do: the tower's output width
+    output_proj_dims: int = 1536  # Do: the tower's output width (3n: 0, no output projection)
+    reduction_factor: int = 1  # 3n: every 4th token kept after the Conformer
     audio_token_id: int = 258_881  # the soft token
     boa_token_id: int = 256_000
     eoa_token_index: int = 258_883
     text_hidden_size: int = 0  # D of the language model (embed_audio's output)
+    # 3n: a clip is always `soft_tokens` tokens, padded with the embedding of hard audio
+    # token `pad_token`; ids >= vocab_offset are hard audio tokens (embed_audio.embedding rows)
+    soft_tokens: int = 0
+    vocab_offset: int = 0
+    vocab_size: int = 0
+    pad_token: int = 0
 
     @property
     def head_dim(self) -> int:  # H: Gemma4AudioAttention derives it
@@ -70,11 +92,17 @@ class AudioConfig:
     def context_size(self) -> int:  # X: keys each block of Q queries reads
         return self.attention_chunk_size + self.attention_context_left - 1 + self.attention_context_right
 
+    @property
+    def names(self) -> dict[str, str]:
+        return NAMES[self.model_type]
+
     @classmethod
     def from_dict(cls, d: dict, source: str = "config.json") -> "AudioConfig | None":
         """From config.json; None without an audio tower (audio_config null or absent)."""
-        if d.get("model_type") != "gemma4" or not d.get("audio_config"):
+        if d.get("model_type") not in ("gemma4", "gemma3n") or not d.get("audio_config"):
             return None
+        if d["model_type"] == "gemma3n":
+            return _gemma3n_config(d, source)
         a = d["audio_config"]
         try:
             kw = {k: type(getattr(cls, k))(a[k]) for k in (
@@ -85,6 +113,7 @@ class AudioConfig:
                 if a.get(k) is not None}
             if a.get("subsampling_conv_channels") is not None:
                 kw["subsampling_conv_channels"] = tuple(int(c) for c in a["subsampling_conv_channels"])
+            kw["sscp_norm_eps"] = kw.get("rms_norm_eps", cls.rms_norm_eps)
             kw.update({k: int(d[k]) for k in ("audio_token_id", "boa_token_id", "eoa_token_index")
                        if d.get(k) is not None})
             kw["text_hidden_size"] = int((d.get("text_config") or {})["hidden_size"])
@@ -97,299 +126,124 @@ class AudioConfig:
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor of the tower and the embedder, with its shape."""
-        Da, (C0, C1), k = self.hidden_size, self.subsampling_conv_channels, self.conv_kernel_size
+        Da, (C0, C1), k, n = self.hidden_size, self.subsampling_conv_channels, self.conv_kernel_size, self.names
+        (kt0, kf0), (kt1, kf1) = self.sscp_conv_kernel_size
         sub = "audio_tower.subsample_conv_projection."
         shapes = {
-            sub + "layer0.conv.weight": (C0, 1, 3, 3), sub + "layer0.norm.weight": (C0,),
-            sub + "layer1.conv.weight": (C1, C0, 3, 3), sub + "layer1.norm.weight": (C1,),
-            sub + "input_proj_linear.weight": (Da, (C0 // 4) * C1),
-            "audio_tower.output_proj.weight": (self.output_proj_dims, Da),
-            "audio_tower.output_proj.bias": (self.output_proj_dims,),
-            "embed_audio.embedding_projection.weight": (self.text_hidden_size, self.output_proj_dims),
+            sub + n["conv0"] + ".conv.weight": (C0, 1, kt0, kf0), sub + n["conv0"] + ".norm.weight": (C0,),
+            sub + n["conv1"] + ".conv.weight": (C1, C0, kt1, kf1), sub + n["conv1"] + ".norm.weight": (C1,),
+            sub + "input_proj_linear.weight": (Da, (subsampled_bins(self) if self.input_feat_size else C0 // 4) * C1),
+            "embed_audio.embedding_projection.weight": (self.text_hidden_size, self.output_proj_dims or Da),
         }
-        clipped = {"self_attn.q_proj": (Da, Da), "self_attn.k_proj": (Da, Da), "self_attn.v_proj": (Da, Da),
-                   "self_attn.post": (Da, Da), "lconv1d.linear_start": (2 * Da, Da),
-                   "lconv1d.linear_end": (Da, Da)}
-        for ff in ("feed_forward1", "feed_forward2"):
-            clipped[ff + ".ffw_layer_1"], clipped[ff + ".ffw_layer_2"] = (4 * Da, Da), (Da, 4 * Da)
+        if self.output_proj_dims:
+            shapes["audio_tower.output_proj.weight"] = (self.output_proj_dims, Da)
+            shapes["audio_tower.output_proj.bias"] = (self.output_proj_dims,)
+        if self.vocab_size:  # 3n: the hard tokens' table and the embedder's norms
+            shapes["embed_audio.embedding.weight"] = (self.vocab_size, Da)
+            shapes["embed_audio.hard_embedding_norm.weight"] = (Da,)
+            shapes["embed_audio.soft_embedding_norm.weight"] = (Da,)
+        linears = {n["q_proj"]: (Da, Da), n["k_proj"]: (Da, Da), n["v_proj"]: (Da, Da), n["post"]: (Da, Da),
+                   "lconv1d.linear_start": (2 * Da, Da), "lconv1d.linear_end": (Da, Da)}
+        for ff in (n["ff1"], n["ff2"]):
+            linears[ff + ".ffw_layer_1"], linears[ff + ".ffw_layer_2"] = (4 * Da, Da), (Da, 4 * Da)
         for i in range(self.num_hidden_layers):
-            pre = f"audio_tower.layers.{i}."
-            for name, shape in clipped.items():
-                shapes[pre + name + ".linear.weight"] = shape
+            pre = n["layer"].format(i=i)
+            for name, shape in linears.items():
+                shapes[pre + name + n["weight"]] = shape
                 if self.use_clipped_linears:
                     for bound in ("input_min", "input_max", "output_min", "output_max"):
                         shapes[pre + name + "." + bound] = ()
-            for norm in ("norm_pre_attn", "norm_post_attn", "norm_out", "lconv1d.pre_layer_norm",
-                         "lconv1d.conv_norm", "feed_forward1.pre_layer_norm", "feed_forward1.post_layer_norm",
-                         "feed_forward2.pre_layer_norm", "feed_forward2.post_layer_norm"):
+            for norm in (n["norm_pre_attn"], n["norm_post_attn"], n["norm_out"], "lconv1d.pre_layer_norm",
+                         "lconv1d.conv_norm", n["ff1"] + ".pre_layer_norm", n["ff1"] + ".post_layer_norm",
+                         n["ff2"] + ".pre_layer_norm", n["ff2"] + ".post_layer_norm"):
                 shapes[pre + norm + ".weight"] = (Da,)
-            shapes[pre + "self_attn.relative_k_proj.weight"] = (Da, Da)
-            shapes[pre + "self_attn.per_dim_scale"] = (self.head_dim,)
+            shapes[pre + n["relative_k_proj"] + ".weight"] = (Da, Da)
+            shapes[pre + n["per_dim_scale"]] = (self.head_dim,)
             shapes[pre + "lconv1d.depthwise_conv1d.weight"] = (Da, 1, k)
         return shapes
 
 
-@dataclass(frozen=True)
-class AudioFeatures:
-    """The feature extractor's settings (Gemma4AudioFeatureExtractor keys and defaults) and
-    the processor's token cap (processor_config.json's audio_seq_length)."""
-
-    feature_size: int = 128  # M mel bins
-    sampling_rate: int = 16_000
-    frame_length_ms: float = 20.0
-    hop_length_ms: float = 10.0
-    min_frequency: float = 0.0
-    max_frequency: float = 8000.0
-    preemphasis: float = 0.0
-    preemphasis_htk_flavor: bool = True
-    fft_overdrive: bool = False
-    dither: float = 0.0  # > 0 adds unseeded noise in transformers: refused here
-    input_scale_factor: float = 1.0
-    mel_floor: float = 1e-3
-    per_bin_mean: tuple | None = None
-    per_bin_stddev: tuple | None = None
-    max_length: int = 480_000  # samples kept (30 s); longer clips are truncated
-    pad_to_multiple_of: int = 128  # samples
-    audio_seq_length: int = 750  # the processor's cap on tokens per clip
-    filters: np.ndarray = field(default=None, repr=False, compare=False)  # [fft/2 + 1, M], made once
-
-    @property
-    def frame_length(self) -> int:  # samples per window (320)
-        return int(round(self.sampling_rate * self.frame_length_ms / 1000.0))
-
-    @property
-    def hop_length(self) -> int:  # samples between windows (160)
-        return int(round(self.sampling_rate * self.hop_length_ms / 1000.0))
-
-    @property
-    def fft_length(self) -> int:  # the next power of two (512), doubled by fft_overdrive
-        return 2 ** math.ceil(math.log2(self.frame_length)) * (2 if self.fft_overdrive else 1)
-
-    def __post_init__(self):
-        if self.filters is None:
-            object.__setattr__(self, "filters", mel_filter_bank(
-                self.fft_length // 2 + 1, self.feature_size, self.min_frequency, self.max_frequency,
-                self.sampling_rate))
-
-    @classmethod
-    def from_dir(cls, path: Path) -> "AudioFeatures":
-        """processor_config.json's feature_extractor entry (and audio_seq_length), else
-        preprocessor_config.json if it describes the feature extractor, else the defaults."""
-        kw, cap = {}, None
-        for name in ("processor_config.json", "preprocessor_config.json"):
-            f = Path(path) / name
-            if not f.exists():
-                continue
-            try:
-                d = json.loads(f.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise GemmaRefError(f"{f}: not valid JSON ({e})") from None
-            cap = d.get("audio_seq_length", cap)
-            d = d.get("feature_extractor", d if "feature_extractor_type" in d else None)
-            if d is None:
-                continue
-            try:
-                for k in ("feature_size", "sampling_rate", "frame_length_ms", "hop_length_ms", "min_frequency",
-                          "max_frequency", "preemphasis", "preemphasis_htk_flavor", "fft_overdrive", "dither",
-                          "input_scale_factor", "mel_floor"):
-                    if d.get(k) is not None:
-                        kw[k] = type(getattr(cls, k))(d[k])
-                for k in ("per_bin_mean", "per_bin_stddev"):  # saved as [1, 1, M]
-                    if d.get(k) is not None:
-                        kw[k] = tuple(np.asarray(d[k], np.float64).ravel().tolist())
-            except (TypeError, ValueError) as e:
-                raise GemmaRefError(f"{f}: invalid feature extractor settings ({e})") from None
-            break
-        if cap is not None:
-            kw["audio_seq_length"] = int(cap)
-        p = cls(**kw)
-        if p.dither:
-            raise GemmaRefError(f"{path}: the feature extractor's dither ({p.dither}) adds unseeded noise; "
-                                "gemma-ref computes features without it (set dither to 0)")
-        return p
+# The two checkpoints' names for the same parts (transformers' module names).
+NAMES = {
+    "gemma4_audio": dict(layer="audio_tower.layers.{i}.", conv0="layer0", conv1="layer1", weight=".linear.weight",
+                         ff1="feed_forward1", ff2="feed_forward2", norm_pre_attn="norm_pre_attn",
+                         norm_post_attn="norm_post_attn", norm_out="norm_out", q_proj="self_attn.q_proj",
+                         k_proj="self_attn.k_proj", v_proj="self_attn.v_proj", post="self_attn.post",
+                         relative_k_proj="self_attn.relative_k_proj", per_dim_scale="self_attn.per_dim_scale"),
+    "gemma3n_audio": dict(layer="audio_tower.conformer.{i}.", conv0="conv_0", conv1="conv_1", weight=".weight",
+                          ff1="ffw_layer_start", ff2="ffw_layer_end", norm_pre_attn="attention.pre_attn_norm",
+                          norm_post_attn="attention.post_norm", norm_out="norm", q_proj="attention.attn.q_proj",
+                          k_proj="attention.attn.k_proj", v_proj="attention.attn.v_proj", post="attention.post",
+                          relative_k_proj="attention.attn.relative_position_embedding.pos_proj",
+                          per_dim_scale="attention.attn.per_dim_scale"),
+}
 
 
-# --- reading clips ----------------------------------------------------------------------
-
-
-def read_audio(source, sampling_rate: int, what: str = "audio") -> np.ndarray:
-    """One clip as float32 mono samples at `sampling_rate` [A].
-
-    source: a path (WAV, FLAC, MP3, OGG: anything libsndfile reads), or (samples,
-    sample_rate) with samples [A] or [A, channels] (float in [-1, 1], or integer PCM).
-    As transformers' load_audio (soundfile backend): channels averaged, then resampled
-    with soxr's "soxr_hq" when the rate differs, padded or cut to ceil(A * new / old).
-    A PCM WAV at the model's rate needs nothing beyond the standard library; other files
-    and rates need the `audio` extra (soundfile, soxr).
-    """
-    if isinstance(source, (str, Path)):
-        samples, rate = _decode_file(Path(source), what)
-    elif isinstance(source, tuple) and len(source) == 2:
-        samples, rate = source
-        if not (isinstance(rate, (int, np.integer)) and not isinstance(rate, bool) and rate > 0):
-            raise GemmaRefError(f"{what}: the sample rate must be a positive integer, not {rate!r}")
-        samples = np.asarray(samples)
-        if samples.dtype.kind in "iu":  # integer PCM -> [-1, 1), as soundfile reads it
-            samples = samples.astype(np.float64) / (2.0 ** (8 * samples.dtype.itemsize - 1))
-        if samples.dtype.kind != "f" or samples.ndim not in (1, 2):
-            raise GemmaRefError(f"{what}: samples must be a float array [samples] or [samples, channels], "
-                                f"got {samples.dtype} {samples.shape}")
-        samples = samples.astype(np.float32)
-    else:
-        raise GemmaRefError(f"{what}: expected a file path or (samples, sample_rate), not "
-                            f"{type(source).__name__}")
-    if samples.ndim == 2:  # [A, channels] -> mono, as load_audio: the mean of the channels
-        samples = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
-    if samples.size == 0:
-        raise GemmaRefError(f"{what}: the clip is empty (no samples)")
-    if not np.isfinite(samples).all():
-        raise GemmaRefError(f"{what}: the clip has NaN or infinite samples")
-    if rate != sampling_rate:
-        samples = _resample(samples, int(rate), sampling_rate, what)
-    return np.ascontiguousarray(samples, dtype=np.float32)
-
-
-def _decode_file(path: Path, what: str) -> tuple[np.ndarray, int]:
-    """[A, channels] float32 and the file's sample rate: PCM WAV by the standard library's
-    `wave`, anything else by soundfile (libsndfile, as transformers decodes)."""
-    if not path.is_file():
-        raise GemmaRefError(f"{what}: {path}: no such file")
+def _gemma3n_config(d: dict, source: str) -> AudioConfig:
+    """Gemma3nAudioConfig (and Gemma3nConfig's audio keys) in AudioConfig's terms."""
+    a = d["audio_config"]
+    get = lambda k, default: default if a.get(k) is None else a[k]  # noqa: E731
     try:
-        return _read_pcm_wav(path)
-    except (wave.Error, EOFError, ValueError):
-        pass  # not a PCM WAV the standard library reads: soundfile's turn
-    try:
-        import soundfile
-    except ImportError:
-        raise GemmaRefError(f"{what}: {path}: gemma-ref reads PCM WAV files by itself; for other formats "
-                            "install the audio extra: pip install 'gemma-ref[audio]'") from None
-    try:
-        with soundfile.SoundFile(str(path)) as f:
-            return f.read(dtype="float32", always_2d=True), f.samplerate
-    except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
-        raise GemmaRefError(f"{what}: {path}: not an audio file soundfile can read ({e})") from None
+        c = AudioConfig(
+            model_type="gemma3n_audio", hidden_size=int(get("hidden_size", 1536)),
+            num_hidden_layers=int(get("conf_num_hidden_layers", 12)),
+            num_attention_heads=int(get("conf_num_attention_heads", 8)),
+            subsampling_conv_channels=tuple(int(x) for x in get("sscp_conv_channel_size", (128, 32))),
+            sscp_conv_kernel_size=tuple(tuple(int(x) for x in k) for k in get("sscp_conv_kernel_size", ((3, 3),) * 2)),
+            sscp_conv_stride_size=tuple(tuple(int(x) for x in k) for k in get("sscp_conv_stride_size", ((2, 2),) * 2)),
+            sscp_norm="cumulative_group", sscp_norm_eps=float(get("sscp_conv_group_norm_eps", 1e-3)),
+            sscp_time_padding="ahead", sscp_masks_input=False, input_feat_size=int(get("input_feat_size", 128)),
+            conv_kernel_size=int(get("conf_conv_kernel_size", 5)), conv_masks_input=True,
+            residual_weight=float(get("conf_residual_weight", 0.5)),
+            attention_chunk_size=int(get("conf_attention_chunk_size", 12)),
+            attention_context_left=int(get("conf_attention_context_left", 13)),
+            attention_context_right=int(get("conf_attention_context_right", 0)),
+            context_inclusive=True, relative_positions="span", key_scale=False,
+            attention_logit_cap=float(get("conf_attention_logit_cap", 50.0)),
+            attention_invalid_logits_value=float(np.finfo(np.float32).min), use_clipped_linears=False,
+            rms_norm_eps=float(get("rms_norm_eps", 1e-6)), gradient_clipping=float(get("gradient_clipping", 1e10)),
+            output_proj_dims=0, reduction_factor=int(get("conf_reduction_factor", 4)),
+            audio_token_id=int(d.get("audio_token_id", 262_273)), boa_token_id=int(d.get("boa_token_id", 256_000)),
+            eoa_token_index=int(d.get("eoa_token_id", 262_272)),
+            text_hidden_size=int((d.get("text_config") or {})["hidden_size"]),
+            soft_tokens=int(d.get("audio_soft_tokens_per_image") or 188),
+            vocab_offset=int(get("vocab_offset", 262_144 + 128)), vocab_size=int(get("vocab_size", 128)),
+            pad_token=int((d.get("text_config") or {}).get("vocab_size", 262_400)) - 1)
+    except (TypeError, ValueError, KeyError) as e:
+        raise GemmaRefError(f"{source}: invalid audio_config ({e})") from None
+    if get("hidden_act", "silu") not in ("silu", "swish"):
+        raise GemmaRefError(f"{source}: audio hidden_act {a['hidden_act']!r}: only silu is implemented")
+    return c
 
 
-def _read_pcm_wav(path: Path) -> tuple[np.ndarray, int]:
-    """A PCM WAV (8/16/24/32-bit) as [A, channels] float32 in [-1, 1), as soundfile reads it."""
-    with wave.open(str(path), "rb") as w:
-        width, channels, rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
-        raw = w.readframes(w.getnframes())
-    if width == 1:  # unsigned 8-bit
-        x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128) / 128
-    elif width == 3:  # 24-bit little-endian: widen to 32 bits, sign from the top byte
-        b = np.frombuffer(raw, np.uint8).reshape(-1, 3)
-        x = (b[:, 0].astype(np.int32) << 8 | b[:, 1].astype(np.int32) << 16
-             | b[:, 2].astype(np.int8).astype(np.int32) << 24).astype(np.float32) / 2.0 ** 31
-    elif width in (2, 4):
-        x = np.frombuffer(raw, f"<i{width}").astype(np.float32) / np.float32(2.0 ** (8 * width - 1))
-    else:
-        raise ValueError(width)
-    return x.reshape(-1, channels), rate
-
-
-def _resample(samples, rate: int, target: int, what: str) -> np.ndarray:
-    """soxr "soxr_hq", then padded or cut to ceil(A * target / rate) (transformers' load_audio)."""
-    try:
-        import soxr
-    except ImportError:
-        raise GemmaRefError(f"{what}: {rate} Hz audio must be resampled to {target} Hz as transformers "
-                            "does it (soxr); install the audio extra: pip install 'gemma-ref[audio]', "
-                            f"or give {target} Hz samples") from None
-    n = math.ceil(samples.shape[-1] * target / rate)
-    out = soxr.resample(samples, rate, target, quality="soxr_hq")
-    return np.pad(out, (0, max(0, n - len(out))))[:n]
-
-
-# --- the feature extractor -----------------------------------------------------------------
-
-
-def hertz_to_mel(f):
-    """HTK mel scale: 2595 log10(1 + f / 700)."""
-    return 2595.0 * np.log10(1.0 + f / 700.0)
-
-
-def mel_filter_bank(n_bins: int, n_mels: int, f_min: float, f_max: float, rate: int) -> np.ndarray:
-    """Triangular filters, centres evenly spaced in HTK mels, unnormalised (norm=None),
-    float64 (transformers.audio_utils.mel_filter_bank).           -> [n_bins, M]"""
-    mels = np.linspace(hertz_to_mel(f_min), hertz_to_mel(f_max), n_mels + 2)  # [M + 2]
-    centres = 700.0 * (np.power(10, mels / 2595.0) - 1.0)  # [M + 2] Hz: edges and centres
-    freqs = np.linspace(0, rate // 2, n_bins)  # [n_bins] Hz of each FFT bin
-    slopes = centres[None, :] - freqs[:, None]  # [n_bins, M + 2]
-    down = -slopes[:, :-2] / np.diff(centres)[:-1]  # rising edge of filter m
-    up = slopes[:, 2:] / np.diff(centres)[1:]  # falling edge
-    return np.maximum(np.zeros(1), np.minimum(down, up))
-
-
-def pad_clip(samples, p: AudioFeatures) -> tuple[np.ndarray, np.ndarray]:
-    """Cut to max_length, pad with zeros to a multiple of pad_to_multiple_of (the
-    feature extractor's `pad`); float32.                   [A] -> [A'], valid [A'] bool"""
-    samples = samples[:p.max_length]
-    n = -(-len(samples) // p.pad_to_multiple_of) * p.pad_to_multiple_of
-    valid = np.arange(n) < len(samples)
-    return np.pad(samples.astype(np.float32), (0, n - len(samples))), valid
-
-
-def log_mel(samples, p: AudioFeatures) -> tuple[np.ndarray, np.ndarray]:
-    """Log-mel features of one clip and which frames are real audio.
-
-    samples [A] float32 -> features [F, M] float32, mask [F] bool. F = (A + W/2 - W - 1) // hop + 1
-    windows of W = frame_length samples every hop, the first centred on sample 0
-    ("semicausal": W/2 zeros in front). A frame is real iff its window (W + 1 samples,
-    the extra one for pre-emphasis) holds no padding; other frames are zeroed.
-    """
-    x, valid = pad_clip(samples, p)
-    W, hop = p.frame_length, p.hop_length
-    x = np.pad(x * np.float32(p.input_scale_factor) if p.input_scale_factor != 1.0 else x, (W // 2, 0))
-    valid = np.pad(valid, (W // 2, 0))
-    F = (len(x) - (W + 1)) // hop + 1
-    frames = np.lib.stride_tricks.sliding_window_view(x, W + 1)[::hop][:F]  # [F, W + 1]
-    if p.preemphasis > 0.0:
-        if p.preemphasis_htk_flavor:  # x[0] (1 - a), then x[t] - a x[t - 1]
-            frames = np.concatenate([frames[:, :1] * (1.0 - p.preemphasis),
-                                     frames[:, 1:-1] - p.preemphasis * frames[:, :-2]], axis=-1)
-        else:
-            frames = frames[:, 1:] - p.preemphasis * frames[:, :-1]
-    else:
-        frames = frames[:, :-1]  # [F, W]
-    window = periodic_hann(W).astype(np.float32)  # float32, as the extractor stores it
-    # rfft of float32 frames is complex64 (NumPy 2); the filters are float64, so the mel
-    # energies and their log are float64, cast to float32 at the end (as transformers).
-    magnitude = np.abs(np.fft.rfft(frames * window, n=p.fft_length, axis=-1))  # [F, fft/2 + 1]
-    mel = np.log(magnitude @ p.filters + np.float64(p.mel_floor))  # [F, M] float64
-    if p.per_bin_mean is not None:
-        mel = mel - np.asarray(p.per_bin_mean)
-    if p.per_bin_stddev is not None:
-        mel = mel / np.asarray(p.per_bin_stddev)
-    mask = valid[np.arange(F) * hop + W]  # the last sample of each frame's window
-    return mel.astype(np.float32) * mask[:, None], mask
-
-
-def periodic_hann(n: int) -> np.ndarray:
-    """0.5 - 0.5 cos(2 pi k / n), k < n (np.hanning(n + 1) without its last point)."""
-    return np.hanning(n + 1)[:-1]
-
-
-def num_tokens(mask) -> int:
-    """Soft tokens of a clip: its valid frames after two stride-2 convolutions (kernel 3,
-    padding 1), capped (Gemma4Processor.replace_audio_token, _compute_audio_num_tokens)."""
-    for _ in range(2):
-        mask = mask[::2]
-    return int(mask.sum())
+def subsampled_bins(c: AudioConfig) -> int:
+    """3n: mel bins left after the two convolutions (frequency padding 1 each side)."""
+    M = c.input_feat_size
+    for (_, kf), (_, sf) in zip(c.sscp_conv_kernel_size, c.sscp_conv_stride_size):
+        M = (M + 2 - kf) // sf + 1
+    return M
 
 
 # --- the tower -------------------------------------------------------------------------------
 
 
-def conv2d_stride2(x, w):
-    """3x3 convolution, stride 2, zero padding 1, no bias.   [C_in, F, M], [C, C_in, 3, 3] -> [C, F/2, M/2]"""
+def conv2d(x, w, stride, padding):
+    """2-D convolution, no bias.         [C_in, F, M], [C, C_in, kt, kf] -> [C, F', M']
+    stride (st, sf); padding ((before, after) in time, (before, after) in mel), zeros."""
     C_in, F, M = x.shape
-    xp = np.pad(x, ((0, 0), (1, 1), (1, 1)))
-    F2, M2 = (F - 1) // 2 + 1, (M - 1) // 2 + 1
-    # patches[c, i, j, f, m] = xp[c, 2f + i, 2m + j]
-    patches = np.stack([np.stack([xp[:, i:i + 2 * F2:2, j:j + 2 * M2:2] for j in range(3)], 1)
-                        for i in range(3)], 1)  # [C_in, 3, 3, F2, M2]
+    kt, kf = w.shape[2:]
+    (st, sf), (pt, pf) = stride, padding
+    xp = np.pad(x, ((0, 0), pt, pf))
+    F2, M2 = (xp.shape[1] - kt) // st + 1, (xp.shape[2] - kf) // sf + 1
+    # patches[c, i, j, f, m] = xp[c, st f + i, sf m + j]
+    patches = np.stack([np.stack([xp[:, i:i + st * (F2 - 1) + 1:st, j:j + sf * (M2 - 1) + 1:sf]
+                                  for j in range(kf)], 1) for i in range(kt)], 1)  # [C_in, kt, kf, F', M']
     return np.einsum("oikl,iklfm->ofm", w, patches, optimize=True)
+
+
+def conv2d_stride2(x, w):
+    """Gemma 4's: 3x3, stride 2, zero padding 1.           [C_in, F, M] -> [C, F/2, M/2]"""
+    return conv2d(x, w, (2, 2), ((1, 1), (1, 1)))
 
 
 def layer_norm(x, w, eps):
@@ -399,26 +253,51 @@ def layer_norm(x, w, eps):
     return (x - mu) / np.sqrt(var + np.float32(eps)) * w
 
 
+def cumulative_group_norm(x, w, eps):
+    """Gemma 3n: normalised by the mean and variance of everything up to each time step.
+
+    x [T, M', C] -> [T, M', C]; mean_t = sum(x[:t+1]) / n_t, var_t = sum over s <= t of
+    sum((x_s - mean_s)^2) / n_t (each step's deviations from its own running mean), n_t the
+    values counted (Gemma3nAudioCumulativeGroupNorm, no mask).
+    """
+    n = np.cumsum(np.full(len(x), x[0].size, np.float32))[:, None, None]  # [T, 1, 1]
+    mean = np.cumsum(x.sum(axis=(1, 2), keepdims=True), axis=0) / n
+    var = np.cumsum(((x - mean) ** 2).sum(axis=(1, 2), keepdims=True), axis=0) / n
+    return (x - mean) / np.sqrt(var + np.float32(eps)) * w
+
+
 def subsample(features, mask, W, c: AudioConfig, trace=None):
-    """Two [conv 3x3 stride 2 -> LayerNorm over channels -> ReLU] blocks, then a linear.
+    """Two [conv (stride 2) -> norm -> ReLU] blocks, then a linear.
 
     features [F, M], mask [F] -> [T', Da], mask [T']   (T' = F/4; Gemma4AudioSubSampleConvProjection)
-    Each block first zeroes the frames that are not audio.
+    Gemma 4: 3x3 convolutions padded 1 all round, LayerNorm over channels, each block first
+    zeroes the frames that are not audio, the mask halved with each. 3n: the time axis
+    padded (0, k - 1) (a frame reads the ones after it), the cumulative group norm, no
+    zeroing; the mask is the frames at every 4th step.
     """
-    pre = "audio_tower.subsample_conv_projection."
+    pre, n = "audio_tower.subsample_conv_projection.", c.names
     h = features[None]  # [1, F, M]: one input channel
+    frames = np.arange(len(mask))
     for i in range(2):
-        h = h * mask[None, :, None]
-        h = conv2d_stride2(h, W[pre + f"layer{i}.conv.weight"])  # [C, F/2, M/2]
-        h = layer_norm(h.transpose(1, 2, 0), W[pre + f"layer{i}.norm.weight"], c.rms_norm_eps)  # [F/2, M/2, C]
+        if c.sscp_masks_input:  # Gemma 4: the frames of this resolution that are audio
+            h = h * mask[frames][None, :, None]
+        w = W[pre + n[f"conv{i}"] + ".conv.weight"]  # [C, C_in, kt, kf]
+        kt = w.shape[2]
+        time_pad = (1, 1) if c.sscp_time_padding == "centred" else (0, kt - 1)
+        h = conv2d(h, w, c.sscp_conv_stride_size[i], (time_pad, (1, 1)))  # [C, F/2, M/2]
+        norm = layer_norm if c.sscp_norm == "layer" else cumulative_group_norm
+        h = norm(h.transpose(1, 2, 0), W[pre + n[f"conv{i}"] + ".norm.weight"], c.sscp_norm_eps)  # [F/2, M/2, C]
         h = np.maximum(h, 0).transpose(2, 0, 1)  # ReLU; [C, F/2, M/2]
-        mask = mask[::2]
-        record(trace, pre + f"layer{i}", h.transpose(1, 2, 0)[None])  # [1, F', M', C]: time second
+        frames = frames[::c.sscp_conv_stride_size[i][0]]
+        record(trace, pre + n[f"conv{i}"], h.transpose(1, 2, 0)[None])  # [1, F', M', C]: time second
     C, T, M4 = h.shape
     h = h.transpose(1, 2, 0).reshape(T, M4 * C)  # [T', M/4 * C]: channels fastest
     h = linear(h, W[pre + "input_proj_linear.weight"])  # [T', Da]
     record(trace, pre + "input_proj_linear", h[None])
-    return h, mask
+    if c.sscp_masks_input:  # Gemma 4: mask[::2][::2]
+        return h, mask[frames[:T]]
+    stride = np.prod([s for s, _ in c.sscp_conv_stride_size])  # 3n: the frame at each token's start
+    return h, mask[np.minimum(np.arange(T) * stride, len(mask) - 1)]
 
 
 def silu(x):
@@ -426,22 +305,32 @@ def silu(x):
     return x / (1.0 + np.exp(-x))
 
 
+def project(x, W, name, c: AudioConfig):
+    """x @ w.T: Gemma 4's clippable linears (inputs and outputs clamped to stored bounds),
+    3n's plain ones."""
+    if c.model_type == "gemma4_audio":
+        return clipped_linear(x, W, name, c.use_clipped_linears)
+    return linear(x, W[name + ".weight"])
+
+
 def feed_forward(x, W, pre, c: AudioConfig):
     """Half a macaron: x + w_r * norm(clip(ffw2(silu(ffw1(norm(clip(x))))))).   [T', Da] -> [T', Da]"""
     g = np.float32(c.gradient_clipping)
     h = rms_norm(np.clip(x, -g, g), W[pre + "pre_layer_norm.weight"], 1e-6, 0.0)
-    h = clipped_linear(h, W, pre + "ffw_layer_1", c.use_clipped_linears)  # [T', 4Da]
-    h = clipped_linear(silu(h), W, pre + "ffw_layer_2", c.use_clipped_linears)  # [T', Da]
+    h = project(h, W, pre + "ffw_layer_1", c)  # [T', 4Da]
+    h = project(silu(h), W, pre + "ffw_layer_2", c)  # [T', Da]
     h = rms_norm(np.clip(h, -g, g), W[pre + "post_layer_norm.weight"], 1e-6, 0.0)
     return x + h * np.float32(c.residual_weight)
 
 
 def relative_positions(c: AudioConfig, dtype) -> np.ndarray:
-    """Sinusoids of the distances X/2, ..., 1, 0: [sin | cos] of distance * 1e4^(-i/(Da/2-1)).
-                                                                      -> [R, Da], R = X/2 + 1"""
+    """Sinusoids of the distances X/2, ..., 1, 0 (3n: left - 1, ..., -right): [sin | cos] of
+    distance * 1e4^(-i/(Da/2-1)).                                    -> [R, Da], R = X/2 + 1"""
     n = c.hidden_size // 2
     inv = np.exp(np.arange(n, dtype=dtype) * dtype(-math.log(1e4) / max(n - 1, 1)))  # [Da/2]
-    t = np.arange(c.context_size // 2, -1, -1).astype(dtype)[:, None] * inv  # [R, Da/2]
+    first, last = ((c.context_size // 2, 0) if c.relative_positions == "half_context"
+                   else (max(0, c.attention_context_left - 1), -c.attention_context_right))
+    t = np.arange(first, last - 1, -1).astype(dtype)[:, None] * inv  # [R, Da/2]
     return np.concatenate([np.sin(t), np.cos(t)], axis=-1)
 
 
@@ -474,13 +363,15 @@ def rel_shift(bd, X: int):
 
 def key_visible(mask, c: AudioConfig) -> np.ndarray:
     """Which of its block's X keys each query sees: a real frame, 0 <= q - k < left - 1
-    (or up to right - 1 ahead).                                     mask [T'] -> [B_k, Q, X] bool"""
+    (or up to right - 1 ahead); 3n: -right <= q - k <= left - 1.   mask [T'] -> [B_k, Q, X] bool"""
     Q, X, past = c.attention_chunk_size, c.context_size, c.attention_context_left - 1
     n = -(-len(mask) // Q)
     q = np.arange(n * Q).reshape(n, Q, 1)  # [B_k, Q, 1] query positions
     k = (np.arange(n)[:, None] * Q - past + np.arange(X))[:, None, :]  # [B_k, 1, X] key positions
     real = np.concatenate([mask, np.zeros(past + X + n * Q, bool)])[np.clip(k, 0, None)] & (k >= 0)
     d = q - k
+    if c.context_inclusive:  # Gemma3nAudioAttention.local_causal_valid_mask
+        return real & (d <= past) & (-d <= c.attention_context_right)
     return real & (((d >= 0) & (d < past)) | ((d < 0) & (-d < c.attention_context_right)))
 
 
@@ -489,21 +380,23 @@ def self_attention(x, mask, W, pre, c: AudioConfig, rel):
 
     x [T', Da], mask [T'], rel [R, Da] -> [T', Da]
     q = q_proj(x) / sqrt(H) / ln 2 * softplus(per_dim_scale);  k = k_proj(x) * ln(1 + e) / ln 2
+    (3n: k unscaled; its 1 / softplus(0) is the same 1 / ln 2);
     score(i, j) = cap * tanh((q_i . k_j + q_i . r_{i - j}) / cap), r = relative_k_proj(rel);
-    keys not visible (key_visible) score attention_invalid_logits_value.
+    keys not visible (key_visible) score attention_invalid_logits_value. `pre`: the layer's.
     """
     T, Da = x.shape
-    N, H, X, clip = c.num_attention_heads, c.head_dim, c.context_size, c.use_clipped_linears
-    q = clipped_linear(x, W, pre + "q_proj", clip).reshape(T, N, H)
-    k = clipped_linear(x, W, pre + "k_proj", clip).reshape(T, N, H)
-    v = clipped_linear(x, W, pre + "v_proj", clip).reshape(T, N, H)
-    softplus = np.log1p(np.exp(W[pre + "per_dim_scale"]))  # [H]
+    N, H, X, n = c.num_attention_heads, c.head_dim, c.context_size, c.names
+    q = project(x, W, pre + n["q_proj"], c).reshape(T, N, H)
+    k = project(x, W, pre + n["k_proj"], c).reshape(T, N, H)
+    v = project(x, W, pre + n["v_proj"], c).reshape(T, N, H)
+    softplus = np.log1p(np.exp(W[pre + n["per_dim_scale"]]))  # [H]
     q = q * np.float32(H ** -0.5 / math.log(2)) * softplus
-    k = k * np.float32(math.log(1 + math.e) / math.log(2))
+    if c.key_scale:
+        k = k * np.float32(math.log(1 + math.e) / math.log(2))
     qb = blocks(q, c).transpose(2, 0, 1, 3)  # [N, B_k, Q, H]
     kb = block_context(k, c).transpose(2, 0, 3, 1)  # [N, B_k, H, X]
     vb = block_context(v, c).transpose(2, 0, 1, 3)  # [N, B_k, X, H]
-    r = linear(rel, W[pre + "relative_k_proj.weight"]).reshape(-1, N, H).transpose(1, 2, 0)  # [N, H, R]
+    r = linear(rel, W[pre + n["relative_k_proj"] + ".weight"]).reshape(-1, N, H).transpose(1, 2, 0)  # [N, H, R]
     ac = qb @ kb  # [N, B_k, Q, X]  content
     bd = rel_shift(qb @ r[:, None], X)  # [N, B_k, Q, R] -> [N, B_k, Q, X]  position
     cap = np.float32(c.attention_logit_cap)
@@ -512,81 +405,122 @@ def self_attention(x, mask, W, pre, c: AudioConfig, rel):
     e = np.exp(scores - scores.max(axis=-1, keepdims=True))
     out = (e / e.sum(axis=-1, keepdims=True)) @ vb  # [N, B_k, Q, H]
     out = out.transpose(1, 2, 0, 3).reshape(-1, N * H)[:T]  # [T', Da]
-    return clipped_linear(out, W, pre + "post", clip)
+    return project(out, W, pre + n["post"], c)
 
 
 def light_conv(x, W, pre, c: AudioConfig):
     """The convolution module: x + end(silu(norm(clip(causal_depthwise(glu(start(norm(x)))))))).
                                                                             [T', Da] -> [T', Da]"""
-    g, clip, k = np.float32(c.gradient_clipping), c.use_clipped_linears, c.conv_kernel_size
+    g, k = np.float32(c.gradient_clipping), c.conv_kernel_size
     h = rms_norm(x, W[pre + "pre_layer_norm.weight"], c.rms_norm_eps, 0.0)
-    h = clipped_linear(h, W, pre + "linear_start", clip)  # [T', 2Da]
+    h = project(h, W, pre + "linear_start", c)  # [T', 2Da]
     a, b = np.split(h, 2, axis=-1)
     h = a / (1.0 + np.exp(-b))  # GLU: a * sigmoid(b)   [T', Da]
     w = W[pre + "depthwise_conv1d.weight"][:, 0]  # [Da, k]
     hp = np.pad(h, ((k - 1, 0), (0, 0)))  # causal: k - 1 zeros in front
     h = sum(hp[j:j + len(h)] * w[:, j] for j in range(k))  # out[t] = sum_j w[j] h[t - (k-1) + j]
     h = rms_norm(np.clip(h, -g, g), W[pre + "conv_norm.weight"], c.rms_norm_eps, 0.0)
-    return x + clipped_linear(silu(h), W, pre + "linear_end", clip)
+    return x + project(silu(h), W, pre + "linear_end", c)
 
 
 def conformer_layer(x, mask, W, i, c: AudioConfig, rel, trace=None):
     """One Conformer block (macaron).                                    [T', Da] -> [T', Da]
 
     x = x + ff1(x) / 2;  x = x + norm(clip(attn(norm(clip(x)))));  x = x + conv(x);
-    x = x + ff2(x) / 2;  out = norm(clip(x))      (Gemma4AudioLayer)
+    x = x + ff2(x) / 2;  out = norm(clip(x))      (Gemma4AudioLayer, Gemma3nAudioConformerBlock;
+    3n zeroes the padded frames before conv)
     """
-    pre, g = f"audio_tower.layers.{i}.", np.float32(c.gradient_clipping)
-    x = feed_forward(x, W, pre + "feed_forward1.", c)
-    record(trace, pre + "feed_forward1", x[None])
-    h = rms_norm(np.clip(x, -g, g), W[pre + "norm_pre_attn.weight"], 1e-6, 0.0)
-    h = self_attention(h, mask, W, pre + "self_attn.", c, rel)
-    record(trace, pre + "self_attn", h[None])
-    x = x + rms_norm(np.clip(h, -g, g), W[pre + "norm_post_attn.weight"], 1e-6, 0.0)
+    n, g = c.names, np.float32(c.gradient_clipping)
+    pre = n["layer"].format(i=i)
+    x = feed_forward(x, W, pre + n["ff1"] + ".", c)
+    record(trace, pre + n["ff1"], x[None])
+    h = rms_norm(np.clip(x, -g, g), W[pre + n["norm_pre_attn"] + ".weight"], 1e-6, 0.0)
+    h = self_attention(h, mask, W, pre, c, rel)
+    record(trace, pre + n["post"], h[None])
+    x = x + rms_norm(np.clip(h, -g, g), W[pre + n["norm_post_attn"] + ".weight"], 1e-6, 0.0)
+    if c.conv_masks_input:
+        x = x * mask[:, None]
     x = light_conv(x, W, pre + "lconv1d.", c)
     record(trace, pre + "lconv1d", x[None])
-    x = feed_forward(x, W, pre + "feed_forward2.", c)
-    x = rms_norm(np.clip(x, -g, g), W[pre + "norm_out.weight"], 1e-6, 0.0)
-    record(trace, f"audio_tower.layers.{i}", x[None])
+    x = feed_forward(x, W, pre + n["ff2"] + ".", c)
+    x = rms_norm(np.clip(x, -g, g), W[pre + n["norm_out"] + ".weight"], 1e-6, 0.0)
+    record(trace, pre[:-1], x[None])
     return x
 
 
 def audio_tower(features, mask, W, c: AudioConfig, trace=None):
-    """Gemma4AudioModel: features [F, M], mask [F] -> [T', Do] and mask [T'] (all tokens,
-    padding ones included, as transformers' last_hidden_state)."""
+    """Gemma4AudioModel / Gemma3nAudioEncoder: features [F, M], mask [F] -> [T', Do] and
+    mask [T'] (all tokens, padding ones included, as transformers' last_hidden_state).
+    Gemma 4 ends with a projection; 3n keeps every 4th token and zeroes padded ones."""
     x, mask = subsample(features, mask, W, c, trace)
     rel = relative_positions(c, np.float32)
     for i in range(c.num_hidden_layers):
         x = conformer_layer(x, mask, W, i, c, rel, trace)
-    x = linear(x, W["audio_tower.output_proj.weight"]) + W["audio_tower.output_proj.bias"]
+    if c.output_proj_dims:
+        x = linear(x, W["audio_tower.output_proj.weight"]) + W["audio_tower.output_proj.bias"]
+    if c.reduction_factor > 1:
+        x, mask = x[::c.reduction_factor] * mask[::c.reduction_factor, None], mask[::c.reduction_factor]
     record(trace, "audio_tower", x[None])
     return x, mask
 
 
 def embed_audio(x, W, c: AudioConfig):
-    """Gemma4MultimodalEmbedder: RMSNorm (no weight), then a projection.   [T', Do] -> [T', D]"""
-    return linear(rms_norm(x, None, c.rms_norm_eps), W["embed_audio.embedding_projection.weight"])
+    """Soft tokens into the language model.                          [T', Do] -> [T', D]
+
+    Gemma4MultimodalEmbedder: RMSNorm (no weight), then a projection. Gemma3nMultimodalEmbedder:
+    RMSNorm (soft_embedding_norm), the projection, RMSNorm (no weight)."""
+    if not c.vocab_size:
+        return linear(rms_norm(x, None, c.rms_norm_eps), W["embed_audio.embedding_projection.weight"])
+    return _embed_3n(rms_norm(x, W["embed_audio.soft_embedding_norm.weight"], c.rms_norm_eps, 0.0), W, c)
+
+
+def embed_hard_audio(ids, W, c: AudioConfig):
+    """3n: hard audio tokens (ids >= vocab_offset) through their table.        [n] -> [n, D]
+    RMSNorm (hard_embedding_norm), the projection, RMSNorm (no weight)."""
+    rows = W["embed_audio.embedding.weight"][np.asarray(ids) - c.vocab_offset]  # [n, Da]
+    return _embed_3n(rms_norm(rows, W["embed_audio.hard_embedding_norm.weight"], c.rms_norm_eps, 0.0), W, c)
+
+
+def _embed_3n(normed, W, c: AudioConfig):
+    return rms_norm(linear(normed, W["embed_audio.embedding_projection.weight"]), None, c.rms_norm_eps)
 
 
 def clip_embeddings(features, mask, W, c: AudioConfig, trace=None):
-    """A clip's soft tokens: the tower, the embedder, the real tokens only. -> [n, D]"""
+    """A clip's soft tokens: the tower, the embedder; the real tokens only (Gemma 4), or
+    (3n) always soft_tokens of them, padding ones and the rest the pad token's embedding.
+                                                                          -> [n, D]"""
     x, mask = audio_tower(features, mask, W, c, trace)
     out = embed_audio(x, W, c)
     record(trace, "embed_audio", out[None])
-    return out[mask]
+    if not c.soft_tokens:
+        return out[mask]
+    pad = embed_hard_audio([c.pad_token], W, c)  # [1, D]
+    out = np.where(mask[:, None], out, pad)[:c.soft_tokens]
+    return np.concatenate([out, np.repeat(pad, c.soft_tokens - len(out), axis=0)])
 
 
 # --- prompts ------------------------------------------------------------------------------
 
 
-def audio_tokens(ids, rows, c: AudioConfig) -> ImageTokens:
-    """model.ImageTokens for the audio soft tokens of a chunk: embedded as <pad>, their
-    features in place, each seeing what a text token would (causal)."""
-    at = np.asarray(ids) == c.audio_token_id  # [B, T]
-    if at.sum() != len(rows):
-        raise GemmaRefError(f"the ids hold {int(at.sum())} audio soft tokens, the clips give {len(rows)}")
-    return ImageTokens(at=at, embeds=rows, reach=np.zeros(at.shape, np.int64), layers="none",
-                       embedded_as_pad=True)
+def audio_tokens(ids, rows, W, c: AudioConfig) -> ImageTokens:
+    """model.ImageTokens for the audio tokens of a chunk, each seeing what a text token
+    would (causal). Gemma 4: the soft tokens, embedded as <pad>, their features in place.
+    3n: every id >= vocab_offset: the soft tokens' features, and the hard audio tokens
+    (<eoa> is one) embedded by embed_audio's own table (Gemma3nModel.forward)."""
+    ids = np.asarray(ids)
+    soft = ids == c.audio_token_id  # [B, T]
+    if soft.sum() != len(rows):
+        raise GemmaRefError(f"the ids hold {int(soft.sum())} audio soft tokens, the clips give {len(rows)}")
+    if not c.vocab_size:
+        return ImageTokens(at=soft, embeds=rows, reach=np.zeros(soft.shape, np.int64), layers="none",
+                           embedded_as_pad=True)
+    at = ids >= c.vocab_offset  # [B, T]
+    full = np.zeros(ids.shape + (c.text_hidden_size,), np.float32)
+    full[soft] = rows
+    hard = at & ~soft
+    if hard.any():
+        full[hard] = embed_hard_audio(ids[hard], W, c)
+    return ImageTokens(at=at, embeds=full[at], reach=np.zeros(at.shape, np.int64), layers="none")
 
 
 def merge(a: ImageTokens | None, b: ImageTokens | None) -> ImageTokens | None:
@@ -632,11 +566,31 @@ class Audio:
     def from_checkpoint(cls, raw: dict, path: Path) -> "Audio | None":
         """From config.json (as a dict) and the processor files; None without an audio tower."""
         config = AudioConfig.from_dict(raw, str(Path(path) / "config.json"))
-        return None if config is None else cls(config, AudioFeatures.from_dir(path))
+        if config is None:
+            return None
+        return cls(config, AudioFeatures.from_dir(path, gemma3n=config.model_type == "gemma3n_audio"))
 
-    def clip_features(self, clip, what: str = "audio") -> tuple[np.ndarray, np.ndarray]:
-        """A clip (path or (samples, rate)) -> its log-mel features [F, M] and frame mask [F]."""
-        return log_mel(read_audio(clip, self.features.sampling_rate, what), self.features)
+    @property
+    def marker(self) -> str:
+        """What a prompt writes where a clip goes when the tokenizer does not say: the
+        audio token's spelling (Gemma 4 <|audio|>, 3n <audio_soft_token>)."""
+        return AUDIO_MARKER if self.config.model_type == "gemma4_audio" else GEMMA3N_AUDIO_MARKER
+
+    def clip_features(self, clip, what: str = "audio", length: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """A clip (path or (samples, rate)) -> its log-mel features [F, M] and frame mask [F]
+        (length: pad as in a batch with a clip of that many samples)."""
+        return log_mel(read_audio(clip, self.features.sampling_rate, what), self.features, length)
+
+    def batch_features(self, clips) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The clips' features as one processor call makes them: each clip's samples padded
+        to the longest's (for 3n that changes the last frames a convolution reads)."""
+        samples = [read_audio(c, self.features.sampling_rate, f"audio {k + 1}") for k, c in enumerate(clips)]
+        longest = max((len(x) for x in samples), default=0)
+        return [log_mel(x, self.features, longest) for x in samples]
+
+    def wrap(self, prompt: str, marker: str) -> str:
+        """3n: the processor writes "\n\n" on both sides of a clip's block (as text)."""
+        return prompt if self.config.model_type == "gemma4_audio" else prompt.replace(marker, f"\n\n{marker}\n\n")
 
     def embed(self, clips, W, trace: dict | None = None) -> list[np.ndarray]:
         """Soft-token embeddings of clips, one [n_i, D] per clip.
@@ -661,7 +615,7 @@ class Audio:
             if isinstance(clips, (str, Path)) or (isinstance(clips, tuple) and len(clips) == 2
                                                   and not isinstance(clips[1], (tuple, str, Path))):
                 clips = [clips]
-            pairs = [self.clip_features(c, f"audio {k + 1}") for k, c in enumerate(clips)]
+            pairs = self.batch_features(clips)
         traces = [{} if trace is not None else None for _ in pairs]
         out = [clip_embeddings(f, m, W, self.config, t) for (f, m), t in zip(pairs, traces)]
         if trace is not None and pairs:  # the clips side by side, as transformers batches them
@@ -672,13 +626,13 @@ class Audio:
         return out
 
     def block(self, n: int) -> list[int]:
-        """A clip's ids in a prompt: boa, n x audio token, eoa."""
+        """A clip's ids in a prompt: boa, n x audio token, eoa (3n: n is always 188)."""
         c = self.config
         return [c.boa_token_id] + [c.audio_token_id] * n + [c.eoa_token_index]
 
-    def tokens(self, ids, rows) -> ImageTokens:
-        """The audio soft tokens of a chunk of ids, for model.forward (see audio_tokens)."""
-        return audio_tokens(ids, rows, self.config)
+    def tokens(self, ids, rows, W) -> ImageTokens:
+        """The audio tokens of a chunk of ids, for model.forward (see audio_tokens)."""
+        return audio_tokens(ids, rows, W, self.config)
 
     @property
     def token_ids(self) -> tuple[int, int, int]:

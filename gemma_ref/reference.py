@@ -187,7 +187,7 @@ def _features(model, clips):
     if not clips:
         return None, None
     seam = model._audio()
-    pairs = [seam.clip_features(c, f"audio {k + 1}") for k, c in enumerate(clips)]
+    pairs = seam.batch_features(clips)
     F, M = max(len(f) for f, _ in pairs), seam.features.feature_size
     features, masks = np.zeros((len(pairs), F, M), np.float32), np.zeros((len(pairs), F), bool)
     for k, (f, m) in enumerate(pairs):

@@ -308,15 +308,20 @@ def main() -> int:
     transformers.logging.set_verbosity_error()
     assert spm.SentencePieceProcessor(model_file=str(TOKENIZER_MODEL)).get_piece_size() == 512
     write_clips()
+    run_variants(VARIANTS, make_variant)
+    return 0
+
+
+def run_variants(variants, make_variant) -> None:
+    """make_variant(spec, date) for each variant (those named on the command line, if any)."""
     date = provenance_date()
     only = set(sys.argv[1:])
-    for spec in VARIANTS:
+    for spec in variants:
         if only and spec["name"] not in only:
             continue
         print(f"== {spec['name']}", flush=True)
         for case, res in make_variant(spec, date).items():
             print(f"  {case}: {({k: tuple(np.shape(v)) for k, v in res.items() if not k.startswith('_')})}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -305,8 +305,10 @@ def _images_summary(config_file: Path, config) -> list[str]:
     raw = json.loads(Path(config_file).read_text())
     a = AudioConfig.from_dict(raw, str(config_file))
     sound = [] if a is None else [
-        f"audio             Gemma 4 Conformer, {a.num_hidden_layers} layer(s) x {a.hidden_size} wide, chunks "
-        f"of {a.attention_chunk_size}, a token sees itself and {a.attention_context_left - 2} before, one per 40 ms; "
+        f"audio             {'Gemma 4' if a.model_type == 'gemma4_audio' else 'Gemma 3n'} Conformer, "
+        f"{a.num_hidden_layers} layer(s) x {a.hidden_size} wide, chunks of {a.attention_chunk_size}, a token sees "
+        f"itself and {a.attention_context_left - (1 if a.context_inclusive else 2)} before, one per "
+        f"{40 * a.reduction_factor} ms{f', {a.soft_tokens} per clip' if a.soft_tokens else ''}; "
         f"{sum(int(np.prod(s)) for s in a.expected_shapes().values()):,} parameters (not counted above)"]
     v = VisionConfig.from_dict(raw, str(config_file)) or Gemma4VisionConfig.from_dict(raw, str(config_file))
     if v is None:
