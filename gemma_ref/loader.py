@@ -411,6 +411,10 @@ def plan_tiers(found: dict, expected: dict, max_memory: int | None) -> list:
     return [(n, found[n], tiers.get(n, MAPPED)) for n in expected]
 
 
+# Scalars that clamp a projection's input and output: a model never given bounds stores +-Inf.
+CLAMP_BOUNDS = (".input_min", ".input_max", ".output_min", ".output_max")
+
+
 def check_finite(name: str, t: np.ndarray | StoredTensor, where: str) -> None:
     """Refuse a tensor holding NaN or Inf (it would make every logit NaN), naming it.
 
@@ -420,6 +424,10 @@ def check_finite(name: str, t: np.ndarray | StoredTensor, where: str) -> None:
     on disk is summed in blocks, once, so RAM holds one block at a time.
     """
     if t.size == 0:
+        return
+    if name.endswith(CLAMP_BOUNDS):  # +-Inf is "no bound" (Gemma 4's clippable linears); NaN is not
+        if np.isnan(np.asarray(t.memmap() if isinstance(t, StoredTensor) else t, np.float32)).any():
+            raise GemmaRefError(f"{where}: tensor {name} holds NaN; the file is corrupt")
         return
     if isinstance(t, StoredTensor) or t.dtype != np.float32:  # in blocks, widened (bits exact)
         from .parallel import widen_into

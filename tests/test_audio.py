@@ -320,3 +320,21 @@ def test_dump_keeps_the_features_and_reruns_them(tmp_path):
     again = reference.candidate_from_model(model, golden)
     for a, b in zip(golden.prompts, again.prompts):
         assert np.array_equal(a.logits, b.logits) and np.array_equal(a.greedy_ids, b.greedy_ids)
+
+
+def test_clamp_bounds_may_be_infinite_not_nan(tmp_path):
+    """A tower never given bounds stores +-Inf (transformers' init: no clamp); NaN is corrupt."""
+    from gemma_ref.loader import read_safetensors, write_safetensors
+
+    d = tmp_path / "ckpt"
+    shutil.copytree(DATA / "gemma4-audio", d)
+    tensors = {k: np.asarray(v) for k, v in read_safetensors(d / "model.safetensors").items()}
+    name = "model.audio_tower.layers.0.self_attn.q_proj.input_max"
+    tensors[name] = np.array(np.inf, np.float32)
+    write_safetensors(d / "model.safetensors", tensors)
+    model = Model.from_pretrained(d, progress=False)
+    assert np.isinf(model.weights[name[len("model."):]])
+    tensors[name] = np.array(np.nan, np.float32)
+    write_safetensors(d / "model.safetensors", tensors)
+    with pytest.raises(GemmaRefError, match="input_max holds NaN"):
+        Model.from_pretrained(d, progress=False)
