@@ -15,7 +15,9 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from . import chat_template as chat_templates
+from . import audio as audio_lib
 from . import families, files, hub, vision, vision_gemma4
+from .audio import Audio
 from .config import GemmaConfig
 from .config_json import load_json
 from .errors import GemmaRefError
@@ -24,7 +26,7 @@ from .loader import gguf_as_checkpoint, load_safetensors_checkpoint
 from .model import forward
 from .parallel import pipelined, prefill_chunk_size
 from .sampling import SamplingParams, check_generate_args, decode_steps
-from .tokenizer import END_OF_TURN, Tokenizer, chat_images
+from .tokenizer import END_OF_TURN, Tokenizer, chat_audio, chat_images
 from .vision import IMAGE_MARKER, Preprocessing, VisionConfig
 from .vision_gemma4 import Gemma4Preprocessing, Gemma4VisionConfig
 from .weights import Weights
@@ -70,8 +72,10 @@ class Model:
     def __init__(self, config: GemmaConfig, weights: dict, tokenizer: Tokenizer | None = None,
                  *, source: str = "", dtype="float32", instruction_tuned: bool | None = None,
                  stop_ids: Sequence[int] = (), vision: VisionConfig | Gemma4VisionConfig | None = None,
-                 preprocessing: Preprocessing | Gemma4Preprocessing | None = None, chat_template=None):
+                 preprocessing: Preprocessing | Gemma4Preprocessing | None = None, chat_template=None,
+                 audio: Audio | None = None):
         self.config, self.tokenizer, self.source = config, tokenizer, source
+        self.audio = audio  # Gemma 4 E2B/E4B: the audio tower's seam (audio.Audio); else None
         # Image-text checkpoints (Gemma 3 4B+, Gemma 4): the vision encoder's config, and
         # the processor's preprocessor_config.json; None for text-only models.
         self.vision, self.preprocessing = vision, preprocessing
@@ -141,8 +145,10 @@ class Model:
         raw = load_json(path / "config.json")
         vision = (VisionConfig.from_dict(raw, str(path / "config.json"))
                   or Gemma4VisionConfig.from_dict(raw, str(path / "config.json")))
+        audio = Audio.from_checkpoint(raw, path)  # None without an audio tower
         weights = load_safetensors_checkpoint(path, config, max_memory, progress, vision,
-                                              getattr(vision, "key_prefixes", None))
+                                              getattr(vision, "key_prefixes", None),
+                                              audio.config if audio else None)
         tokenizer = Tokenizer.from_checkpoint(path)  # tokenizer.model, else tokenizer.json
         pre_file = path / "preprocessor_config.json"
         preprocessing = None
@@ -153,18 +159,20 @@ class Model:
         template = chat_templates.load(path, tokenizer, config.model_type, gguf_file)
         model = cls(config, weights, tokenizer, source=str(source), dtype=dtype,
                     stop_ids=_generation_config_eos(path), vision=vision,
-                    preprocessing=preprocessing, chat_template=template)
+                    preprocessing=preprocessing, chat_template=template, audio=audio)
         model.checkpoint = path
         return model
 
     # --- the network -------------------------------------------------------------
 
-    def forward(self, ids, *, images: Sequence | None = None, pan_and_scan: bool | None = None,
+    def forward(self, ids, *, images: Sequence | None = None, audio=None, pan_and_scan: bool | None = None,
                 trace: dict | None = None) -> np.ndarray:
         """Logits for every position: ids [T] -> [T, V], or [B, T] -> [B, T, V]. Stateless.
 
         images: the images of the image blocks in `ids` (already expanded: see
         `prompt_ids`), in order of appearance (row by row for a batch); see embed_images.
+        audio: the clips of the audio blocks in `ids` (see prompt_inputs), likewise; see
+        embed_audio.
         """
         ids = np.asarray(ids)
         if ids.ndim not in (1, 2) or not np.issubdtype(ids.dtype, np.integer):
@@ -176,6 +184,9 @@ class Model:
             rows = _rows(self.embed_images(images, pan_and_scan=pan_and_scan, trace=trace))
             image_tokens = vision.image_tokens(ids2, np.broadcast_to(np.arange(ids2.shape[1]), ids2.shape),
                                                rows, self.vision)
+        if audio is not None and len(audio):  # audio soft tokens, placed as image ones are
+            rows = _rows(self.embed_audio(audio, trace=trace))
+            image_tokens = audio_lib.merge(image_tokens, self._audio().tokens(ids2, rows, self.weights))
         logits = forward(self.weights, self.config, ids2, images=image_tokens, n_vocab=self.n_vocab,
                          trace=trace)
         return logits[0] if ids.ndim == 1 else logits
@@ -279,6 +290,79 @@ class Model:
         ids = vision.expand_prompt(prompt, n_crops, self.vision, self.tokenizer.encode)
         return ids, self.embed_pixels(pixels)
 
+    # --- audio (see audio.py) ------------------------------------------------------
+
+    def embed_audio(self, audio, *, trace: dict | None = None) -> list[np.ndarray]:
+        """Soft-token embeddings of audio clips: one [tokens of that clip, hidden] each
+        (a token per 40 ms, at most 30 s of a clip).
+
+        audio: a clip or a list of them, each a file path (a PCM WAV needs nothing more;
+        FLAC, MP3, OGG and other rates need the `audio` extra) or (samples, sample_rate)
+        with samples [A] or [A, channels]; or the processor's features, a dict of
+        `input_features` [I, F, M] and `input_features_mask` [I, F].
+        """
+        return self._audio().embed(audio, self.weights, trace)
+
+    def _audio(self) -> Audio:
+        if self.audio is None:
+            why = "its config.json has no audio_config: Gemma 4 E2B/E4B and Gemma 3n take audio"
+            raise GemmaRefError(f"{self.source}: this model takes no audio ({why})")
+        return self.audio
+
+    def _audio_marker(self) -> str:
+        """What a prompt writes where a clip goes: the audio token's piece (Gemma 4 <|audio|>,
+        3n <audio_soft_token>)."""
+        i = self.audio.config.audio_token_id
+        if self.tokenizer is not None and i < self.tokenizer.vocab_size:
+            return self.tokenizer.sp.id_to_piece(i)
+        return self.audio.marker
+
+    def prompt_inputs(self, prompt: str, images: Sequence = (), audio: Sequence = (), *,
+                      pan_and_scan: bool | None = None):
+        """Token ids of a text prompt with images and audio clips, and their soft tokens:
+        -> (ids, image features or None, audio features or None).
+
+        Each audio marker (<|audio|>) becomes <|audio>, n x <|audio|>, <audio|>, as
+        Gemma4Processor expands it; with clips but no marker, the clips go before the text.
+        Images: see prompt_ids.
+        """
+        if isinstance(audio, (str, Path)) or (isinstance(audio, tuple) and len(audio) == 2
+                                              and isinstance(audio[1], (int, np.integer))):
+            audio = [audio]
+        marker = self._audio_marker() if self.audio is not None else audio_lib.AUDIO_MARKER
+        if self.audio is not None and marker != audio_lib.AUDIO_MARKER and isinstance(prompt, str):
+            prompt = prompt.replace(audio_lib.AUDIO_MARKER, marker)  # Gemma 4's spelling works too
+        if audio is None or not len(audio):
+            if self.audio is not None and isinstance(prompt, str) and marker in prompt:
+                raise GemmaRefError(f"the prompt has {prompt.count(marker)} {marker} "
+                                    "marker(s) but no audio clips were given")
+            return (*self.prompt_ids(prompt, images, pan_and_scan=pan_and_scan), None)
+        self._audio()
+        if self.tokenizer is None:
+            raise GemmaRefError(f"{self.source}: no tokenizer.model; pass token ids instead")
+        if marker not in prompt:
+            prompt = marker * len(audio) + prompt
+        if prompt.count(marker) != len(audio):  # before the (slow) tower
+            raise GemmaRefError(f"the prompt has {prompt.count(marker)} {marker} marker(s) for "
+                                f"{len(audio)} audio clip(s); give one clip per marker")
+        clips = self.embed_audio(list(audio))
+        blocks = {marker: [self.audio.block(len(f)) for f in clips]}
+        features = None
+        if images is not None and len(images):
+            if not isinstance(self.vision, Gemma4VisionConfig):
+                self._check_images(images)
+                raise GemmaRefError("images and audio in one prompt: Gemma 4 only")
+            image_marker = self._image_marker()
+            prompt = prompt.replace(IMAGE_MARKER, image_marker)
+            if image_marker not in prompt:
+                prompt = image_marker * len(images) + prompt
+            features = self.embed_images(images, pan_and_scan=pan_and_scan)
+            v = self.vision
+            blocks[image_marker] = [[v.boi_token_id] + [v.image_token_id] * len(f) + [v.eoi_token_id]
+                                    for f in features]
+        prompt = self.audio.wrap(prompt, marker)
+        return audio_lib.expand_markers(prompt, blocks, self.tokenizer.encode), features, clips
+
     def _image_marker(self) -> str:
         """What a prompt writes where an image goes: Gemma 3's <start_of_image>; Gemma 4's
         image token (the tokenizer's piece, <|image|>)."""
@@ -314,13 +398,13 @@ class Model:
                      temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                      min_p: float = 0.0, repetition_penalty: float = 1.0, seed: int | None = 0,
                      stop_ids: Sequence[int] | None = None,
-                     image_features: Sequence | None = None,
+                     image_features: Sequence | None = None, audio_features: Sequence | None = None,
                      stats: dict | None = None) -> Iterator[list[int | None]]:
         """Decode a batch of prompts together; yield, per step, one new id per row (None once
         that row has stopped). Rows are left-padded; each row stops on its own.
 
         image_features: per row, the soft-token embeddings [I, M, D] of its images (see
-        prompt_ids), or None.
+        prompt_ids), or None. audio_features: likewise its clips' (see prompt_inputs).
         stats: a dict to fill with prompt_tokens, prompt_seconds (prefill and the first
         token), new_tokens, decode_steps and generation_seconds (the steps after the
         first: one forward pass of one token per row each), as they happen.
@@ -335,9 +419,9 @@ class Model:
                 f"context of {self.config.max_position_embeddings} tokens")
         stop = self._default_stop if stop_ids is None else set(stop_ids)
         return self._decode(prompts, max_new_tokens, params, np.random.default_rng(seed), stop,
-                            image_features, {} if stats is None else stats)
+                            image_features, audio_features, {} if stats is None else stats)
 
-    def _decode(self, prompts, max_new_tokens, params, rng, stop, image_features, stats):
+    def _decode(self, prompts, max_new_tokens, params, rng, stop, image_features, audio_features, stats):
         """generate_ids' steps, its arguments checked."""
         B, P = len(prompts), max(len(p) for p in prompts)
         max_len = P + max_new_tokens
@@ -351,7 +435,7 @@ class Model:
                      prompt_seconds=0.0, generation_seconds=0.0)
         t0 = time.perf_counter()
         cache = self.new_cache(B, max_len + self.first_position)
-        chunks = self._prefill_inputs(ids, pos, image_features)
+        chunks = self._prefill_inputs(ids, pos, image_features, audio_features)
 
         def prefill(chunk, chunk_pos, images):  # into the shared cache
             return forward(self.weights, self.config, chunk, chunk_pos, cache, images=images,
@@ -371,12 +455,15 @@ class Model:
         yield from decode_steps(logits, next_logits, max_new_tokens, rng, params, [list(p) for p in prompts],
                                 stop, stats, t0)
 
-    def _prefill_inputs(self, ids, pos, image_features) -> list[tuple]:
+    def _prefill_inputs(self, ids, pos, image_features, audio_features=None) -> list[tuple]:
         """The prompt's chunks for the prefill: (ids, positions, ImageTokens or None) each.
 
-        ids, pos [B, P] (left-padded); image_features: as generate_ids's. A chunk never
-        ends inside an image (its tokens attend to each other)."""
+        ids, pos [B, P] (left-padded); image_features, audio_features: as generate_ids's. A
+        chunk never ends inside an image (its tokens attend to each other)."""
         rows = _image_rows(image_features, len(ids))  # per row: soft-token embeddings, in order
+        sound = _image_rows(audio_features, len(ids))  # per row: its clips' soft tokens, in order
+        if sound is not None:
+            self._audio()
         chunks = []
         for start, end in _prefill_chunks(ids, self.vision, prefill_chunk_size(ids.shape[1], PREFILL_CHUNK)):
             chunk, chunk_pos = ids[:, start:end], pos[:, start:end]
@@ -386,9 +473,16 @@ class Model:
                 embeds = np.concatenate([r[:n] for r, n in zip(rows, take)])
                 rows = [r[n:] for r, n in zip(rows, take)]
                 images = vision.image_tokens(chunk, chunk_pos, embeds, self.vision)
+            if sound is not None:  # and the next rows of each row's clips (causal: any split will do)
+                take = [int(n) for n in (chunk == self.audio.config.audio_token_id).sum(axis=1)]
+                embeds = np.concatenate([r[:n] for r, n in zip(sound, take)])
+                sound = [r[n:] for r, n in zip(sound, take)]
+                images = audio_lib.merge(images, self.audio.tokens(chunk, embeds, self.weights))
             chunks.append((chunk, chunk_pos, images))
         if rows is not None and any(len(r) for r in rows):
             raise GemmaRefError("the prompt has fewer image soft tokens than its images give")
+        if sound is not None and any(len(r) for r in sound):
+            raise GemmaRefError("the prompt has fewer audio soft tokens than its clips give")
         return chunks
 
     def _prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
@@ -408,6 +502,7 @@ class Model:
         # Image tokens may lie past the tokenizer's vocabulary (<image_soft_token> = 262144).
         extra = () if self.vision is None else (self.vision.image_token_index,
                                                 self.vision.boi_token_index, self.vision.eoi_token_index)
+        extra += () if self.audio is None else self.audio.token_ids
         if any((i < 0 or i >= self.n_vocab) and i not in extra for i in ids):
             raise GemmaRefError(f"prompt token ids must be in [0, {self.n_vocab})")
         return ids
@@ -427,21 +522,25 @@ class Model:
                 raise GemmaRefError(f"stop: token id {s} is not in [0, {self.n_vocab})")
         return {s for s in stop if isinstance(s, (int, np.integer))}, [s for s in stop if isinstance(s, str)]
 
-    def stream(self, prompt: str | Sequence[int], *, images: Sequence = (),
+    def stream(self, prompt: str | Sequence[int], *, images: Sequence = (), audio: Sequence = (),
                pan_and_scan: bool | None = None, stop=None, **sampling) -> Iterator:
         """Yield the continuation as it is decoded: text pieces for a text prompt,
         token ids for an id prompt. stop: None (eos, and end-of-turn for -it models),
         or a list of token ids and/or strings that end generation.
-        images: for a text prompt, see prompt_ids; for ids, as forward.
+        images, audio: for a text prompt, see prompt_inputs; for ids, as forward.
         stats={} collects timings (see generate_ids)."""
         stop_ids, stop_strings = self._stop(stop)
         # The prompt and its images are prepared now (a bad image raises here); the
         # continuation is decoded as it is iterated.
-        if not isinstance(prompt, str) and images is not None and len(images):
-            ids, features = self._prompt_ids(prompt), self.embed_images(images, pan_and_scan=pan_and_scan)
+        has = lambda x: x is not None and len(x) > 0  # noqa: E731
+        if not isinstance(prompt, str) and (has(images) or has(audio)):
+            ids = self._prompt_ids(prompt)
+            features = self.embed_images(images, pan_and_scan=pan_and_scan) if has(images) else None
+            clips = self.embed_audio(audio) if has(audio) else None
         else:
-            ids, features = self.prompt_ids(prompt, images, pan_and_scan=pan_and_scan)
-        steps = self.generate_ids([ids], stop_ids=stop_ids, image_features=[features], **sampling)
+            ids, features, clips = self.prompt_inputs(prompt, images, audio, pan_and_scan=pan_and_scan)
+        steps = self.generate_ids([ids], stop_ids=stop_ids, image_features=[features],
+                                  audio_features=[clips], **sampling)
         if not isinstance(prompt, str):
             return (t for (t,) in steps)
         return self._text_pieces(steps, stop_strings)
@@ -470,12 +569,13 @@ class Model:
         prompt: a string (returns the new text), a list of token ids (returns new ids),
         or a list of either (a batch: returns a list). Keyword arguments: max_new_tokens,
         temperature (0 = greedy), top_k, top_p, min_p, repetition_penalty, seed, stop;
-        images (and pan_and_scan) for one prompt, as `stream`.
+        images (and pan_and_scan) and audio for one prompt, as `stream`.
         """
         if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], (str, list, tuple, np.ndarray)):
-            if kwargs.get("images"):
-                raise GemmaRefError("generate: images go with one prompt at a time, not a batch")
-            kwargs.pop("images", None)
+            for media in ("images", "audio"):
+                if kwargs.get(media):
+                    raise GemmaRefError(f"generate: {media} go with one prompt at a time, not a batch")
+                kwargs.pop(media, None)
             return self._generate_batch(list(prompt), **kwargs)
         pieces = list(self.stream(prompt, **kwargs))
         return "".join(pieces) if isinstance(prompt, str) else pieces
@@ -504,7 +604,8 @@ class Model:
         """The model's reply to a conversation [{"role": "user", "content": ...}, ...].
 
         content: a string, or a list of parts {"type": "text", "text": ...} and
-        {"type": "image", "image": path, PIL image or uint8 array}, as in transformers.
+        {"type": "image", "image": path, PIL image or uint8 array} and {"type": "audio",
+        "audio": path or (samples, sample_rate)}, as in transformers.
         tools: for templates that take them; chat_template_kwargs: more variables for the
         template (e.g. {"enable_thinking": True} for Gemma 4), as vLLM's and llama.cpp's;
         the other keywords are generate's."""
@@ -537,7 +638,11 @@ class Model:
             self._check_images(images)  # a text-only model says so first
             raise GemmaRefError(f"chat: the chat template ({self.chat_template.source}) wrote no image "
                                 f"marker for the conversation's {len(images)} image part(s)")
-        return self.stream(prompt, images=images, **kwargs)
+        clips = chat_audio(messages)
+        if clips and self._audio() and self._audio_marker() not in prompt:
+            raise GemmaRefError(f"chat: the chat template ({self.chat_template.source}) wrote no audio "
+                                f"marker for the conversation's {len(clips)} audio part(s)")
+        return self.stream(prompt, images=images, audio=clips, **kwargs)
 
     # --- scoring (see scoring.py) ---------------------------------------------------
 

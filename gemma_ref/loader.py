@@ -281,7 +281,7 @@ def checkpoint_files(directory: Path) -> list[Path]:
 
 def load_safetensors_checkpoint(directory: Path, config: GemmaConfig,
                                 max_memory: int | None = None, progress: bool = True,
-                                vision=None, outer_prefixes: dict[str, str] | None = None):
+                                vision=None, outer_prefixes: dict[str, str] | None = None, audio=None):
     """Read and check a checkpoint directory: HF key -> array, in HF layout.
 
     Tensors are held float32 in RAM, in their stored dtype in RAM, or memory-mapped,
@@ -290,6 +290,8 @@ def load_safetensors_checkpoint(directory: Path, config: GemmaConfig,
     vision: a vision.VisionConfig to load (and check) the vision tower and projector too.
     outer_prefixes: a family's wrapper prefixes, old -> new, the first match replaced before
     anything else (ShieldGemma 2 nests a whole Gemma 3 checkpoint under "model.").
+    audio: an audio.AudioConfig to load (and check) the audio tower and its embedder too,
+    as `audio_tower.*` and `embed_audio.*`.
     """
     found: dict[str, StoredTensor] = {}
     skipped_vision = 0
@@ -299,6 +301,9 @@ def load_safetensors_checkpoint(directory: Path, config: GemmaConfig,
                 if name.startswith(old):
                     name = new + name[len(old):]
                     break
+            if audio is not None and name.startswith(("model.audio_tower.", "model.embed_audio.")):
+                found[name[len("model."):]] = tensor
+                continue
             if name.startswith(_VISION_PREFIXES):
                 if vision is None:
                     skipped_vision += 1
@@ -320,13 +325,15 @@ def load_safetensors_checkpoint(directory: Path, config: GemmaConfig,
                                     f"and {path.name})")
             found[name] = tensor
     if skipped_vision:
-        print(f"gemma-ref: text model only; ignoring {skipped_vision} vision/audio tensors",
-              file=sys.stderr)
+        print(f"gemma-ref: {'text and audio' if audio is not None else 'text model'} only; ignoring "
+              f"{skipped_vision} vision/audio tensors", file=sys.stderr)
     # A stored output head is the embedding again (Gemma ties them); we use the embedding.
     found.pop("lm_head.weight", None)
     extra = {}
     if vision is not None:
         extra = vision.expected_shapes(config.hidden_size)
+    if audio is not None:
+        extra = {**extra, **audio.expected_shapes()}
     return check_and_widen(found, config, str(directory), max_memory, progress, extra)
 
 
@@ -406,6 +413,10 @@ def plan_tiers(found: dict, expected: dict, max_memory: int | None) -> list:
     return [(n, found[n], tiers.get(n, MAPPED)) for n in expected]
 
 
+# Scalars that clamp a projection's input and output: a model never given bounds stores +-Inf.
+CLAMP_BOUNDS = (".input_min", ".input_max", ".output_min", ".output_max")
+
+
 def check_finite(name: str, t: np.ndarray | StoredTensor, where: str) -> None:
     """Refuse a tensor holding NaN or Inf (it would make every logit NaN), naming it.
 
@@ -415,6 +426,10 @@ def check_finite(name: str, t: np.ndarray | StoredTensor, where: str) -> None:
     on disk is summed in blocks, once, so RAM holds one block at a time.
     """
     if t.size == 0:
+        return
+    if name.endswith(CLAMP_BOUNDS):  # +-Inf is "no bound" (Gemma 4's clippable linears); NaN is not
+        if np.isnan(np.asarray(t.memmap() if isinstance(t, StoredTensor) else t, np.float32)).any():
+            raise GemmaRefError(f"{where}: tensor {name} holds NaN; the file is corrupt")
         return
     if isinstance(t, StoredTensor) or t.dtype != np.float32:  # in blocks, widened (bits exact)
         from .parallel import widen_into

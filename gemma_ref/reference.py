@@ -34,6 +34,7 @@ FORMAT = "gemma-ref-golden/1"
 RTOL = 1e-3
 # traced per image (Gemma 4's vision_tower and embed_vision: per soft token), not per position
 VISION_TRACE = ("vision_tower", "multi_modal_projector", "embed_vision")
+AUDIO_TRACE = ("audio_tower", "embed_audio")  # [clips, T', ...]
 
 
 # --- one prompt's dump -----------------------------------------------------------
@@ -54,6 +55,8 @@ class PromptDump:
     pixel_values: np.ndarray | None = None  # [I, 3, S, S] the prompt's preprocessed images (Gemma 4: [I, n, 3p^2])
     image_position_ids: np.ndarray | None = None  # Gemma 4: [I, n, 2] patch (x, y), -1 for padding
     positions: np.ndarray | None = None  # [P] the positions logits/topk rows hold; None: all T
+    input_features: np.ndarray | None = None  # [I, F, M] the prompt's clips' log-mel features (Gemma 4 audio)
+    input_features_mask: np.ndarray | None = None  # [I, F] bool, False for padded frames
     # Encoder-decoders (t5gemma.py): input_ids go to the encoder; logits, hidden_states and
     # the model.decoder.* / lm_head traces are per decoder position (U of them).
     decoder_input_ids: np.ndarray | None = None  # [U] int64, the decoder start token first
@@ -101,11 +104,13 @@ def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def dump_prompt(model, ids, *, k: int = 0, max_new_tokens: int = 16, trace: bool = False,
                 text: str | None = None, pixel_values=None, image_position_ids=None,
-                decoder_input_ids=None) -> PromptDump:
+                decoder_input_ids=None, input_features=None, input_features_mask=None) -> PromptDump:
     """Run `model` on one prompt and keep what a golden file holds. k = 0: full logits.
     pixel_values [I, 3, S, S]: the images of the prompt's image blocks; Gemma 4:
     [I, n, 3p^2] with image_position_ids [I, n, 2] (transformers' processor layout).
-    A family that dumps itself (an encoder-decoder: its decoder_input_ids) does so."""
+    input_features [I, F, M] and input_features_mask [I, F]: the clips of its audio blocks
+    (the processor's layout). A family that dumps itself (an encoder-decoder: its
+    decoder_input_ids) does so."""
     if hasattr(model, "dump_prompt"):
         return model.dump_prompt(ids, k=k, max_new_tokens=max_new_tokens, trace=trace, text=text,
                                  pixel_values=pixel_values, decoder_input_ids=decoder_input_ids)
@@ -113,21 +118,24 @@ def dump_prompt(model, ids, *, k: int = 0, max_new_tokens: int = 16, trace: bool
     t: dict = {}
     images = pixel_values if image_position_ids is None else {
         "pixel_values": pixel_values, "image_position_ids": image_position_ids}
-    logits = model.forward(ids, images=images, trace=t)  # [T, V]
+    audio = None if input_features is None else {"input_features": input_features,
+                                                 "input_features_mask": input_features_mask}
+    logits = model.forward(ids, images=images, audio=audio, trace=t)  # [T, V]
     d = PromptDump(input_ids=ids, hidden_states=hidden_states(t, model.config.num_hidden_layers)[:, 0],
-                   text=text, pixel_values=pixel_values, image_position_ids=image_position_ids)
+                   text=text, pixel_values=pixel_values, image_position_ids=image_position_ids,
+                   input_features=input_features, input_features_mask=input_features_mask)
     if k:
         d.topk_ids, d.topk_logits = top_k(logits, k)
     else:
         d.logits = logits
     if max_new_tokens:
-        d.greedy_ids = np.array(model.generate(ids.tolist(), images=images,
+        d.greedy_ids = np.array(model.generate(ids.tolist(), images=images, audio=audio,
                                                max_new_tokens=max_new_tokens, stop=[]), np.int64)
     if trace:
         streams = model.config.altup_num_inputs and _streams_names(model.config.num_hidden_layers)
 
         def unbatched(name, value):
-            if name.startswith(VISION_TRACE):  # the vision tower's first axis is the image
+            if name.startswith(VISION_TRACE + AUDIO_TRACE):  # a tower's first axis is the image / clip
                 return value
             if streams and (name in streams or name.endswith((".altup.predict", ".altup.correct"))):
                 return value[:, 0].swapaxes(0, 1)  # AltUp streams [S, 1, T, D] -> [T, S, D]
@@ -151,22 +159,25 @@ def _streams_names(num_layers: int) -> set[str]:
 def dump(model, prompts: list, *, k: int = 0, max_new_tokens: int = 16,
          trace: bool = False) -> Golden:
     """A golden for a list of prompts (strings, lists of token ids, or
-    {"prompt": text, "images": [files]} for image-text models)."""
+    {"prompt": text, "images": [files], "audio": [files]} for image-text and audio-text models)."""
     if not prompts:
         raise GemmaRefError("dump: no prompts (give --prompt TEXT or --prompts FILE.jsonl)")
     if k < 0 or max_new_tokens < 0:
         raise GemmaRefError("dump: --top-k and --max-new-tokens must be >= 0")
     out = []
     for p in prompts:
-        pixels = positions = None
-        if isinstance(p, dict):  # a prompt with images
-            pixels, positions = _pixels(model, p["images"])
-            p, (ids, _) = p["prompt"], model.prompt_ids(p["prompt"], p["images"])
+        pixels = positions = features = masks = None
+        if isinstance(p, dict):  # a prompt with images and/or audio
+            pixels, positions = _pixels(model, p.get("images", []))
+            features, masks = _features(model, p.get("audio", []))
+            ids = model.prompt_inputs(p["prompt"], p.get("images", []), p.get("audio", []))[0]
+            p = p["prompt"]
         else:
             ids = model._prompt_ids(p)
         out.append(dump_prompt(model, ids, k=k, max_new_tokens=max_new_tokens, trace=trace,
                                text=p if isinstance(p, str) else None, pixel_values=pixels,
-                               image_position_ids=positions))
+                               image_position_ids=positions, input_features=features,
+                               input_features_mask=masks))
     return Golden(out, provenance(model), source=model.source)
 
 
@@ -185,6 +196,20 @@ def _pixels(model, images):
     return vision.preprocess(images, p)[0], None
 
 
+def _features(model, clips):
+    """The clips' features as transformers' processor outputs them: input_features [I, F, M]
+    padded with zeros to the longest, and input_features_mask [I, F]; (None, None) without."""
+    if not clips:
+        return None, None
+    seam = model._audio()
+    pairs = seam.batch_features(clips)
+    F, M = max(len(f) for f, _ in pairs), seam.features.feature_size
+    features, masks = np.zeros((len(pairs), F, M), np.float32), np.zeros((len(pairs), F), bool)
+    for k, (f, m) in enumerate(pairs):
+        features[k, :len(f)], masks[k, :len(m)] = f, m
+    return features, masks
+
+
 def read_prompts(path: str | Path) -> list:
     """Prompts from a .jsonl file: one per line, a string, {"prompt": text} or {"input_ids": [...]};
     {"prompt": text, "images": [files]} for image-text models (relative to the file)."""
@@ -200,9 +225,10 @@ def read_prompts(path: str | Path) -> list:
             item = json.loads(line)
         except json.JSONDecodeError:
             raise GemmaRefError(f"{path}:{n}: not a JSON line") from None
-        if isinstance(item, dict) and item.get("images") and isinstance(item.get("prompt"), str):
+        if isinstance(item, dict) and (item.get("images") or item.get("audio")) and isinstance(item.get("prompt"), str):
             prompts.append({"prompt": item["prompt"],
-                            "images": [str(path.parent / f) for f in item["images"]]})
+                            "images": [str(path.parent / f) for f in item.get("images") or []],
+                            "audio": [str(path.parent / f) for f in item.get("audio") or []]})
             continue
         if isinstance(item, dict):
             item = item.get("prompt", item.get("text", item.get("input_ids")))
@@ -263,7 +289,7 @@ def save(golden: Golden, path: str | Path):
             arrays[p + "text"] = np.array(d.text)
         for name in ("hidden_states", "logits", "topk_ids", "topk_logits", "greedy_ids",
                      "pixel_values", "image_position_ids", "positions", "decoder_input_ids",
-                     "encoder_hidden_states"):
+                     "encoder_hidden_states", "input_features", "input_features_mask"):
             if getattr(d, name) is not None:
                 arrays[p + name] = getattr(d, name)
         for name, value in d.trace.items():
@@ -319,7 +345,8 @@ _KINDS = {"input_ids": ("iu", "integers"), "greedy_ids": ("iu", "integers"), "po
           "image_position_ids": ("iu", "integers"), "pixel_values": ("f", "floats"),
           "topk_ids": ("iu", "integers"), "hidden_states": ("f", "floats"),
           "logits": ("f", "floats"), "topk_logits": ("f", "floats"), "text": ("U", "a string"),
-          "decoder_input_ids": ("iu", "integers"), "encoder_hidden_states": ("f", "floats")}
+          "decoder_input_ids": ("iu", "integers"), "encoder_hidden_states": ("f", "floats"),
+          "input_features": ("f", "floats"), "input_features_mask": ("b", "booleans")}
 
 
 def _member(z, key: str, path) -> np.ndarray:
@@ -351,7 +378,8 @@ def _read_prompt(z, keys: set, i: int, path) -> PromptDump:
                    greedy_ids=get("greedy_ids"), text=str(get("text")) if p + "text" in keys else None,
                    pixel_values=get("pixel_values"), image_position_ids=get("image_position_ids"),
                    positions=get("positions"), decoder_input_ids=get("decoder_input_ids"),
-                   encoder_hidden_states=get("encoder_hidden_states"))
+                   encoder_hidden_states=get("encoder_hidden_states"), input_features=get("input_features"),
+                   input_features_mask=get("input_features_mask"))
     d.trace = {k[len(p) + 6:]: _member(z, k, path) for k in z.files if k.startswith(p + "trace/")}
     T = len(d.input_ids) if d.input_ids.ndim == 1 else -1
     dec, enc_hs = d.decoder_input_ids, d.encoder_hidden_states
@@ -379,9 +407,13 @@ def _read_prompt(z, keys: set, i: int, path) -> PromptDump:
         (d.image_position_ids is None or (d.pixel_values is not None and d.image_position_ids.shape
                                           == d.pixel_values.shape[:2] + (2,)),
          "image_position_ids must be [I, n, 2], beside pixel_values [I, n, 3p^2]"),
+        ((d.input_features is None) == (d.input_features_mask is None) and (
+            d.input_features is None or (d.input_features.ndim == 3
+                                         and d.input_features_mask.shape == d.input_features.shape[:2])),
+         "input_features [I, F, M] and input_features_mask [I, F] come together"),
         (all(t.ndim >= 1 and t.shape[0] == (U if per_decoder(n) else T) for n, t in d.trace.items()
-             if not n.startswith(VISION_TRACE)),
-         "trace entries must be [T, ...] (vision ones [I, ...]; an encoder-decoder's decoder ones [U, ...])"),
+             if not n.startswith(VISION_TRACE + AUDIO_TRACE)),
+         "trace entries must be [T, ...] (vision and audio ones [I, ...]; an encoder-decoder's decoder ones [U, ...])"),
     ]
     for ok, message in checks:
         if not ok:
@@ -627,7 +659,8 @@ def candidate_from_model(model, golden: Golden, trace: bool = False) -> Golden:
         n_greedy = 0 if d.greedy_ids is None else len(d.greedy_ids)
         out.append(dump_prompt(model, d.input_ids, max_new_tokens=n_greedy,
                                trace=trace and bool(d.trace), text=d.text, pixel_values=d.pixel_values,
-                               image_position_ids=d.image_position_ids, decoder_input_ids=d.decoder_input_ids))
+                               image_position_ids=d.image_position_ids, decoder_input_ids=d.decoder_input_ids,
+                               input_features=d.input_features, input_features_mask=d.input_features_mask))
     return Golden(out, provenance(model), source=f"{model.source} ({model.dtype})")
 
 

@@ -248,16 +248,28 @@ def chat_prompt(messages: list[dict], add_generation_prompt: bool = True, tools=
 def chat_images(messages: list[dict]) -> list:
     """The images of a conversation's image parts, in order (`image`, `path`, or `url` as
     transformers' chat format names them; a URL must be a local file: nothing is downloaded)."""
-    images = []
+    return chat_media(messages, "image", "a path, PIL image or uint8 array")
+
+
+def chat_audio(messages: list[dict]) -> list:
+    """The clips of a conversation's audio parts, in order (`audio`, `path` or `url`: a
+    local file, or (samples, sample_rate))."""
+    return chat_media(messages, "audio", "a path or (samples, sample_rate)")
+
+
+def chat_media(messages: list[dict], kind: str, what: str) -> list:
+    """The values of a conversation's parts of type `kind`, in order (under `kind`, `path` or
+    `url`, as transformers' chat format names them); nothing is downloaded."""
+    found = []
     for m in messages:
         for part in m.get("content") if isinstance(m.get("content"), list) else []:
-            if isinstance(part, dict) and part.get("type") == "image":
-                image = next((part[k] for k in ("image", "path", "url") if part.get(k) is not None), None)
-                if image is None:
-                    raise GemmaRefError('chat: an image part needs "image" (a path, PIL image '
-                                        'or uint8 array), "path" or "url"')
-                if isinstance(image, str) and image.startswith(("http://", "https://")):
-                    raise GemmaRefError(f"chat: {image[:60]}: gemma-ref reads images from files and "
+            if isinstance(part, dict) and part.get("type") == kind:
+                value = next((part[k] for k in (kind, "path", "url") if part.get(k) is not None), None)
+                if value is None:
+                    raise GemmaRefError(f'chat: an {kind} part needs "{kind}" ({what}), "path" or "url"')
+                if isinstance(value, str) and value.startswith(("http://", "https://")):
+                    noun = "images" if kind == "image" else kind
+                    raise GemmaRefError(f"chat: {value[:60]}: gemma-ref reads {noun} from files and "
                                         "downloads none; save it and give its path")
-                images.append(image)
-    return images
+                found.append(value)
+    return found

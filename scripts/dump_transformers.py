@@ -12,8 +12,9 @@ eager attention (the reference implementation), on CPU, in --dtype.
 
 Prompts: --prompt / --prompts (tokenized by transformers' tokenizer, <bos> added),
 or --ids-from another dump, to reuse its exact token ids (and, for image prompts, its
-pixel values, and Gemma 4's image_position_ids: `gemma-ref dump --prompts` with
-{"prompt", "images"} lines).
+pixel values, and Gemma 4's image_position_ids; for audio prompts, their input_features and
+input_features_mask: `gemma-ref dump --prompts` with
+{"prompt", "images", "audio"} lines).
 
 Encoder-decoders (T5Gemma, T5Gemma 2): the prompt goes to the encoder; the decoder reads
 the start token and the greedy output but its last token (or --ids-from's
@@ -74,10 +75,12 @@ def default_gguf() -> Path:
 
 
 def pixel_values_from(path, i) -> dict:
-    """A dump's image inputs of prompt i: pixel_values (and Gemma 4's image_position_ids), or {}."""
+    """A dump's image inputs of prompt i: pixel_values (and Gemma 4's image_position_ids), and
+    its audio inputs (Gemma 4: input_features, input_features_mask), or {}."""
     with np.load(path) as z:
-        return {name: torch.from_numpy(z[f"prompt_{i}/{name}"]) for name in ("pixel_values", "image_position_ids")
-                if f"prompt_{i}/{name}" in z.files}
+        return {name: torch.from_numpy(z[f"prompt_{i}/{name}"]) for name in (
+            "pixel_values", "image_position_ids", "input_features", "input_features_mask")
+            if f"prompt_{i}/{name}" in z.files}
 
 
 def decoder_ids_from(path, i) -> list[int] | None:
@@ -344,6 +347,7 @@ def dump_prompt(model, ids: list[int], args, image_inputs=None) -> dict:
     pixel_values [I, 3, S, S]; Gemma 4 pixel_values [I, n, 3p^2] and image_position_ids [I, n, 2]."""
     x = torch.tensor([ids])
     images, padding = {}, None
+    audio = {k: image_inputs.pop(k) for k in ("input_features", "input_features_mask") if k in (image_inputs or {})}
     if image_inputs:  # the image soft tokens marked: their bidirectional mask
         images = {"pixel_values": image_inputs["pixel_values"].to(next(model.parameters()).dtype)}
         if "image_position_ids" in image_inputs:  # Gemma 4
@@ -354,6 +358,7 @@ def dump_prompt(model, ids: list[int], args, image_inputs=None) -> dict:
             images["token_type_ids"] = torch.zeros_like(x)
         else:
             images["token_type_ids"] = (x == model.config.image_token_id).long()
+    images.update(audio)  # audio soft tokens: causal, no mask to mark
     trace: dict = {}
     remove = install_trace(model, trace, padding) if args.trace else None
     try:
@@ -433,7 +438,7 @@ def main(argv=None):
             dec = decoder_ids_from(args.ids_from, i) if args.ids_from else None
             dumped = dump_prompt_encdec(model, ids, args, image_inputs, dec)
         else:
-            dumped = dump_prompt(model, ids, args, image_inputs)
+            dumped = dump_prompt(model, ids, args, dict(image_inputs))
         for key, value in dumped.items():
             arrays[f"prompt_{i}/{key}"] = value
         print(f"prompt {i}: {len(ids)} tokens", file=sys.stderr)

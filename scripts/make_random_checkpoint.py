@@ -2,6 +2,12 @@
 
     python scripts/make_random_checkpoint.py --preset 7b --dtype bfloat16 --out /tmp/gemma-7b-random
     python scripts/make_random_checkpoint.py --preset 3-270m --dtype float32 --out /tmp/g3-270m
+    python scripts/make_random_checkpoint.py --preset 4-e2b --audio --out /tmp/g4-e2b-audio
+
+--audio (Gemma 4 E2B/E4B, Gemma 3n E2B/E4B): also the audio tower and its embedder in the
+released shapes (Gemma 4: 12 Conformer layers, 1024 wide, ~307M parameters; Gemma 3n: 12
+layers, 1536 wide, ~680M), with config.json in the multimodal spelling (model_type gemma4 /
+gemma3n, text_config, audio_config).
 
 Output: config.json (Hugging Face keys, loadable by gemma-ref and by transformers),
 model-0000i-of-0000n.safetensors shards of about --shard-gb each, and
@@ -29,6 +35,7 @@ from safetensors.numpy import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gemma_ref.config import FULL, PRESETS, SLIDING, GemmaConfig  # noqa: E402
+from gemma_ref.audio import AudioConfig, _gemma3n_config  # noqa: E402
 from gemma_ref.loader import expected_shapes  # noqa: E402
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
@@ -120,11 +127,23 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-position-embeddings", type=int, default=None,
                     help="context length in config.json (default: the real model's)")
+    ap.add_argument("--audio", action="store_true", help="also the audio tower (4-e2b, 4-e4b, 3n-e2b, 3n-e4b)")
     args = ap.parse_args(argv)
 
     cfg = PRESETS[args.preset]
     dtype = np.dtype(DTYPES[args.dtype])
     shapes = expected_shapes(cfg)
+    audio = None
+    if args.audio:
+        if args.preset not in ("4-e2b", "4-e4b", "3n-e2b", "3n-e4b"):
+            ap.error("--audio: only Gemma 4 E2B/E4B and Gemma 3n E2B/E4B have an audio tower")
+        if args.preset.startswith("3n"):  # Gemma3nAudioConfig's defaults are the released tower
+            audio = _gemma3n_config({"model_type": "gemma3n", "audio_config": {"model_type": "gemma3n_audio"},
+                                     "text_config": {"hidden_size": cfg.hidden_size,
+                                                     "vocab_size": cfg.vocab_size}}, "preset")
+        else:
+            audio = AudioConfig(text_hidden_size=cfg.hidden_size)  # the released tower's shapes
+        shapes.update({"model." + k: v for k, v in audio.expected_shapes().items()})
     max_pos = args.max_position_embeddings or CONTEXT.get(args.preset,
                                                           cfg.max_position_embeddings)
     # Plan the shards by size, in checkpoint order, before writing anything.
@@ -143,7 +162,20 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     for old in args.out.glob("model*.safetensors"):
         old.unlink()
-    (args.out / "config.json").write_text(json.dumps(hf_config(cfg, args.dtype, max_pos), indent=2))
+    config = hf_config(cfg, args.dtype, max_pos)
+    if audio is not None and audio.model_type == "gemma3n_audio":  # defaults = the released tower
+        config = {"architectures": ["Gemma3nForConditionalGeneration"], "model_type": "gemma3n",
+                  "text_config": config, "vision_config": None, "audio_config": {"model_type": "gemma3n_audio"},
+                  "tie_word_embeddings": True}
+    elif audio is not None:  # the multimodal spelling, as the Hub's E2B/E4B config.json
+        a = {k: getattr(audio, k) for k in audio.__dataclass_fields__ if k not in (
+            "audio_token_id", "boa_token_id", "eoa_token_index", "text_hidden_size")}
+        config = {"architectures": ["Gemma4ForConditionalGeneration"], "model_type": "gemma4",
+                  "text_config": config, "vision_config": None, "audio_token_id": audio.audio_token_id,
+                  "boa_token_id": audio.boa_token_id, "eoa_token_index": audio.eoa_token_index,
+                  "audio_config": {**a, "subsampling_conv_channels": list(audio.subsampling_conv_channels),
+                                   "model_type": "gemma4_audio"}, "tie_word_embeddings": True}
+    (args.out / "config.json").write_text(json.dumps(config, indent=2))
     print(f"{args.preset}: {total / 1e9:.2f} B parameters, {total * dtype.itemsize / 1e9:.1f} GB "
           f"in {args.dtype}, {len(shards)} shard(s) -> {args.out}", file=sys.stderr)
     rng = np.random.default_rng(args.seed)
@@ -153,11 +185,14 @@ def main(argv=None):
         fname = f"model-{i:05d}-of-{n:05d}.safetensors"
         tensors = {}
         for name in names:
-            scale = name.endswith(("norm.weight", "layer_scalar", "router.scale", "per_expert_scale",
+            scale = name.endswith(("norm.weight", "layer_scalar", "router.scale", "per_expert_scale", "norm_out.weight",
+                                   "norm_pre_attn.weight", "norm_post_attn.weight",
                                    "correct_output_scale"))
             std = args.norm_std if scale else args.std
             # Gemma 3n's and 4's norms (and scalars) multiply by w, not 1 + w: centre them on 1.
             mean = 1.0 if scale and cfg.norm_offset == 0 else 0.0
+            if name.endswith(("_min", "_max")):  # the audio projections' clamps: wide, never biting
+                std, mean = 0.0, (-1e4 if name.endswith("_min") else 1e4)
             tensors[name] = random_tensor(shapes[name], dtype, std, rng, mean)
             weight_map[name] = fname
         save_file(tensors, str(args.out / fname), metadata={"format": "pt"})

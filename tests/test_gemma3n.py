@@ -175,7 +175,9 @@ def test_multimodal_hub_layout_loads_the_language_model(tmp_path, capsys):
     text = json.loads((src / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(
         {"model_type": "gemma3n", "text_config": text, "vision_config": {"model_type": "gemma3n_vision"},
-         "audio_config": {"model_type": "gemma3n_audio"}, "eos_token_id": [1, 106]}))
+         # no audio_config: its audio tensors are skipped (with one, the tower is loaded and
+         # checked: tests/test_audio_gemma3n.py)
+         "audio_config": None, "eos_token_id": [1, 106]}))
     shutil.copy(src / "tokenizer.model", tmp_path)
     tensors = {"model.language_model." + k[len("model."):]: v
                for k, v in load_file(str(src / "model.safetensors")).items()}

@@ -78,6 +78,10 @@ def _add_images(p):
                    help="an image for the prompt (repeatable; image-text models such as 3-4b-it). "
                         "Each <start_of_image> (or Gemma 4's <|image|>) in the prompt takes the "
                         "next image; with no marker, the images go before the text")
+    p.add_argument("--audio", action="append", default=[], metavar="FILE",
+                   help="an audio clip for the prompt (repeatable; Gemma 4 E2B/E4B): a WAV, or with "
+                        "the audio extra FLAC/MP3/OGG at any rate. Each <|audio|> in the prompt "
+                        "takes the next clip; with no marker, the clips go before the text")
 
 
 def _images(args) -> list[str]:
@@ -87,27 +91,45 @@ def _images(args) -> list[str]:
     return list(args.image)
 
 
-def _with_images(text: str, images: list[str]):
-    """A user message's content: the text alone, or parts with the images where the text
-    has image markers (<start_of_image>, or Gemma 4's <|image|>; in order), else before
-    the text."""
+def _clips(args) -> list[str]:
+    """The --audio files, checked before the (slow) load."""
+    for f in args.audio:
+        if not Path(f).is_file():
+            raise GemmaRefError(f"{f}: no such audio file" if not Path(f).exists() else f"{f}: not a file")
+    return list(args.audio)
+
+
+def _with_images(text: str, images: list[str], clips: list[str] = ()):
+    """A user message's content: the text alone, or parts with the images and clips where
+    the text has their markers (<start_of_image> or Gemma 4's <|image|>; <|audio|>; in
+    order), else before the text (images, then clips)."""
     import re
 
+    from ..audio import AUDIO_MARKER
     from ..vision import IMAGE_MARKER
     from ..vision_gemma4 import IMAGE_MARKER as GEMMA4_MARKER
 
-    if not images:
+    if not images and not clips:
         return text
-    pieces = re.split(f"{re.escape(IMAGE_MARKER)}|{re.escape(GEMMA4_MARKER)}", text)
-    if len(pieces) == 1:
-        return [{"type": "image", "image": f} for f in images] + [{"type": "text", "text": text}]
-    if len(pieces) - 1 != len(images):
-        marker = IMAGE_MARKER if IMAGE_MARKER in text else GEMMA4_MARKER
-        raise GemmaRefError(f"the prompt has {len(pieces) - 1} {marker} marker(s) for "
-                            f"{len(images)} image(s); give one image per marker")
-    parts = [{"type": "text", "text": pieces[0]}]
-    for image, piece in zip(images, pieces[1:]):
-        parts += [{"type": "image", "image": image}, {"type": "text", "text": piece}]
+    media = {"image": (list(images), (IMAGE_MARKER, GEMMA4_MARKER)), "audio": (list(clips), (AUDIO_MARKER,))}
+    parts, pieces = [], re.split(f"({re.escape(IMAGE_MARKER)}|{re.escape(GEMMA4_MARKER)}|"
+                                 f"{re.escape(AUDIO_MARKER)})", text)
+    for kind, (given, markers) in media.items():
+        n = sum(p in markers for p in pieces[1::2])
+        if n == 0:  # no marker of this kind: its parts go first
+            parts += [{"type": kind, kind: f} for f in given]
+        elif n != len(given):
+            marker = next(m for m in markers if m in text)
+            raise GemmaRefError(f"the prompt has {n} {marker} marker(s) for {len(given)} "
+                                f"{'image(s)' if kind == 'image' else 'audio clip(s)'}; give one "
+                                f"{'image' if kind == 'image' else 'clip'} per marker")
+    parts.append({"type": "text", "text": pieces[0]})
+    left = {kind: iter(given) for kind, (given, _) in media.items()}
+    for marker, piece in zip(pieces[1::2], pieces[2::2]):
+        kind = "audio" if marker == AUDIO_MARKER else "image"
+        f = next(left[kind], None)
+        parts += ([{"type": kind, kind: f}] if f is not None else [{"type": "text", "text": marker}])
+        parts.append({"type": "text", "text": piece})
     return [p for p in parts if p.get("text") != ""]  # no empty text parts
 
 
@@ -130,16 +152,16 @@ def cmd_generate(args) -> int:
         prompt = check_text(args.prompt, "the prompt")
     if args.system is not None:
         check_text(args.system, "--system")
-    images = _images(args)
+    images, clips = _images(args), _clips(args)
     model = load(args, "generation")
     stats = {}
     if args.chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
-        content = _with_images(prompt, images)
+        content = _with_images(prompt, images, clips)
         pieces = model.stream_chat(messages + [{"role": "user", "content": content}],
                                    chat_template_kwargs=template_kwargs, stop=args.stop, stats=stats, **kw)
     else:  # stream() reads the images now: a bad one is an error before any output
-        pieces = model.stream(prompt, images=images, stop=args.stop, stats=stats, **kw)
+        pieces = model.stream(prompt, images=images, audio=clips, stop=args.stop, stats=stats, **kw)
         if getattr(model, "continues_prompt", True):  # an encoder-decoder's output stands alone
             sys.stdout.write(prompt)
     for piece in pieces:
@@ -164,7 +186,7 @@ def cmd_chat(args) -> int:
     if args.system is not None:
         check_text(args.system, "--system")
     template_kwargs = _template_kwargs(args)
-    images = _images(args)  # they go with the first message
+    images, clips = _images(args), _clips(args)  # they go with the first message
     model = load(args, "generation")
     messages = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
@@ -181,8 +203,8 @@ def cmd_chat(args) -> int:
             return 0
         if not line.strip():
             continue
-        messages.append({"role": "user", "content": _with_images(line.rstrip("\n"), images)})
-        images = []
+        messages.append({"role": "user", "content": _with_images(line.rstrip("\n"), images, clips)})
+        images = clips = []
         if interactive:
             print("gemma> ", end="", flush=True)
         reply, stats = "", {}
@@ -280,10 +302,19 @@ def _images_summary(config_file: Path, config) -> list[str]:
     from ..vision import VisionConfig
     from ..vision_gemma4 import Gemma4VisionConfig
 
+    from ..audio import AudioConfig
+
     raw = json.loads(Path(config_file).read_text())
+    a = AudioConfig.from_dict(raw, str(config_file))
+    sound = [] if a is None else [
+        f"audio             {'Gemma 4' if a.model_type == 'gemma4_audio' else 'Gemma 3n'} Conformer, "
+        f"{a.num_hidden_layers} layer(s) x {a.hidden_size} wide, chunks of {a.attention_chunk_size}, a token sees "
+        f"itself and {a.attention_context_left - (1 if a.context_inclusive else 2)} before, one per "
+        f"{40 * a.reduction_factor} ms{f', {a.soft_tokens} per clip' if a.soft_tokens else ''}; "
+        f"{sum(int(np.prod(s)) for s in a.expected_shapes().values()):,} parameters (not counted above)"]
     v = VisionConfig.from_dict(raw, str(config_file)) or Gemma4VisionConfig.from_dict(raw, str(config_file))
     if v is None:
-        return []
+        return sound
     n = sum(int(np.prod(shape)) for shape in v.expected_shapes(config.hidden_size).values())
     if isinstance(v, VisionConfig):
         what = (f"Gemma 3 SigLIP, {v.image_size} px, patch {v.patch_size}, {v.mm_tokens_per_image} "
@@ -295,7 +326,7 @@ def _images_summary(config_file: Path, config) -> list[str]:
         if not v.num_hidden_layers:  # Gemma 4 12B Unified (vision_gemma4_unified.py)
             what = (f"Gemma 4 Unified embedder (no encoder), model patch {v.patch_size} px, "
                     f"an image's tokens see each other on {both_ways}")
-    return [f"images            {what}; {v.num_hidden_layers} layer(s), {n:,} parameters (not counted above)"]
+    return [f"images            {what}; {v.num_hidden_layers} layer(s), {n:,} parameters (not counted above)"] + sound
 
 
 def _template_source(checkpoint, config, where) -> str:
