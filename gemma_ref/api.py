@@ -642,7 +642,9 @@ class Model:
         if clips and self._audio() and self._audio_marker() not in prompt:
             raise GemmaRefError(f"chat: the chat template ({self.chat_template.source}) wrote no audio "
                                 f"marker for the conversation's {len(clips)} audio part(s)")
-        return self.stream(prompt, images=images, audio=clips, **kwargs)
+        if clips:  # only models with an audio path take the argument
+            kwargs["audio"] = clips
+        return self.stream(prompt, images=images, **kwargs)
 
     # --- scoring (see scoring.py) ---------------------------------------------------
 

@@ -259,7 +259,7 @@ class PaliGemma(Model):
             raise GemmaRefError(f"pixel values must be [I, {C}, {S}, {S}], got {np.shape(pixels)}")
         return image_features(pixels, self.weights, self.paligemma, trace)
 
-    def prompt_inputs(self, prompt: str, images: Sequence = (), *, suffix: str | None = None) -> dict:
+    def processor_inputs(self, prompt: str, images: Sequence = (), *, suffix: str | None = None) -> dict:
         """What PaliGemmaProcessor(images, text=prompt, suffix=suffix) gives, as
         {"input_ids", "token_type_ids"} (lists) and "image_features" [I, P, D]."""
         images = self._check_images(images)
@@ -278,7 +278,7 @@ class PaliGemma(Model):
         if not isinstance(prompt, str):
             return self._prompt_ids(prompt), self.embed_images(images) if len(images) else None
         _no_pan_and_scan(pan_and_scan)
-        inputs = self.prompt_inputs(prompt, images)
+        inputs = self.processor_inputs(prompt, images)
         return inputs["input_ids"], inputs["image_features"]
 
     def _generate_batch(self, prompts, **kwargs):
@@ -299,7 +299,7 @@ class PaliGemma(Model):
         pixel values [I, 3, S, S]. token_type_ids (as ids): 0 for the prefix (seen both ways),
         1 for the suffix (causal); None: all prefix, as the processor marks a prompt without
         a suffix and as generate reads one (transformers' forward called without
-        token_type_ids would be causal throughout; prompt_inputs gives them).
+        token_type_ids would be causal throughout; processor_inputs gives them).
         """
         ids = np.asarray(ids)
         if ids.ndim not in (1, 2) or not np.issubdtype(ids.dtype, np.integer):
@@ -318,9 +318,11 @@ class PaliGemma(Model):
                          trace=trace)
         return logits[0] if ids.ndim == 1 else logits
 
-    def _prefill_inputs(self, ids, pos, image_features) -> list[tuple]:
+    def _prefill_inputs(self, ids, pos, image_features, audio_features=None) -> list[tuple]:
         """The prompt in one chunk: all of it is the prefix, whose tokens see each other
-        both ways (generated tokens are the causal suffix)."""
+        both ways (generated tokens are the causal suffix). PaliGemma takes no audio."""
+        if audio_features is not None and any(f is not None for f in audio_features):
+            self._audio()  # says this model takes no audio
         rows = _image_rows(image_features, len(ids))
         embeds = np.zeros((0, self.config.hidden_size), self.dtype) if rows is None else np.concatenate(rows)
         return [(ids, pos, image_tokens(ids, pos, np.zeros_like(ids), embeds, self.paligemma))]

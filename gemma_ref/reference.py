@@ -118,9 +118,10 @@ def dump_prompt(model, ids, *, k: int = 0, max_new_tokens: int = 16, trace: bool
     t: dict = {}
     images = pixel_values if image_position_ids is None else {
         "pixel_values": pixel_values, "image_position_ids": image_position_ids}
-    audio = None if input_features is None else {"input_features": input_features,
-                                                 "input_features_mask": input_features_mask}
-    logits = model.forward(ids, images=images, audio=audio, trace=t)  # [T, V]
+    # audio only when the prompt has clips (a model without an audio path takes no such argument)
+    sound = {} if input_features is None else {"audio": {"input_features": input_features,
+                                                         "input_features_mask": input_features_mask}}
+    logits = model.forward(ids, images=images, trace=t, **sound)  # [T, V]
     d = PromptDump(input_ids=ids, hidden_states=hidden_states(t, model.config.num_hidden_layers)[:, 0],
                    text=text, pixel_values=pixel_values, image_position_ids=image_position_ids,
                    input_features=input_features, input_features_mask=input_features_mask)
@@ -129,8 +130,8 @@ def dump_prompt(model, ids, *, k: int = 0, max_new_tokens: int = 16, trace: bool
     else:
         d.logits = logits
     if max_new_tokens:
-        d.greedy_ids = np.array(model.generate(ids.tolist(), images=images, audio=audio,
-                                               max_new_tokens=max_new_tokens, stop=[]), np.int64)
+        d.greedy_ids = np.array(model.generate(ids.tolist(), images=images, max_new_tokens=max_new_tokens,
+                                               stop=[], **sound), np.int64)
     if trace:
         streams = model.config.altup_num_inputs and _streams_names(model.config.num_hidden_layers)
 

@@ -370,6 +370,7 @@ class T5GemmaModel:
     """
 
     # the same prompt, stop, streaming and chat rules as the decoder-only models
+    audio = None  # no audio tower (api.Model's methods below ask)
     _prompt_ids = api.Model._prompt_ids
     _stop = api.Model._stop
     _text_pieces = api.Model._text_pieces

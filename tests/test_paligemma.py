@@ -49,7 +49,7 @@ def test_processor_ids_types_and_pixels(variant):
     model, g = variant
     assert isinstance(model, paligemma.PaliGemma)
     for case, (prompt, names, suffix) in CASES.items():
-        inputs = model.prompt_inputs(prompt, images_of(names), suffix=suffix)
+        inputs = model.processor_inputs(prompt, images_of(names), suffix=suffix)
         assert inputs["input_ids"] == g[f"{case}.input_ids"].tolist(), case
         assert inputs["token_type_ids"] == g[f"{case}.token_type_ids"].tolist(), case
         pixels, _ = vision.preprocess(images_of(names), model.preprocessing)
@@ -63,7 +63,7 @@ def test_tower_features_and_logits(variant):
         features = model.embed_images(images_of(names), trace=trace)
         np.testing.assert_allclose(trace["vision_tower.post_layernorm"], g[f"{case}.vision_tower"], atol=TOL, rtol=0)
         np.testing.assert_allclose(features, g[f"{case}.image_features"], atol=TOL, rtol=0)
-        inputs = model.prompt_inputs(prompt, images_of(names), suffix=suffix)
+        inputs = model.processor_inputs(prompt, images_of(names), suffix=suffix)
         logits = model.forward(inputs["input_ids"], images=images_of(names), token_type_ids=inputs["token_type_ids"])
         np.testing.assert_allclose(logits, g[f"{case}.logits"][:, :model.n_vocab], atol=TOL, rtol=0, err_msg=case)
         # The processor's pixel values in give the same

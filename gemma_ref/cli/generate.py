@@ -161,7 +161,9 @@ def cmd_generate(args) -> int:
         pieces = model.stream_chat(messages + [{"role": "user", "content": content}],
                                    chat_template_kwargs=template_kwargs, stop=args.stop, stats=stats, **kw)
     else:  # stream() reads the images now: a bad one is an error before any output
-        pieces = model.stream(prompt, images=images, audio=clips, stop=args.stop, stats=stats, **kw)
+        if clips:  # only models with an audio path take the argument
+            kw["audio"] = clips
+        pieces = model.stream(prompt, images=images, stop=args.stop, stats=stats, **kw)
         if getattr(model, "continues_prompt", True):  # an encoder-decoder's output stands alone
             sys.stdout.write(prompt)
     for piece in pieces:
