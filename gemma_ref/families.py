@@ -22,7 +22,10 @@ from __future__ import annotations
 import importlib
 
 # config.json model_type -> "module:Class" (relative to gemma_ref)
-BY_MODEL_TYPE: dict[str, str] = {}
+BY_MODEL_TYPE: dict[str, str] = {
+    "gemma4_assistant": "assistant:Assistant",  # Gemma 4 MTP drafters (speculative decoding)
+    "gemma4_unified_assistant": "assistant:Assistant",  # the 12B's: the same network
+}
 
 # Checkpoints that share a model_type with a generation model but are another kind,
 # told apart by a file or a config key: (test(raw config, checkpoint dir), "module:Class")
