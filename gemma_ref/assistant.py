@@ -39,6 +39,7 @@ from .kv_cache import forget_from, new_cache
 from .loader import check_and_widen, checkpoint_files, expected_shapes, read_safetensors
 from .model import decoder_layer, forward, rms_norm, rope_angles
 from .parallel import linear
+from .sampling import SamplingParams, check_seed
 from .weights import Weights
 
 MODEL_TYPES = ("gemma4_assistant", "gemma4_unified_assistant")
@@ -323,32 +324,44 @@ class Assistant:
 
     # --- speculative decoding ---
 
-    def generate_ids(self, target, prompt: list[int], *, max_new_tokens: int, stop_ids=None,
+    def generate_ids(self, target, prompt: list[int], *, max_new_tokens: int = 128, stop_ids=None,
                      draft_tokens: int | None = None, stats: dict | None = None, temperature: float = 0.0,
-                     repetition_penalty: float = 1.0, **ignored):
+                     top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
+                     seed: int | None = 0):
         """target.generate_ids for one prompt, speculatively: yields [id] per new token.
 
         Each round the assistant drafts k tokens, the target runs once over the newest
         token and the k drafts, and greedy keeps the drafts it agrees with plus its own
-        next token. stats: as Model.generate_ids, + drafted and accepted.
+        next token. stats: as Model.generate_ids, + drafted and accepted (decode_steps
+        counts the target's passes after the prompt's).
         """
         self.check_target(target)
-        if temperature != 0 or repetition_penalty != 1:
+        params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)  # checked
+        check_seed(seed)
+        if params.temperature != 0 or params.repetition_penalty != 1:
             raise GemmaRefError("speculative decoding (assistant=...) is greedy only: temperature 0 and "
                                 "no repetition_penalty")
+        if not (isinstance(max_new_tokens, (int, np.integer)) and not isinstance(max_new_tokens, bool)
+                and max_new_tokens >= 0):
+            raise GemmaRefError(f"max_new_tokens must be an integer >= 0, not {max_new_tokens!r}")
+        if not prompt:
+            raise GemmaRefError("generate: empty prompt")
         k = self.config.num_assistant_tokens if draft_tokens is None else draft_tokens
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise GemmaRefError(f"draft_tokens must be an integer >= 1, not {k!r}")
+        if len(prompt) + max_new_tokens > target.config.max_position_embeddings:
+            raise GemmaRefError(f"prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+                                f"model's context of {target.config.max_position_embeddings} tokens")
         stop = target._default_stop if stop_ids is None else set(stop_ids)
+        return self._speculate(target, prompt, max_new_tokens, stop, k, {} if stats is None else stats)
+
+    def _speculate(self, target, prompt, max_new_tokens, stop, k, stats):
+        """generate_ids' loop, its arguments checked."""
         t_cfg, window = target.config, self.config.text_config.sliding_window or 0
         max_len = len(prompt) + max_new_tokens + k + 1
-        if len(prompt) + max_new_tokens > t_cfg.max_position_embeddings:
-            raise GemmaRefError(f"prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
-                                f"model's context of {t_cfg.max_position_embeddings} tokens")
         # Sliding rings keep what the drafter reads (window + 1 back) after k drafts are taken back.
         spare = max(0, window + 1 - (t_cfg.sliding_window or 0)) + k + 1
         cache = new_cache(t_cfg, 1, max_len, target.dtype, spare=spare)
-        stats = {} if stats is None else stats
         stats.update(prompt_tokens=len(prompt), new_tokens=0, decode_steps=0, prompt_seconds=0.0,
                      generation_seconds=0.0, drafted=0, accepted=0)
         t0 = time.perf_counter()

@@ -43,3 +43,16 @@ def family_of(raw: dict, path) -> str | None:
 def load_class(target: str):
     module, name = target.split(":")
     return getattr(importlib.import_module(f".{module}", __package__), name)
+
+
+def speculative(assistant):
+    """`assistant` if it drafts for a target (has generate_ids(target, prompt, ...)), else a
+    GemmaRefError: generate(..., assistant=...) takes a loaded Gemma 4 assistant."""
+    from .assistant import Assistant
+    from .errors import GemmaRefError
+
+    if not isinstance(assistant, Assistant):
+        what = getattr(getattr(assistant, "config", None), "model_type", type(assistant).__name__)
+        raise GemmaRefError(f"assistant must be a Gemma 4 assistant (an MTP drafter, model_type "
+                            f"gemma4_assistant) loaded with Model.from_pretrained, not {what}")
+    return assistant

@@ -37,6 +37,11 @@ ALIASES = {
     "4-e4b": "google/gemma-4-E4B", "4-e4b-it": "google/gemma-4-E4B-it",
     "4-26b-a4b": "google/gemma-4-26B-A4B", "4-26b-a4b-it": "google/gemma-4-26B-A4B-it",
     "4-31b": "google/gemma-4-31B", "4-31b-it": "google/gemma-4-31B-it",
+    # Gemma 4 assistants: MTP drafters for the -it models (generate --assistant; not models alone)
+    "4-e2b-it-assistant": "google/gemma-4-E2B-it-assistant",
+    "4-e4b-it-assistant": "google/gemma-4-E4B-it-assistant",
+    "4-26b-a4b-it-assistant": "google/gemma-4-26B-A4B-it-assistant",
+    "4-31b-it-assistant": "google/gemma-4-31B-it-assistant",
 }
 
 # The files the engine reads from a Hub repo (never the .gguf or PyTorch copies).

@@ -72,5 +72,6 @@ def cmd_models(args) -> int:
         return 0
     print("aliases for --model (also: a local directory, a .gguf file, or any Hub repo id):")
     for r in rows:
-        print(f"  {r['alias']:<17}{'chat ' if r['instruction_tuned'] else 'base '} {r['source']}")
+        kind = "draft" if r["alias"].endswith("-assistant") else "chat " if r["instruction_tuned"] else "base "
+        print(f"  {r['alias']:<23}{kind} {r['source']}")
     return 0
