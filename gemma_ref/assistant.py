@@ -38,7 +38,7 @@ from .errors import GemmaRefError
 from .kv_cache import forget_from, new_cache
 from .loader import check_and_widen, checkpoint_files, expected_shapes, read_safetensors
 from .model import decoder_layer, forward, rms_norm, rope_angles
-from .parallel import linear
+from .parallel import linear, threads_for
 from .sampling import SamplingParams, check_seed
 from .weights import Weights
 
@@ -292,19 +292,20 @@ class Assistant:
         state before it (or the previous draft's h'); kv: kind -> drafter_kv(...).
         """
         W, cfg = self.weights, self.config.text_config
-        x = linear(np.concatenate([embed, h], axis=-1), W["pre_projection.weight"])  # [B, 1, D]
-        positions = np.full((x.shape[0], 1), P, np.int64)
+        positions = np.full((embed.shape[0], 1), P, np.int64)
         ropes = {r: rope_angles(positions, r.head_dim, r.theta, r.factor, W.dtype, r.rotated) for r in cfg.ropes}
-        for i, spec in enumerate(cfg.layers):
-            x = decoder_layer(x, W, i, cfg, ropes[spec.rope], positions, None, kv, None)
-        x = rms_norm(x, W["model.norm.weight"], cfg.rms_norm_eps, cfg.norm_offset)  # [B, 1, D]
-        E = W["model.embed_tokens.weight"]  # the tied head
-        if self.config.use_ordered_embeddings:
-            logits = centroid_logits(x, E, W["masked_embedding.centroids.weight"], self.ordering,
-                                     self.config.centroid_intermediate_top_k)
-        else:
-            logits = linear(x, E)  # [B, 1, V] (no softcap: transformers applies none here)
-        return logits, linear(x, W["post_projection.weight"])  # [B, 1, D_target]
+        with threads_for(embed.shape[0], W.narrow):  # the cores shared out as for decoding (parallel.py)
+            x = linear(np.concatenate([embed, h], axis=-1), W["pre_projection.weight"])  # [B, 1, D]
+            for i, spec in enumerate(cfg.layers):
+                x = decoder_layer(x, W, i, cfg, ropes[spec.rope], positions, None, kv, None)
+            x = rms_norm(x, W["model.norm.weight"], cfg.rms_norm_eps, cfg.norm_offset)  # [B, 1, D]
+            E = W["model.embed_tokens.weight"]  # the tied head
+            if self.config.use_ordered_embeddings:
+                logits = centroid_logits(x, E, W["masked_embedding.centroids.weight"], self.ordering,
+                                         self.config.centroid_intermediate_top_k)
+            else:
+                logits = linear(x, E)  # [B, 1, V] (no softcap: transformers applies none here)
+            return logits, linear(x, W["post_projection.weight"])  # [B, 1, D_target]
 
     def drafts(self, target, cache, token: int, h, P: int, n: int) -> tuple[list[int], list]:
         """n greedy drafts after `token` (at position P), from the target's cache and its
@@ -332,8 +333,8 @@ class Assistant:
 
         Each round the assistant drafts k tokens, the target runs once over the newest
         token and the k drafts, and greedy keeps the drafts it agrees with plus its own
-        next token. stats: as Model.generate_ids, + drafted and accepted (decode_steps
-        counts the target's passes after the prompt's).
+        next token. stats: as Model.generate_ids, + drafted, accepted and draft_seconds
+        (decode_steps counts the target's passes after the prompt's).
         """
         self.check_target(target)
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)  # checked
@@ -363,7 +364,7 @@ class Assistant:
         spare = max(0, window + 1 - (t_cfg.sliding_window or 0)) + k + 1
         cache = new_cache(t_cfg, 1, max_len, target.dtype, spare=spare)
         stats.update(prompt_tokens=len(prompt), new_tokens=0, decode_steps=0, prompt_seconds=0.0,
-                     generation_seconds=0.0, drafted=0, accepted=0)
+                     generation_seconds=0.0, drafted=0, accepted=0, draft_seconds=0.0)
         t0 = time.perf_counter()
 
         def run(ids, start, last_only):  # the target over ids at start.. -> logits, hidden
@@ -387,7 +388,9 @@ class Assistant:
             if emitted == max_new_tokens:
                 return
             n = min(k, max_new_tokens - emitted - 1)
+            t_draft = time.perf_counter()
             drafts = self.drafts(target, cache, token, h, P, n)[0] if n > 0 else []
+            stats["draft_seconds"] += time.perf_counter() - t_draft
             logits, hidden = run([token] + drafts, P, False)  # [1, n+1, V]: checks every draft at once
             stats["decode_steps"] += 1
             choice = np.argmax(logits[0], axis=-1)  # the target's greedy token after each position

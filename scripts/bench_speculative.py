@@ -119,7 +119,25 @@ def main(argv=None) -> int:
             rate = (n - 1) / stats["generation_seconds"]
             print(f"{label:<22} {rate:6.3f} tok/s  {stats['decode_steps']:3d} target passes  accepted "
                   f"{stats['accepted']}/{stats['drafted']} ({stats['accepted'] / max(stats['drafted'], 1):.0%})  "
-                  f"x{rate / base:.2f}  same tokens: {out == greedy}  (wall {wall:.1f} s)")
+                  f"x{rate / base:.2f}  same tokens: {out == greedy}  (drafting {stats['draft_seconds']:.1f} s "
+                  f"of {stats['generation_seconds']:.1f} s)")
+    # What one round costs: a target pass over 1 and over k + 1 tokens, one draft step.
+    cache = target.new_cache(1, len(prompt) + 16)
+    from gemma_ref.kv_cache import forget_from
+    from gemma_ref.model import forward
+
+    _, hidden = forward(target.weights, target.config, np.array([prompt]), None, cache, last_only=True,
+                        return_hidden=True)
+    costs = []
+    for T in sorted({1, *(k + 1 for k in args.draft_tokens)}):
+        t0 = time.perf_counter()
+        forward(target.weights, target.config, np.array([greedy[:T]]), np.arange(len(prompt), len(prompt) + T)[None],
+                cache, last_only=T == 1, n_vocab=target.n_vocab)
+        costs.append(f"over {T} token(s) {time.perf_counter() - t0:.2f} s")
+        forget_from(cache, len(prompt))
+    t0 = time.perf_counter()
+    assistant.drafts(target, cache, greedy[0], hidden[:, -1:], len(prompt), 1)
+    print(f"costs: a target pass {', '.join(costs)}; a draft step {time.perf_counter() - t0:.2f} s")
     return 0
 
 
