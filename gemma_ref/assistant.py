@@ -375,35 +375,29 @@ class Assistant:
         for start in range(0, len(prompt), PREFILL_CHUNK):
             logits, hidden = run(prompt[start:start + PREFILL_CHUNK], start, True)
         token, h, P = int(np.argmax(logits[0, -1])), hidden[:, -1:], len(prompt)
-        emitted = 0
-        while emitted < max_new_tokens:
-            # The target's next token `token` (at P) is decided; emit it.
-            stats["prompt_seconds" if emitted == 0 else "generation_seconds"] += time.perf_counter() - t0
-            if token in stop:
-                return
-            emitted += 1
-            stats["new_tokens"] += 1
-            yield [token]
-            t0 = time.perf_counter()
+        decided, emitted = [token], 0  # decided: the target's tokens not yet emitted; token is the last
+        while True:
+            for t in decided:
+                stats["prompt_seconds" if emitted == 0 else "generation_seconds"] += time.perf_counter() - t0
+                if t in stop or emitted == max_new_tokens:
+                    return
+                emitted += 1
+                stats["new_tokens"] += 1
+                yield [t]
+                t0 = time.perf_counter()
             if emitted == max_new_tokens:
                 return
+            # A round: drafts after `token` (at P), never past max_new_tokens; one target pass checks them.
             n = min(k, max_new_tokens - emitted - 1)
             t_draft = time.perf_counter()
             drafts = self.drafts(target, cache, token, h, P, n)[0] if n > 0 else []
             stats["draft_seconds"] += time.perf_counter() - t_draft
-            logits, hidden = run([token] + drafts, P, False)  # [1, n+1, V]: checks every draft at once
-            stats["decode_steps"] += 1
+            logits, hidden = run([token] + drafts, P, False)  # [1, n+1, V]
             choice = np.argmax(logits[0], axis=-1)  # the target's greedy token after each position
             m = next((j for j, d in enumerate(drafts) if d != choice[j]), len(drafts))  # drafts kept
+            stats["decode_steps"] += 1
             stats["drafted"] += len(drafts)
             stats["accepted"] += m
-            for d in drafts[:m]:
-                stats["generation_seconds"] += time.perf_counter() - t0
-                if d in stop:
-                    return
-                emitted += 1
-                stats["new_tokens"] += 1
-                yield [d]
-                t0 = time.perf_counter()
             forget_from(cache, P + m + 1)  # the rejected drafts' keys and values
-            token, h, P = int(choice[m]), hidden[:, m:m + 1], P + m + 1
+            decided = drafts[:m] + [int(choice[m])]
+            token, h, P = decided[-1], hidden[:, m:m + 1], P + m + 1

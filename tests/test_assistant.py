@@ -122,7 +122,7 @@ def test_speculative_text_and_batch(loaded):
     """Text prompts and a batch (one prompt at a time) give plain greedy's text."""
     assistant, target = loaded["gemma4-assistant"]
     prompts = ["hello world", "the cat sat on", "a"]
-    for n in (1, 7, 16):
+    for n in (0, 1, 2, 7, 16):
         assert (target.generate(prompts, assistant=assistant, max_new_tokens=n)
                 == target.generate(prompts, max_new_tokens=n))
 
