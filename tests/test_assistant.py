@@ -183,3 +183,50 @@ def test_api_bad_input(loaded):
         target.generate("hi", draft_tokens=3)
     with pytest.raises(GemmaRefError, match="a Gemma 4 assistant drafts for its target"):
         assistant.generate("hi")
+
+
+def _copy(tmp_path, name="gemma4-assistant-centroids"):
+    import shutil
+
+    d = tmp_path / name
+    shutil.copytree(TINY / name, d)
+    return d
+
+
+def _rewrite(d, change):
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(d / "model.safetensors"))
+    change(tensors)
+    save_file(tensors, str(d / "model.safetensors"))
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda t: t.pop("pre_projection.weight"), "missing tensor pre_projection.weight"),
+    (lambda t: t.update({"post_projection.weight": np.zeros((48, 25), np.float32)}),
+     r"post_projection.weight has shape \(48, 25\), config.json implies \(48, 24\)"),
+    (lambda t: t.update({"masked_embedding.token_ordering": np.zeros(512, np.int64)}),
+     "token_ordering must be a permutation of the 512 token ids"),
+    (lambda t: t.update({"lm_head.bias": np.zeros(512, np.float32)}), "unexpected tensor lm_head.bias"),
+])
+def test_load_bad_checkpoint(tmp_path, change, message):
+    d = _copy(tmp_path)
+    _rewrite(d, change)
+    with pytest.raises(GemmaRefError, match=message):
+        Model.from_pretrained(d, progress=False)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("num_kv_shared_layers", 1, "every layer of an assistant shares the target's keys and values"),
+    ("hidden_size_per_layer_input", 8, "hidden_size_per_layer_input must be 0 in an assistant"),
+    ("enable_moe_block", True, "enable_moe_block must be false"),
+])
+def test_load_bad_config(tmp_path, key, value, message):
+    import json
+
+    d = _copy(tmp_path)
+    config = json.loads((d / "config.json").read_text())
+    config["text_config"][key] = value
+    (d / "config.json").write_text(json.dumps(config))
+    with pytest.raises(GemmaRefError, match=message):
+        Model.from_pretrained(d, progress=False)
