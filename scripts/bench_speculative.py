@@ -85,8 +85,7 @@ def run(target, prompt, n, **kw):
     stats = {}
     t0 = time.perf_counter()
     out = target.generate(prompt, max_new_tokens=n, stop=[], stats=stats, **kw)
-    wall = time.perf_counter() - t0
-    return out, stats, wall
+    return out, stats, time.perf_counter() - t0
 
 
 def main(argv=None) -> int:
@@ -97,6 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--draft-tokens", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--max-memory", default="3G")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs of each configuration")
     args = ap.parse_args(argv)
     from gemma_ref.cli.common import parse_size
 
@@ -109,35 +109,54 @@ def main(argv=None) -> int:
     n = args.new_tokens
     print(f"target {args.target} ({target.config.num_parameters / 1e9:.2f} B), assistant {args.assistant} "
           f"({assistant.config.num_parameters / 1e6:.1f} M); prompt {len(prompt)} tokens, {n} new")
-    greedy, stats, wall = run(target, prompt, n)
-    base = (n - 1) / stats["generation_seconds"]
-    print(f"{'plain greedy':<22} {base:6.3f} tok/s  {stats['decode_steps']:3d} target passes  "
-          f"(prefill {stats['prompt_seconds']:.1f} s, wall {wall:.1f} s)")
+    greedy, _, _ = run(target, prompt, n)  # the reference tokens (and a warm-up)
+    configs = [("plain greedy", {})]
     for k in args.draft_tokens:
-        for label, a in ((f"assistant k={k}", assistant), (f"forced k={k}", Forced(assistant, greedy, len(prompt)))):
-            out, stats, wall = run(target, prompt, n, assistant=a, draft_tokens=k)
-            rate = (n - 1) / stats["generation_seconds"]
-            print(f"{label:<22} {rate:6.3f} tok/s  {stats['decode_steps']:3d} target passes  accepted "
-                  f"{stats['accepted']}/{stats['drafted']} ({stats['accepted'] / max(stats['drafted'], 1):.0%})  "
-                  f"x{rate / base:.2f}  same tokens: {out == greedy}  (drafting {stats['draft_seconds']:.1f} s "
-                  f"of {stats['generation_seconds']:.1f} s)")
-    # What one round costs: a target pass over 1 and over k + 1 tokens, one draft step.
-    cache = target.new_cache(1, len(prompt) + 16)
+        configs += [(f"assistant k={k}", dict(assistant=assistant, draft_tokens=k)),
+                    (f"forced k={k}", dict(assistant=Forced(assistant, greedy, len(prompt)), draft_tokens=k))]
+    # Interleaved repeats, medians: other processes' load on the machine drifts.
+    rates, last = {label: [] for label, _ in configs}, {}
+    for _ in range(args.repeats):
+        for label, kw in configs:
+            out, stats, _ = run(target, prompt, n, **kw)
+            assert out == greedy, f"{label}: not the greedy tokens"
+            rates[label].append((n - 1) / stats["generation_seconds"])
+            last[label] = stats
+    base = float(np.median(rates["plain greedy"]))
+    for label, _ in configs:
+        r, st = rates[label], last[label]
+        line = (f"{label:<18} {np.median(r):6.3f} tok/s (runs {min(r):.3f}-{max(r):.3f})  x{np.median(r) / base:.2f}  "
+                f"{st['decode_steps']:2d} target passes")
+        if "drafted" in st:
+            line += (f", accepted {st['accepted']}/{st['drafted']} ({st['accepted'] / max(st['drafted'], 1):.0%}), "
+                     f"drafting {st['draft_seconds']:.1f} of {st['generation_seconds']:.1f} s")
+        print(line + ", same tokens as plain: yes")
+    # What one round costs: a target pass over 1 and over k + 1 tokens, one draft step (medians).
     from gemma_ref.kv_cache import forget_from
     from gemma_ref.model import forward
 
+    cache = target.new_cache(1, len(prompt) + 16)
     _, hidden = forward(target.weights, target.config, np.array([prompt]), None, cache, last_only=True,
                         return_hidden=True)
-    costs = []
-    for T in sorted({1, *(k + 1 for k in args.draft_tokens)}):
-        t0 = time.perf_counter()
-        forward(target.weights, target.config, np.array([greedy[:T]]), np.arange(len(prompt), len(prompt) + T)[None],
-                cache, last_only=T == 1, n_vocab=target.n_vocab)
-        costs.append(f"over {T} token(s) {time.perf_counter() - t0:.2f} s")
-        forget_from(cache, len(prompt))
-    t0 = time.perf_counter()
-    assistant.drafts(target, cache, greedy[0], hidden[:, -1:], len(prompt), 1)
-    print(f"costs: a target pass {', '.join(costs)}; a draft step {time.perf_counter() - t0:.2f} s")
+
+    def seconds(f):
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+            forget_from(cache, len(prompt))
+        return float(np.median(times))
+
+    def target_pass(T):  # over T tokens after the prompt, as a round's check does
+        positions = np.arange(len(prompt), len(prompt) + T)[None]
+        forward(target.weights, target.config, np.array([greedy[:T]]), positions, cache, last_only=T == 1,
+                n_vocab=target.n_vocab)
+
+    costs = [f"over {T} token(s) {seconds(lambda: target_pass(T)):.2f} s"
+             for T in sorted({1, *(k + 1 for k in args.draft_tokens)})]
+    step = seconds(lambda: assistant.drafts(target, cache, greedy[0], hidden[:, -1:], len(prompt), 1))
+    print(f"costs (medians): a target pass {', '.join(costs)}; a draft step {step:.3f} s")
     return 0
 
 
