@@ -4,7 +4,7 @@
 For each drafter below this writes ``tests/data/tiny/<name>/``:
 
   config.json, generation_config.json, model.safetensors   (Gemma4AssistantForCausalLM.save_pretrained)
-  golden.npz                                                (keys listed in PROVENANCE.md)
+  drafts.npz                                                (keys listed in PROVENANCE.md)
   PROVENANCE.md
 
 Each drafter is made for one of the tiny Gemma 4 targets already in tests/data/tiny/
@@ -153,7 +153,7 @@ def main() -> int:
             golden.update({f"prompt_{j}": prompt[0].numpy(), f"first_{j}": np.array(first),
                            f"draft_logits_{j}": logits.numpy(), f"draft_states_{j}": states.numpy(),
                            f"draft_tokens_{j}": np.array(tokens), f"greedy_{j}": np.array(plain)})
-        np.savez(out_dir / "golden.npz", **golden)
+        np.savez(out_dir / "drafts.npz", **golden)
         rows = "\n".join(f"| `{k}` | {list(v.shape)} | {v.dtype} |" for k, v in golden.items())
         (out_dir / "PROVENANCE.md").write_text(f"""# {spec['name']}
 
@@ -170,7 +170,7 @@ Tiny random Gemma 4 assistant (MTP drafter, `Gemma4AssistantForCausalLM`) for th
 - text_config: `{json.dumps(spec['text'])}`; assistant: `{json.dumps(spec['assistant'])}`
 - generation_config: num_assistant_tokens={DRAFT}, schedule "constant"
 
-## Golden contents (golden.npz), per prompt j (lengths {list(PROMPT_LENGTHS)})
+## Golden contents (drafts.npz), per prompt j (lengths {list(PROMPT_LENGTHS)})
 
 | key | shape | dtype |
 | --- | --- | --- |

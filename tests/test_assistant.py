@@ -45,7 +45,7 @@ def test_drafts_match_transformers(loaded, name, j):
     """The 4 drafts after the prefill: logits within 1e-4 of transformers, same tokens
     (prompt 1 is longer than the drafter's sliding window + 1: the window bites)."""
     assistant, target = loaded[name]
-    g = np.load(TINY / name / "golden.npz")
+    g = np.load(TINY / name / "drafts.npz")
     prompt = [int(t) for t in g[f"prompt_{j}"]]
     cache, first, h = prefill(target, prompt)
     assert first == int(g[f"first_{j}"])
@@ -60,7 +60,7 @@ def test_drafts_match_transformers(loaded, name, j):
 def test_speculative_equals_transformers_greedy(loaded, name, j, k):
     """Random drafters are (almost) always wrong: the reject path, every round."""
     assistant, target = loaded[name]
-    g = np.load(TINY / name / "golden.npz")
+    g = np.load(TINY / name / "drafts.npz")
     prompt, greedy = g[f"prompt_{j}"].tolist(), g[f"greedy_{j}"].tolist()
     stats = {}
     out = target.generate(prompt, assistant=assistant, draft_tokens=k, max_new_tokens=len(greedy),
@@ -93,7 +93,7 @@ class Forced(Assistant):
 @pytest.mark.parametrize("k", [2, 5])
 def test_speculative_forced_drafts(loaded, wrong, all_right, k):
     assistant, target = loaded["gemma4-assistant"]
-    g = np.load(TINY / "gemma4-assistant" / "golden.npz")
+    g = np.load(TINY / "gemma4-assistant" / "drafts.npz")
     prompt, greedy = g["prompt_1"].tolist(), g["greedy_1"].tolist()
     forced = Forced(assistant, greedy, len(prompt), wrong)
     stats = {}
@@ -109,7 +109,7 @@ def test_speculative_forced_drafts(loaded, wrong, all_right, k):
 def test_speculative_stops_inside_accepted_drafts(loaded):
     """A stop token among accepted drafts ends generation there, as plain greedy does."""
     assistant, target = loaded["gemma4-assistant"]
-    g = np.load(TINY / "gemma4-assistant" / "golden.npz")
+    g = np.load(TINY / "gemma4-assistant" / "drafts.npz")
     prompt, greedy = g["prompt_0"].tolist(), g["greedy_0"].tolist()
     stop = next(t for t in greedy[3:] if greedy.index(t) >= 3)
     plain = target.generate(prompt, max_new_tokens=24, stop=[stop])
