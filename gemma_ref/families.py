@@ -46,8 +46,8 @@ def load_class(target: str):
 
 
 def speculative(assistant):
-    """`assistant` if it drafts for a target (has generate_ids(target, prompt, ...)), else a
-    GemmaRefError: generate(..., assistant=...) takes a loaded Gemma 4 assistant."""
+    """`assistant`, checked to be a loaded Gemma 4 assistant (assistant.py), the one kind of
+    model that generate(..., assistant=...) takes; else a GemmaRefError."""
     from .assistant import Assistant
     from .errors import GemmaRefError
 
