@@ -1,7 +1,7 @@
 """Gemma 4 assistants (multi-token-prediction drafters) and speculative decoding with them.
 
-An assistant (config.json model_type `gemma4_assistant`, or `gemma4_unified_assistant`
-for the 12B: the same network) is a few Gemma 4 text layers that compute no keys or
+An assistant (config.json model_type `gemma4_assistant`; the 12B's `gemma4_unified_assistant`
+is named, and refused: its target is not a model gemma-ref runs) is a few Gemma 4 text layers that compute no keys or
 values of their own: every layer attends with the target model's, those of the target's
 last layer of the same kind (full / sliding) that computes them. It drafts the tokens
 after the target's newest one, all from that one position P (transformers'
@@ -42,7 +42,6 @@ from .parallel import linear, threads_for
 from .sampling import SamplingParams, check_seed
 from .weights import Weights
 
-MODEL_TYPES = ("gemma4_assistant", "gemma4_unified_assistant")
 DEFAULT_DRAFT_TOKENS = 20  # transformers' GenerationConfig.num_assistant_tokens default
 
 
@@ -64,7 +63,7 @@ class DrafterText(GemmaConfig):
 
 @dataclass(frozen=True)
 class AssistantConfig:
-    model_type: str  # "gemma4_assistant" or "gemma4_unified_assistant"
+    model_type: str  # "gemma4_assistant"
     text_config: DrafterText  # its layers
     backbone_hidden_size: int  # D of the target (its embeddings and hidden states come in)
     use_ordered_embeddings: bool = False  # the centroid-masked head (E2B, E4B assistants)
@@ -76,6 +75,9 @@ class AssistantConfig:
     def from_dir(cls, path: Path) -> "AssistantConfig":
         source = str(path / "config.json")
         d = load_json(path / "config.json")
+        if d.get("model_type") != "gemma4_assistant":
+            raise GemmaRefError(f"{source}: {d.get('model_type')} (Gemma 4 12B's drafter) is not supported: its "
+                                f"target, Gemma 4 12B Unified, is not a model gemma-ref runs")
         text = d.get("text_config")
         if not isinstance(text, dict):
             raise GemmaRefError(f"{source}: an assistant's config needs a text_config object")

@@ -24,7 +24,7 @@ import importlib
 # config.json model_type -> "module:Class" (relative to gemma_ref)
 BY_MODEL_TYPE: dict[str, str] = {
     "gemma4_assistant": "assistant:Assistant",  # Gemma 4 MTP drafters (speculative decoding)
-    "gemma4_unified_assistant": "assistant:Assistant",  # the 12B's: the same network
+    "gemma4_unified_assistant": "assistant:Assistant",  # the 12B's: refused there, by name
 }
 
 # Checkpoints that share a model_type with a generation model but are another kind,

@@ -216,6 +216,17 @@ def test_load_bad_checkpoint(tmp_path, change, message):
         Model.from_pretrained(d, progress=False)
 
 
+def test_unified_assistant_is_refused_by_name(tmp_path):
+    import json
+
+    d = _copy(tmp_path)
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**config, "model_type": "gemma4_unified_assistant"}))
+    with pytest.raises(GemmaRefError, match="gemma4_unified_assistant .* is not supported: its target, Gemma 4 "
+                                            "12B Unified"):
+        Model.from_pretrained(d, progress=False)
+
+
 @pytest.mark.parametrize("key,value,message", [
     ("num_kv_shared_layers", 1, "every layer of an assistant shares the target's keys and values"),
     ("hidden_size_per_layer_input", 8, "hidden_size_per_layer_input must be 0 in an assistant"),
