@@ -1,9 +1,9 @@
 """Gemma 4 assistants (multi-token-prediction drafters) and speculative decoding with them.
 
 An assistant (config.json model_type `gemma4_assistant`; the 12B's `gemma4_unified_assistant`
-is named, and refused: its target is not a model gemma-ref runs) is a few Gemma 4 text layers that compute no keys or
-values of their own: every layer attends with the target model's, those of the target's
-last layer of the same kind (full / sliding) that computes them. It drafts the tokens
+is named, and refused: its target is not a model gemma-ref runs) is a few Gemma 4 text
+layers that compute no keys or values of their own: every layer attends with the target
+model's, those of the target's last layer of the same kind (full / sliding) that computes them. It drafts the tokens
 after the target's newest one, all from that one position P (transformers'
 `Gemma4AssistantForCausalLM` and `SinglePositionMultiTokenCandidateGenerator`):
 
@@ -24,7 +24,6 @@ target's greedy output (up to float32 ties between a chunked and a one-token pas
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import GemmaConfig, LayerSpec
-from .config_json import FULL, SLIDING, config_fields, load_json
+from .config_json import SLIDING, config_fields, load_json
 from .errors import GemmaRefError
 from .kv_cache import forget_from, new_cache
 from .loader import check_and_widen, checkpoint_files, expected_shapes, read_safetensors
@@ -94,7 +93,9 @@ class AssistantConfig:
         fields = config_fields({**text, "model_type": "gemma4_text", "num_kv_shared_layers": 0},
                                source + " text_config")
         gen = path / "generation_config.json"
-        drafts = json.loads(gen.read_text()).get("num_assistant_tokens") if gen.exists() else None
+        drafts = load_json(gen).get("num_assistant_tokens") if gen.exists() else None
+        if drafts is not None and not (isinstance(drafts, int) and not isinstance(drafts, bool) and drafts >= 1):
+            raise GemmaRefError(f"{gen}: num_assistant_tokens must be an integer >= 1, not {drafts!r}")
         config = cls(model_type=d["model_type"], text_config=DrafterText(**fields),
                      backbone_hidden_size=_positive(d, "backbone_hidden_size", 1536, source),
                      use_ordered_embeddings=bool(d.get("use_ordered_embeddings", False)),
