@@ -33,6 +33,7 @@ def loaded():
 
 
 def prefill(target, prompt):
+    """The target's cache after `prompt`, its greedy next token, its last hidden state."""
     cache = new_cache(target.config, 1, 64)
     logits, hidden = forward(target.weights, target.config, np.array([prompt]), None, cache,
                              last_only=True, return_hidden=True)
@@ -68,6 +69,41 @@ def test_speculative_equals_transformers_greedy(loaded, name, j, k):
     assert out == greedy
     assert stats["drafted"] > 0 and stats["new_tokens"] == len(greedy)
     assert stats["decode_steps"] == len(greedy) - 1 - stats["accepted"]  # one target pass per round
+
+
+class Checked(Assistant):
+    """Drafts as the assistant does, and checks every round's drafts against drafts made
+    from a fresh cache: a prefill of the prompt and the tokens decided so far. So the
+    rolled-back cache (forget_from, the rings' spare slots) shows the drafter what a
+    cache that never held a rejected draft would."""
+
+    def __init__(self, base, sequence, rounds):
+        self.__dict__.update(base.__dict__)
+        self.sequence, self.rounds = sequence, rounds
+
+    def drafts(self, target, cache, token, h, P, n):
+        ids, logits = super().drafts(target, cache, token, h, P, n)
+        assert self.sequence[P] == token
+        fresh, first, h_fresh = prefill(target, self.sequence[:P])
+        assert first == token
+        ref_ids, ref_logits = super().drafts(target, fresh, token, h_fresh, P, n)
+        assert ids == ref_ids
+        np.testing.assert_allclose(np.stack(logits), np.stack(ref_logits), atol=1e-4, rtol=0)
+        self.rounds.append(P)
+        return ids, logits
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_later_rounds_draft_from_the_rolled_back_cache(loaded, name):
+    assistant, target = loaded[name]
+    g = np.load(TINY / name / "drafts.npz")
+    prompt, greedy = g["prompt_1"].tolist(), g["greedy_1"].tolist()
+    rounds = []
+    out = target.generate(prompt, assistant=Checked(assistant, prompt + greedy, rounds), draft_tokens=3,
+                          max_new_tokens=len(greedy), stop=[])
+    # Every draft rejected: a round per token (the last, with no room left, drafts nothing).
+    assert out == greedy and len(rounds) == len(greedy) - 2
+    assert rounds[-1] + 1 > len(prompt) + target.config.sliding_window + 3 + 1  # past a ring's slots
 
 
 class Forced(Assistant):
