@@ -528,8 +528,14 @@ class Model:
         token ids for an id prompt. stop: None (eos, and end-of-turn for -it models),
         or a list of token ids and/or strings that end generation.
         images, audio: for a text prompt, see prompt_inputs; for ids, as forward.
-        stats={} collects timings (see generate_ids)."""
+        stats={} collects timings (see generate_ids).
+        assistant: a Gemma 4 assistant (an MTP drafter, loaded with from_pretrained) to
+        decode speculatively: the same greedy tokens, fewer target passes (assistant.py);
+        draft_tokens: drafts per round (default: the assistant's num_assistant_tokens)."""
         stop_ids, stop_strings = self._stop(stop)
+        assistant, draft_tokens = sampling.pop("assistant", None), sampling.pop("draft_tokens", None)
+        if assistant is None and draft_tokens is not None:
+            raise GemmaRefError("draft_tokens goes with assistant=...")
         # The prompt and its images are prepared now (a bad image raises here); the
         # continuation is decoded as it is iterated.
         has = lambda x: x is not None and len(x) > 0  # noqa: E731
@@ -539,8 +545,14 @@ class Model:
             clips = self.embed_audio(audio) if has(audio) else None
         else:
             ids, features, clips = self.prompt_inputs(prompt, images, audio, pan_and_scan=pan_and_scan)
-        steps = self.generate_ids([ids], stop_ids=stop_ids, image_features=[features],
-                                  audio_features=[clips], **sampling)
+        if assistant is not None:  # speculative decoding: the assistant's own loop (assistant.py)
+            if features is not None or clips is not None:
+                raise GemmaRefError("generate with an assistant: images and audio are not supported")
+            steps = families.speculative(assistant).generate_ids(self, ids, stop_ids=stop_ids,
+                                                                 draft_tokens=draft_tokens, **sampling)
+        else:
+            steps = self.generate_ids([ids], stop_ids=stop_ids, image_features=[features],
+                                      audio_features=[clips], **sampling)
         if not isinstance(prompt, str):
             return (t for (t,) in steps)
         return self._text_pieces(steps, stop_strings)
@@ -569,7 +581,8 @@ class Model:
         prompt: a string (returns the new text), a list of token ids (returns new ids),
         or a list of either (a batch: returns a list). Keyword arguments: max_new_tokens,
         temperature (0 = greedy), top_k, top_p, min_p, repetition_penalty, seed, stop;
-        images (and pan_and_scan) and audio for one prompt, as `stream`.
+        images (and pan_and_scan) and audio for one prompt, as `stream`; assistant (and
+        draft_tokens) to decode speculatively with a Gemma 4 assistant, as `stream`.
         """
         if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], (str, list, tuple, np.ndarray)):
             for media in ("images", "audio"):
@@ -582,7 +595,7 @@ class Model:
 
     def _generate_batch(self, prompts, *, stop=None, **sampling):
         stop_ids, stop_strings = self._stop(stop)
-        if stop_strings:
+        if stop_strings or sampling.get("assistant") is not None:  # one prompt at a time
             return [self.generate(p, stop=stop, **sampling) for p in prompts]
         ids = [self._prompt_ids(p) for p in prompts]
         out = [[] for _ in prompts]

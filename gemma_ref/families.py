@@ -30,6 +30,8 @@ BY_MODEL_TYPE: dict[str, str] = {
     "shieldgemma2": "shieldgemma2:ShieldGemma2",  # Gemma 3 image-text read as an image classifier
     "t5gemma": "t5gemma:T5GemmaModel",  # encoder-decoders (T5Gemma, T5Gemma 2)
     "t5gemma2": "t5gemma:T5GemmaModel",
+    "gemma4_assistant": "assistant:Assistant",  # Gemma 4 MTP drafters (speculative decoding)
+    "gemma4_unified_assistant": "assistant:Assistant",  # the 12B's: refused there, by name
 }
 
 # Checkpoints that share a model_type with a generation model but are another kind,
@@ -53,3 +55,16 @@ def family_of(raw: dict, path) -> str | None:
 def load_class(target: str):
     module, name = target.split(":")
     return getattr(importlib.import_module(f".{module}", __package__), name)
+
+
+def speculative(assistant):
+    """`assistant`, checked to be a loaded Gemma 4 assistant (assistant.py), the one kind of
+    model that generate(..., assistant=...) takes; else a GemmaRefError."""
+    from .assistant import Assistant
+    from .errors import GemmaRefError
+
+    if not isinstance(assistant, Assistant):
+        what = getattr(getattr(assistant, "config", None), "model_type", type(assistant).__name__)
+        raise GemmaRefError(f"assistant must be a Gemma 4 assistant (an MTP drafter, model_type "
+                            f"gemma4_assistant) loaded with Model.from_pretrained, not {what}")
+    return assistant

@@ -62,6 +62,11 @@ ALIASES = {
     "t5gemma-2-4b-4b": "google/t5gemma-2-4b-4b",
     # EmbeddingGemma (sentence embeddings: `gemma-ref embed`; offline: `gemma-ref fetch`)
     "embeddinggemma-300m": "google/embeddinggemma-300m",
+    # Gemma 4 assistants: MTP drafters for the -it models (generate --assistant; not models alone)
+    "4-e2b-it-assistant": "google/gemma-4-E2B-it-assistant",
+    "4-e4b-it-assistant": "google/gemma-4-E4B-it-assistant",
+    "4-26b-a4b-it-assistant": "google/gemma-4-26B-A4B-it-assistant",
+    "4-31b-it-assistant": "google/gemma-4-31B-it-assistant",
 }
 
 # Aliases of embedding models (`gemma-ref embed`; generate refuses them)

@@ -31,23 +31,27 @@ class LayerCache:
         return self.k.nbytes + self.v.nbytes + self.pos.nbytes
 
 
-def _slots(spec: LayerSpec, max_len: int) -> int:
-    """C: cache slots of a layer (a sliding layer never needs more than its window)."""
-    return min(spec.window, max_len) if spec.window else max_len
+def _slots(spec: LayerSpec, max_len: int, spare: int = 0) -> int:
+    """C: cache slots of a layer (a sliding layer never needs more than its window, + spare)."""
+    return min(spec.window + spare, max_len) if spec.window else max_len
 
 
-def new_cache(config: GemmaConfig, batch: int, max_len: int, dtype=np.float32) -> list[LayerCache | None]:
+def new_cache(config: GemmaConfig, batch: int, max_len: int, dtype=np.float32,
+              spare: int = 0) -> list[LayerCache | None]:
     """An empty KV cache for `batch` sequences of at most `max_len` positions.
 
     One LayerCache per layer, shaped by its LayerSpec; None for a layer that attends
     with another layer's keys and values (Gemma 4 KV sharing): it owns no cache.
+    spare: extra slots on the sliding layers' rings, so that positions can be taken
+    back (forget_from: speculative decoding's rejected drafts) without losing keys that
+    are still in the window.
     """
     cache = []
     for i, s in enumerate(config.layers):
         if s.kv_source != i:
             cache.append(None)
             continue
-        C, K, H = _slots(s, max_len), s.num_key_value_heads, s.head_dim
+        C, K, H = _slots(s, max_len, spare), s.num_key_value_heads, s.head_dim
         cache.append(LayerCache(
             k=np.zeros((batch, C, K, H), dtype), v=np.zeros((batch, C, K, H), dtype),
             pos=np.full((batch, C), -1, np.int64),
@@ -60,6 +64,14 @@ def cache_nbytes(config: GemmaConfig, max_len: int, batch: int = 1, dtype=np.flo
     item = np.dtype(dtype).itemsize
     return batch * sum(_slots(s, max_len) * (2 * s.num_key_value_heads * s.head_dim * item + 8)
                        for i, s in enumerate(config.layers) if s.kv_source == i)
+
+
+def forget_from(cache: list[LayerCache | None], end: int) -> None:
+    """Forget every position >= end, as if only positions < end had been written."""
+    for c in cache:
+        if c is not None:
+            c.pos[c.pos >= end] = -1
+            c.end = min(c.end, end)
 
 
 def cache_write(c: LayerCache, k, v, pos):

@@ -23,7 +23,8 @@ from .files import check_file, open_file, read_bytes
 from .weights import ROW_TABLES
 
 # safetensors dtype tag -> NumPy dtype (bfloat16 comes from ml_dtypes).
-_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64}
+_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64,
+           "I64": np.int64}  # I64: an index buffer (a Gemma 4 assistant's token_ordering)
 
 # Multimodal Gemma 3 and 4 checkpoints nest the text model. Hub files (older
 # transformers) use the first spellings, transformers >= 5 the second. Text keys are

@@ -529,7 +529,7 @@ def altup_layer(xs, W, i, config, cos_sin, positions, cache, shared, trace, keep
 
 
 def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *, images=None,
-            last_only=False, n_vocab=None, trace=None, dtype=np.float32, lm_head=True):
+            last_only=False, n_vocab=None, trace=None, dtype=np.float32, lm_head=True, return_hidden=False):
     """Logits for token ids.                     ids [B, T] -> logits [B, T, V] (or [B, 1, V])
 
     weights:   HF key -> array (any float dtype; widened to `dtype` as used).
@@ -545,6 +545,8 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *, im
     trace:     a dict to receive named intermediates (HF module names), or None.
     lm_head:   False: return the hidden states after the final norm [B, T, D] instead of
                logits (an encoder: EmbeddingGemma).
+    return_hidden: also return the last hidden state, after the final norm (what the
+               head reads; a Gemma 4 assistant drafts from it): (logits, [B, T, D]).
     """
     W = weights if isinstance(weights, Weights) else Weights(weights, dtype)
     dtype = W.dtype
@@ -626,7 +628,7 @@ def forward(weights, config: GemmaConfig, ids, positions=None, cache=None, *, im
     record(trace, "lm_head", logits)  # as transformers' lm_head hook: before the softcap
     if config.final_logit_softcapping is not None:
         logits = softcap(logits, config.final_logit_softcapping)
-    return logits
+    return (logits, x) if return_hidden else logits
 
 
 def record(trace, *pairs):

@@ -31,6 +31,12 @@ def add_commands(sub, examples: str):
                         "Gemma 3 folds them into the first turn, Gemma 1/2 templates refuse one)")
     _add_template_kwargs(p)
     _add_images(p)
+    p.add_argument("--assistant", default=None, metavar="DIR_OR_ALIAS",
+                   help="a Gemma 4 assistant (MTP drafter, e.g. 4-e2b-it-assistant) for the Gemma 4 "
+                        "--model: speculative decoding, the same greedy text in fewer target passes")
+    p.add_argument("--draft-tokens", type=int, default=None, metavar="K",
+                   help="with --assistant: tokens drafted per round (default: the assistant's "
+                        "num_assistant_tokens)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("chat", help="interactive chat (Ctrl-D or /exit to quit)")
@@ -153,7 +159,14 @@ def cmd_generate(args) -> int:
     if args.system is not None:
         check_text(args.system, "--system")
     images, clips = _images(args), _clips(args)
+    if args.draft_tokens is not None and (args.assistant is None or args.draft_tokens < 1):
+        raise GemmaRefError("generate: --draft-tokens goes with --assistant and must be >= 1")
     model = load(args, "generation")
+    if args.assistant is not None:  # speculative decoding (assistant.py)
+        from ..api import Model
+
+        kw.update(assistant=Model.from_pretrained(args.assistant, dtype=args.dtype, max_memory=args.max_memory),
+                  draft_tokens=args.draft_tokens)
     stats = {}
     if args.chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
@@ -179,8 +192,10 @@ def speed(stats: dict) -> str:
     p, ps = stats.get("prompt_tokens", 0), stats.get("prompt_seconds", 0.0)
     n, steps, gs = stats.get("new_tokens", 0), stats.get("decode_steps", 0), stats.get("generation_seconds", 0.0)
     gen = f"{steps / gs:.1f} tok/s" if steps and gs else "n/a"
+    drafts = (f"; drafts accepted {stats['accepted']}/{stats['drafted']}, {n / max(steps + 1, 1):.2f} "
+              f"tokens per target pass" if "drafted" in stats else "")  # speculative decoding
     return (f"gemma-ref: prompt {p} tokens, {p / ps if ps else 0:.1f} tok/s; generation {n} "
-            f"tokens, {gen} ({ps + gs:.2f} s)")
+            f"tokens, {gen} ({ps + gs:.2f} s){drafts}")
 
 
 def cmd_chat(args) -> int:

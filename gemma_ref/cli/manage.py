@@ -76,6 +76,7 @@ def cmd_models(args) -> int:
     print("aliases for --model (also: a local directory, a .gguf file, or any Hub repo id):")
     width = max(17, max(len(r["alias"]) for r in rows) + 1)
     for r in rows:
-        kind = "embed" if r["kind"] == "embedding" else "chat " if r["instruction_tuned"] else "base "
+        kind = ("embed" if r["kind"] == "embedding" else "draft" if r["alias"].endswith("-assistant")
+                else "chat " if r["instruction_tuned"] else "base ")
         print(f"  {r['alias']:<{width}}{kind} {r['source']}")
     return 0
