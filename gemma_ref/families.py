@@ -22,7 +22,9 @@ from __future__ import annotations
 import importlib
 
 # config.json model_type -> "module:Class" (relative to gemma_ref)
-BY_MODEL_TYPE: dict[str, str] = {}
+BY_MODEL_TYPE: dict[str, str] = {
+    "recurrent_gemma": "recurrent_gemma:RecurrentGemma",  # Griffin: RG-LRU + local attention
+}
 
 # Checkpoints that share a model_type with a generation model but are another kind,
 # told apart by a file or a config key: (test(raw config, checkpoint dir), "module:Class")

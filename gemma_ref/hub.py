@@ -37,6 +37,9 @@ ALIASES = {
     "4-e4b": "google/gemma-4-E4B", "4-e4b-it": "google/gemma-4-E4B-it",
     "4-26b-a4b": "google/gemma-4-26B-A4B", "4-26b-a4b-it": "google/gemma-4-26B-A4B-it",
     "4-31b": "google/gemma-4-31B", "4-31b-it": "google/gemma-4-31B-it",
+    # RecurrentGemma (Griffin: recurrent blocks + local attention; recurrent_gemma.py)
+    "recurrentgemma-2b": "google/recurrentgemma-2b", "recurrentgemma-2b-it": "google/recurrentgemma-2b-it",
+    "recurrentgemma-9b": "google/recurrentgemma-9b", "recurrentgemma-9b-it": "google/recurrentgemma-9b-it",
 }
 
 # The files the engine reads from a Hub repo (never the .gguf or PyTorch copies).
@@ -55,7 +58,8 @@ def is_instruction_tuned(source: str | None) -> bool:
 # Instruction-tuned models to suggest for chat, by generation (config model_type).
 _CHAT_SUGGESTIONS = {"gemma": "2b-it or 7b-it", "gemma2": "2-2b-it or 2-9b-it",
                      "gemma3_text": "3-1b-it or 3-270m-it", "gemma3n_text": "3n-e2b-it or 3n-e4b-it",
-                     "gemma4_text": "4-e2b-it or 4-e4b-it"}
+                     "gemma4_text": "4-e2b-it or 4-e4b-it",
+                     "recurrent_gemma": "recurrentgemma-2b-it or recurrentgemma-9b-it"}
 
 
 def chat_suggestion(source: str | None, model_type: str) -> str:
