@@ -480,7 +480,3 @@ class RecurrentGemma(api.Model):
         """The empty state (new_state); its size does not depend on max_len."""
         return new_state(self.config, batch, self.dtype)
 
-    def logprobs(self, ids):
-        raise GemmaRefError("scoring (logprobs, score, eval) is not implemented for RecurrentGemma yet")
-
-    score = logprobs

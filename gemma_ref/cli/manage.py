@@ -71,6 +71,7 @@ def cmd_models(args) -> int:
         print(json.dumps(rows, indent=1))
         return 0
     print("aliases for --model (also: a local directory, a .gguf file, or any Hub repo id):")
+    width = max(17, max(len(r["alias"]) + 2 for r in rows))
     for r in rows:
-        print(f"  {r['alias']:<17}{'chat ' if r['instruction_tuned'] else 'base '} {r['source']}")
+        print(f"  {r['alias']:<{width}}{'chat ' if r['instruction_tuned'] else 'base '} {r['source']}")
     return 0
