@@ -313,7 +313,7 @@ def recurrent_block(x, positions, state, W, pre, config, trace=None):
     record(trace, pre + "linear_x", u, pre + "linear_y", y)
     u = np.where((positions < 0)[..., None], 0.0, u)  # padding feeds the conv nothing
     u, state.conv = causal_conv1d(u, state.conv, W[pre + "conv_1d.weight"], W[pre + "conv_1d.bias"])
-    record(trace, pre + "conv_1d", u)
+    record(trace, pre + "conv_1d", u)  # [B, T, C]; transformers' nn.Conv1d gives [B, C, T + W - 1]
     u, state.h = rg_lru(u, positions, state.h, W, pre + "rg_lru.")
     record(trace, pre + "rg_lru", u)
     state.end = max(state.end, int(positions.max()) + 1)
@@ -388,7 +388,7 @@ def forward(weights, config: RecurrentGemmaConfig, ids, positions=None, cache=No
         cache = new_state(config, B, W.dtype)
 
     x = embed(W, ids, config.hidden_size, W.dtype)  # [B, T, D]
-    record(trace, "model.embed_tokens", x)
+    record(trace, "model.embed_tokens", x)  # scaled, as model.py records it: the input of layer 0
     with threads_for(B * T, W.narrow):
         for i in range(config.num_hidden_layers):
             x = residual_block(x, positions, cache, W, i, config, trace)

@@ -61,6 +61,7 @@ from make_tiny_goldens import (  # noqa: E402
     TOKENIZER_MODEL, check_ok, greedy, install_checkpoint, load_fp32_eager, margins_of,
     provenance_date, save_npz_deterministic, seeded_inputs,
 )
+from make_tiny_goldens_gemma3n import logits_of  # noqa: E402
 
 FLOAT64_BAR = 2e-5  # max |logits(float64) - logits(float32)| accepted
 MIN_MARGIN = 1e-3  # smallest top1 - top2 gap on the greedy path
@@ -132,11 +133,6 @@ def build_config(spec: dict) -> RecurrentGemmaConfig:
     config = RecurrentGemmaConfig(**cfg)
     config._attn_implementation = "eager"
     return config
-
-
-def logits_of(model, input_ids):
-    return torch.stack([model(input_ids=input_ids[i:i + 1], use_cache=False).logits[0]
-                        for i in range(input_ids.shape[0])])
 
 
 @torch.no_grad()

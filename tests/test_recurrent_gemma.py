@@ -93,6 +93,24 @@ def test_presets_count_the_released_models():
     assert state_nbytes(c) == expected
 
 
+# google/recurrentgemma-2b's config.json (transformers 4.40's spelling: rope keys at the top)
+HUB_2B = {"architectures": ["RecurrentGemmaForCausalLM"], "attention_bias": False, "attention_window_size": 2048,
+          "block_types": ["recurrent", "recurrent", "attention"], "bos_token_id": 2, "conv1d_width": 4,
+          "embeddings_scale_by_sqrt_dim": True, "eos_token_id": 1, "final_w_init_variance_scale": 2 / 26,
+          "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 2560,
+          "intermediate_size": 15360, "logits_soft_cap": 30.0, "lru_width": 2560, "model_type": "recurrent_gemma",
+          "num_attention_heads": 10, "num_hidden_layers": 26, "num_key_value_heads": 1, "pad_token_id": 0,
+          "partial_rotary_factor": 0.5, "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "torch_dtype": "float32",
+          "transformers_version": "4.40.0.dev0", "vocab_size": 256000, "w_init_variance_scale": 0.01}
+
+
+def test_the_hub_spelling_reads_as_the_preset():
+    assert RecurrentGemmaConfig.from_dict(HUB_2B) == PRESETS["2b"]
+    newer = {k: v for k, v in HUB_2B.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    newer["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
+    assert RecurrentGemmaConfig.from_dict(newer) == PRESETS["2b"]
+
+
 # --- tiny checkpoints against transformers and Google's package ------------------------------
 
 
