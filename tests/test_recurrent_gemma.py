@@ -268,6 +268,22 @@ def test_logprobs_are_the_full_forwards(models):
     np.testing.assert_allclose(m.logprobs(ids), expected, atol=1e-4)
 
 
+def test_eval_scores_continuations_on_copies_of_the_state(models):
+    """lm-eval's adapter: the context once, the continuations together (right-padded) on
+    copies of its state, as each alone."""
+    pytest.importorskip("lm_eval")
+    from gemma_ref.lmeval import GemmaRefLM
+
+    m = models["recurrentgemma-mqa"]
+    lm = GemmaRefLM(model=m)
+    ctx = m.tokenizer.encode("The quick brown fox jumps over the lazy dog. Once upon")  # > window 8
+    conts = [m.tokenizer.encode(t, add_bos=False) for t in (" a time", " the sea and far away", " x")]
+    for (a, ga), c in zip(lm._score_shared_context(ctx, conts), conts):
+        b, gb = lm._score_alone(ctx, c)
+        assert abs(a - b) < 1e-4 and ga == gb
+        assert abs(a - m.logprobs(ctx + c)[len(ctx) - 1:].sum()) < 1e-4
+
+
 def test_window_and_recurrence_both_matter(models):
     """Tokens far outside the window still change the logits (through the recurrence)."""
     m = models["recurrentgemma-mqa"]
