@@ -20,11 +20,11 @@ The RG-LRU (Real-Gated Linear Recurrent Unit), per channel:
 
 The state a generation keeps (its "cache") is, per recurrent layer, h [B, lru_width] and
 the conv's last conv1d_width - 1 inputs; per attention layer, a ring of window keys and
-values: its size never depends on how long the text is (RecurrentCache.nbytes).
+values: its size never depends on how long the text is (new_state, state_nbytes).
 
 Shared pieces come from model.py (rms_norm, rope, attention, gelu_tanh, softcap) and
-kv_cache.py (the ring buffer); the embedding, tokenizer, sampling and generation are
-api.Model's (RecurrentGemma subclasses it: `forward` is the one thing it replaces).
+kv_cache.py (the ring buffer); the tokenizer, chat, sampling and generation are api.Model's
+(RecurrentGemma subclasses it and replaces the network: its _network and new_cache hooks).
 Parameter names are transformers' checkpoint keys; traces use its module names.
 
 Axis legend as in model.py: B batch, T tokens, D hidden, C lru_width, N heads, K kv heads,
@@ -308,9 +308,10 @@ def recurrent_block(x, positions, state, W, pre, config, trace=None):
 
     linear_out( rg_lru(conv_1d(linear_x(x))) * gelu_tanh(linear_y(x)) )
     """
-    y = gelu_tanh(affine(x, W, pre + "linear_y"))  # [B, T, C]
+    y = affine(x, W, pre + "linear_y")  # [B, T, C]
     u = affine(x, W, pre + "linear_x")  # [B, T, C]
     record(trace, pre + "linear_x", u, pre + "linear_y", y)
+    y = gelu_tanh(y)
     u = np.where((positions < 0)[..., None], 0.0, u)  # padding feeds the conv nothing
     u, state.conv = causal_conv1d(u, state.conv, W[pre + "conv_1d.weight"], W[pre + "conv_1d.bias"])
     record(trace, pre + "conv_1d", u)  # [B, T, C]; transformers' nn.Conv1d gives [B, C, T + W - 1]
