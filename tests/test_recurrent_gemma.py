@@ -215,8 +215,8 @@ def test_batch_of_two_equals_two_singles(models, name):
 @pytest.mark.parametrize("name", ["recurrentgemma-mqa", "recurrentgemma-gqa"])
 def test_ragged_batch_generation_equals_singles(models, name):
     """Left padding (position -1) feeds neither the conv nor the recurrence: each row of a
-    ragged batch gives exactly its single-prompt result (transformers' recurrent block has
-    no padding mask; we do not follow it there: docs/RECURRENTGEMMA.md)."""
+    ragged batch gives exactly its single-prompt result (transformers' convolution has no
+    padding mask; we do not follow it there: docs/RECURRENTGEMMA.md)."""
     m = models[name]
     rng = np.random.default_rng(3)
     prompts = [rng.integers(4, m.n_vocab, n).tolist() for n in (5, 12, 9)]
