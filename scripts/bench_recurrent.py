@@ -11,18 +11,20 @@ The checkpoint: google/recurrentgemma-2b's config.json shape (gemma_ref.recurren
 PRESETS["2b"]: 26 layers, 2560 wide, 2.68B parameters), seeded random weights stored
 in bfloat16 (init scales as transformers'). Each engine runs in its own subprocess, one
 after the other (gemma-ref, then transformers), on 2 threads, greedy, the same prompt ids:
-- gemma-ref: recurrent_gemma.forward, float32 activations; the bf16 matrices held as stored
-  and widened block by block in the products (max_memory below float32's size).
+- gemma-ref: recurrent_gemma.forward, float32; loader defaults (weights widened to float32
+  in RAM when they fit, else the bf16 matrices held as stored: the table says which).
 - transformers: RecurrentGemmaForCausalLM, float32 (weights widened at load), eager
   attention; a plain loop (the prompt in one call, then one token a call through its
   DynamicCache and the blocks' conv/RG-LRU states, logits_to_keep=1), its fastest path.
+Within each engine both contexts are prefilled first, then their decode steps alternate
+(512, 8192, 512, ...), so a busy machine's load falls on both columns alike.
 
 Context 8192 is an 8192-token prompt of which the last 2048 tokens (the attention window)
 are prefilled, at positions 6144..8191: every decode step then does exactly the work it
 would after a full 8192-token prefill (a full ring of 2048 keys, the same fixed-size state;
 the 6144 tokens before would only change the state's values), and a prefill of 8192 tokens
 of a 2.7B model on 2 cores (~15 min per engine) is avoided. Context 512: all 512 prefilled.
-Decode tok/s: NEW tokens after the first, timed step by step (median and overall).
+Decode tok/s: the NEW steps after the first of each context, timed one by one.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CONTEXTS = (512, 8192)
 WINDOW = 2048
-NEW = 16
+NEW = 24
 THREADS = 2
 MARK = "@@BENCH@@"
 
@@ -105,16 +107,26 @@ def prompt_for(context: int):
     return ids[start:], np.arange(start, context)
 
 
-def greedy_steps(step, logits, context: int) -> tuple[list[float], list[int]]:
-    """NEW greedy tokens after the prompt, step(token, position) -> logits [1, 1, V] timed each."""
-    steps, tokens = [], []
-    for p in range(context, context + NEW):
-        tok = int(logits[0, -1].argmax())
-        tokens.append(tok)
+def measure(prefill, step) -> dict:
+    """Prefill each context, then NEW greedy steps on each, the contexts alternating step by
+    step (the machine's load falls on both alike). prefill(context) -> (logits, handle);
+    step(handle, token, position) -> logits [1, 1, V]."""
+    runs = {}
+    for context in CONTEXTS:
+        ids, pos = prompt_for(context)
         t0 = time.perf_counter()
-        logits = step(tok, p)
-        steps.append(time.perf_counter() - t0)
-    return steps, tokens
+        logits, handle = prefill(ids, pos)
+        runs[context] = dict(prefill_s=time.perf_counter() - t0, prefilled=len(ids), steps=[], tokens=[],
+                             logits=logits, handle=handle, p=context)
+    for _ in range(NEW):
+        for r in runs.values():
+            tok = int(r["logits"][0, -1].argmax())
+            r["tokens"].append(tok)
+            t0 = time.perf_counter()
+            r["logits"] = step(r["handle"], tok, r["p"])
+            r["steps"].append(time.perf_counter() - t0)
+            r["p"] += 1
+    return runs
 
 
 def run_gemma_ref(directory: str) -> dict:
@@ -125,18 +137,19 @@ def run_gemma_ref(directory: str) -> dict:
     from gemma_ref.recurrent_gemma import forward
 
     t0 = time.perf_counter()
-    model = Model.from_pretrained(directory, max_memory=7 << 30, progress=False)  # bf16 held as stored
-    out = {"load_s": time.perf_counter() - t0}
-    for context in CONTEXTS:
-        ids, pos = prompt_for(context)
+    model = Model.from_pretrained(directory, progress=False)  # defaults: float32 in RAM if it fits
+    out = {"load_s": time.perf_counter() - t0, "weights": "bf16 as stored" if model.weights.narrow else "float32"}
+
+    def prefill(ids, pos):
         state = model.new_cache(1)
-        t0 = time.perf_counter()
-        logits = forward(model.weights, model.config, ids[None], pos[None], state, last_only=True)
-        prefill = time.perf_counter() - t0
-        steps, tokens = greedy_steps(lambda tok, p: forward(model.weights, model.config, np.array([[tok]]),
-                                                            np.array([[p]]), state, last_only=True), logits, context)
-        out[context] = dict(prefill_s=prefill, prefilled=len(ids), steps=steps, tokens=tokens,
-                            state_bytes=sum(c.nbytes for c in state))
+        return forward(model.weights, model.config, ids[None], pos[None], state, last_only=True), state
+
+    def step(state, tok, p):
+        return forward(model.weights, model.config, np.array([[tok]]), np.array([[p]]), state, last_only=True)
+
+    for context, r in measure(prefill, step).items():
+        state = r.pop("handle")
+        out[context] = dict(r, logits=None, state_bytes=sum(c.nbytes for c in state))
     out["peak_rss_gb"] = peak_rss_gb()
     return out
 
@@ -149,20 +162,36 @@ def run_transformers(directory: str) -> dict:
     t0 = time.perf_counter()
     model = RecurrentGemmaForCausalLM.from_pretrained(directory, dtype=torch.float32,
                                                       attn_implementation="eager").eval()
-    out = {"load_s": time.perf_counter() - t0}
+    out = {"load_s": time.perf_counter() - t0, "weights": "float32"}
+    # transformers keeps the conv and RG-LRU states on the modules, not in its cache object:
+    # swapped in and out so that two contexts can alternate.
+    blocks = [layer.temporal_block for layer in model.model.layers if hasattr(layer.temporal_block, "rg_lru")]
+
+    def saved():
+        return [(b.conv1d_state, b.rg_lru.recurrent_states) for b in blocks]
+
+    def restore(states):
+        for b, (conv, h) in zip(blocks, states):
+            b.conv1d_state, b.rg_lru.recurrent_states = conv, h
+
+    def prefill(ids, pos):
+        model.model._setup_cache(model.config, 1, "cpu", torch.float32)  # fresh conv/RG-LRU states
+        cache = DynamicCache(config=model.config)
+        logits = model(input_ids=torch.tensor(ids[None]), position_ids=torch.tensor(pos[None]), cache=cache,
+                       use_cache=True, logits_to_keep=1).logits
+        return logits, [cache, saved()]
+
+    def step(handle, tok, p):
+        restore(handle[1])
+        logits = model(input_ids=torch.tensor([[tok]]), position_ids=torch.tensor([[p]]), cache=handle[0],
+                       use_cache=True, logits_to_keep=1).logits
+        handle[1] = saved()
+        return logits
+
     with torch.no_grad():
-        for context in CONTEXTS:
-            ids, pos = prompt_for(context)
-            model.model._setup_cache(model.config, 1, "cpu", torch.float32)  # fresh conv/RG-LRU states
-            cache = DynamicCache(config=model.config)
-            t0 = time.perf_counter()
-            logits = model(input_ids=torch.tensor(ids[None]), position_ids=torch.tensor(pos[None]),
-                           cache=cache, use_cache=True, logits_to_keep=1).logits
-            prefill = time.perf_counter() - t0
-            steps, tokens = greedy_steps(lambda tok, p: model(
-                input_ids=torch.tensor([[tok]]), position_ids=torch.tensor([[p]]), cache=cache, use_cache=True,
-                logits_to_keep=1).logits, logits, context)
-            out[context] = dict(prefill_s=prefill, prefilled=len(ids), steps=steps, tokens=tokens)
+        for context, r in measure(prefill, step).items():
+            r.pop("handle")
+            out[context] = dict(r, logits=None)
     out["peak_rss_gb"] = peak_rss_gb()
     return out
 
@@ -206,15 +235,15 @@ def main() -> int:
             raise SystemExit(f"{engine} failed")
         results[engine] = json.loads(line[len(MARK):])
         print(f"{engine}: done in {time.perf_counter() - t0:.0f} s", flush=True)
-    print("\n| engine | context | prefilled tokens (s) | decode tok/s (overall) | median step (ms) | peak RSS |")
-    print("|---|---|---|---|---|---|")
+    print("\n| engine | weights | context | prefilled tokens (s) | decode tok/s (overall) | median step (ms) | peak RSS |")
+    print("|---|---|---|---|---|---|---|")
     for engine, r in results.items():
         for context in CONTEXTS:
             c = r[str(context)]
             steps = c["steps"][1:]  # after the first
             tps = len(steps) / sum(steps)
             med = sorted(steps)[len(steps) // 2] * 1e3
-            print(f"| {engine} | {context} | {c['prefilled']} ({c['prefill_s']:.1f} s) | {tps:.2f} | {med:.0f} | "
+            print(f"| {engine} | {r['weights']} | {context} | {c['prefilled']} ({c['prefill_s']:.1f} s) | {tps:.2f} | {med:.0f} | "
                   f"{r['peak_rss_gb']:.1f} GB |")
     for context in CONTEXTS:
         a, b = (results[e][str(context)]["tokens"] for e in ("gemma-ref", "transformers"))
