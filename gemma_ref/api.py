@@ -85,8 +85,7 @@ class Model:
         # The checkpoint's chat template (from_pretrained finds it), else Google's for this generation
         self.chat_template = chat_template or chat_templates.builtin(
             config.model_type, chat_templates.special_tokens({}, tokenizer))
-        self.weights = Weights(weights, self.dtype)
-        self.weights.fuse(config)  # q/k/v and gate/up stacked once, for decoding
+        self.weights = self._hold_weights(weights)
         self.instruction_tuned = (hub.is_instruction_tuned(source) if instruction_tuned is None
                                   else instruction_tuned)
         # The head covers the tokenizer's vocabulary; rows beyond it are padding.
@@ -165,6 +164,18 @@ class Model:
 
     # --- the network -------------------------------------------------------------
 
+    # The two hooks another architecture's Model overrides (families.py): how its weights
+    # are held, and its network; generation, chat and sampling stay as they are.
+    def _hold_weights(self, weights: dict) -> Weights:
+        """The weights as the network reads them: q/k/v and gate/up stacked once, for decoding."""
+        held = Weights(weights, self.dtype)
+        held.fuse(self.config)
+        return held
+
+    def _network(self, ids, positions=None, cache=None, **kw) -> np.ndarray:
+        """model.forward on this model: ids [B, T] -> logits [B, T, V] (cache: new_cache's)."""
+        return forward(self.weights, self.config, ids, positions, cache, n_vocab=self.n_vocab, **kw)
+
     def forward(self, ids, *, images: Sequence | None = None, audio=None, pan_and_scan: bool | None = None,
                 trace: dict | None = None) -> np.ndarray:
         """Logits for every position: ids [T] -> [T, V], or [B, T] -> [B, T, V]. Stateless.
@@ -187,8 +198,7 @@ class Model:
         if audio is not None and len(audio):  # audio soft tokens, placed as image ones are
             rows = _rows(self.embed_audio(audio, trace=trace))
             image_tokens = audio_lib.merge(image_tokens, self._audio().tokens(ids2, rows, self.weights))
-        logits = forward(self.weights, self.config, ids2, images=image_tokens, n_vocab=self.n_vocab,
-                         trace=trace)
+        logits = self._network(ids2, images=image_tokens, trace=trace)
         return logits[0] if ids.ndim == 1 else logits
 
     # --- images (see vision.py) ----------------------------------------------------
@@ -438,8 +448,7 @@ class Model:
         chunks = self._prefill_inputs(ids, pos, image_features, audio_features)
 
         def prefill(chunk, chunk_pos, images):  # into the shared cache
-            return forward(self.weights, self.config, chunk, chunk_pos, cache, images=images,
-                           last_only=True, n_vocab=self.n_vocab)
+            return self._network(chunk, chunk_pos, cache, images=images, last_only=True)
 
         # The chunks in order, or side by side on all threads (parallel.pipelined)
         logits = pipelined(prefill, chunks, self.config.num_hidden_layers)[-1]
@@ -449,8 +458,7 @@ class Model:
             new = np.array([[t if t is not None else self.config.pad_token_id] for t in step])
             step_pos = np.where(done, -1, next_pos)[:, None]
             next_pos[:] += 1
-            return forward(self.weights, self.config, new, step_pos, cache, last_only=True,
-                           n_vocab=self.n_vocab)
+            return self._network(new, step_pos, cache, last_only=True)
 
         yield from decode_steps(logits, next_logits, max_new_tokens, rng, params, [list(p) for p in prompts],
                                 stop, stats, t0)

@@ -44,7 +44,8 @@ BUILTIN = {"gemma": "gemma1-it.jinja", "gemma2": "gemma2-it.jinja", "gemma3": "g
            "gemma3_text": "gemma3-it.jinja", "gemma3n": "gemma3-it.jinja",
            "gemma3n_text": "gemma3-it.jinja", "gemma4": "gemma4-it.jinja",
            "gemma4_text": "gemma4-it.jinja", "vaultgemma": "gemma2-it.jinja",
-           "gemma4_unified": "gemma4-it.jinja", "gemma4_unified_text": "gemma4-it.jinja"}
+           "gemma4_unified": "gemma4-it.jinja", "gemma4_unified_text": "gemma4-it.jinja",
+           "recurrent_gemma": "gemma1-it.jinja"}
 # transformers' SPECIAL_TOKENS_ATTRIBUTES: the named special tokens a template sees.
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
                        "cls_token", "mask_token")

@@ -32,6 +32,7 @@ BY_MODEL_TYPE: dict[str, str] = {
     "t5gemma2": "t5gemma:T5GemmaModel",
     "gemma4_assistant": "assistant:Assistant",  # Gemma 4 MTP drafters (speculative decoding)
     "gemma4_unified_assistant": "assistant:Assistant",  # the 12B's: refused there, by name
+    "recurrent_gemma": "recurrent_gemma:RecurrentGemma",  # Griffin: RG-LRU + local attention
 }
 
 # Checkpoints that share a model_type with a generation model but are another kind,

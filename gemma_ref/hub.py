@@ -67,6 +67,9 @@ ALIASES = {
     "4-e4b-it-assistant": "google/gemma-4-E4B-it-assistant",
     "4-26b-a4b-it-assistant": "google/gemma-4-26B-A4B-it-assistant",
     "4-31b-it-assistant": "google/gemma-4-31B-it-assistant",
+    # RecurrentGemma (Griffin: recurrent blocks + local attention; recurrent_gemma.py)
+    "recurrentgemma-2b": "google/recurrentgemma-2b", "recurrentgemma-2b-it": "google/recurrentgemma-2b-it",
+    "recurrentgemma-9b": "google/recurrentgemma-9b", "recurrentgemma-9b-it": "google/recurrentgemma-9b-it",
 }
 
 # Aliases of embedding models (`gemma-ref embed`; generate refuses them)
@@ -92,7 +95,8 @@ def is_instruction_tuned(source: str | None) -> bool:
 _CHAT_SUGGESTIONS = {"gemma": "2b-it or 7b-it", "gemma2": "2-2b-it or 2-9b-it",
                      "gemma3_text": "3-1b-it or 3-270m-it", "gemma3n_text": "3n-e2b-it or 3n-e4b-it",
                      "gemma4_text": "4-e2b-it or 4-e4b-it", "vaultgemma": "2-2b-it or 2-9b-it",
-                     "gemma4_unified_text": "4-12b-unified-it"}
+                     "gemma4_unified_text": "4-12b-unified-it",
+                     "recurrent_gemma": "recurrentgemma-2b-it or recurrentgemma-9b-it"}
 
 
 def chat_suggestion(source: str | None, model_type: str) -> str:

@@ -40,7 +40,6 @@ except ImportError as e:  # pragma: no cover - the eval extra is missing
     raise GemmaRefError("lm-evaluation-harness is not installed: pip install 'gemma-ref[eval]' "
                         "(or: pip install lm-eval)") from e
 
-from .model import forward
 from .scoring import log_softmax_at, token_logprobs
 
 BATCH_TOKENS = 512  # continuation tokens per batched forward: bounds the [B, T, V] logits
@@ -153,10 +152,8 @@ class GemmaRefLM(TemplateLM):
         if longest > BATCH_TOKENS:  # a long continuation (rolling windows): chunked alone
             return [self._score_alone(ctx, c) for c in conts]
         cache = m.new_cache(1, len(ctx) + longest)
-        run = dict(weights=m.weights, config=m.config, n_vocab=m.n_vocab)
         for s in range(0, len(ctx) - 1, BATCH_TOKENS):  # ctx[:-1]: no logits needed
-            forward(ids=np.array([ctx[s:min(s + BATCH_TOKENS, len(ctx) - 1)]]), cache=cache,
-                    last_only=True, **run)
+            m._network(np.array([ctx[s:min(s + BATCH_TOKENS, len(ctx) - 1)]]), cache=cache, last_only=True)
         results = []
         per_batch = max(1, BATCH_TOKENS // longest)
         for b0 in range(0, len(conts), per_batch):
@@ -168,7 +165,7 @@ class GemmaRefLM(TemplateLM):
                 row = [ctx[-1]] + c[:-1]
                 ids[b, :len(row)] = row
                 pos[b, :len(row)] = np.arange(len(ctx) - 1, len(ctx) - 1 + len(row))
-            logits = forward(ids=ids, positions=pos, cache=_repeat_cache(cache, B), **run)  # [B, T, V]
+            logits = m._network(ids, pos, _repeat_cache(cache, B))  # [B, T, V]
             for b, c in enumerate(batch):
                 lp = log_softmax_at(logits[b, :len(c)], np.array(c))
                 greedy = bool((logits[b, :len(c)].argmax(-1) == np.array(c)).all())

@@ -348,6 +348,13 @@ def check_and_widen(found: dict[str, StoredTensor | np.ndarray], config: GemmaCo
     """
     expected = {**expected_shapes(config), **(extra_shapes or {})}  # + the vision tower's
     found = {n: t for n, t in found.items() if n not in unused_shapes(config)}
+    return hold_checked(found, expected, source, max_memory, progress)
+
+
+def hold_checked(found: dict[str, StoredTensor | np.ndarray], expected: dict[str, tuple[int, ...]],
+                 source: str, max_memory: int | None, progress: bool) -> dict[str, np.ndarray]:
+    """check_and_widen for any architecture: `found` must hold exactly the tensors of
+    `expected` (name -> shape), each then held in its tier (plan_tiers)."""
     missing = [n for n in expected if n not in found]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""

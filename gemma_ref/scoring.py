@@ -13,7 +13,6 @@ from typing import Sequence
 import numpy as np
 
 from .errors import GemmaRefError
-from .model import forward
 
 CHUNK = 128  # positions per forward call: bounds the [T, V] logits held at once
 
@@ -43,13 +42,12 @@ def token_logprobs(model, ids: np.ndarray, start: int = 1) -> tuple[np.ndarray, 
     """
     T = len(ids)
     cache = model.new_cache(1, T)
-    run = dict(weights=model.weights, config=model.config, cache=cache, n_vocab=model.n_vocab)
     for s in range(0, start - 1, CHUNK):  # positions 0 .. start-2: context only
-        forward(ids=ids[None, s:min(s + CHUNK, start - 1)], last_only=True, **run)
+        model._network(ids[None, s:min(s + CHUNK, start - 1)], cache=cache, last_only=True)
     lps, tops = [np.zeros(0)], [np.zeros(0, bool)]
     for s in range(start - 1, T - 1, CHUNK):  # logits at s..e-1 predict ids[s+1..e]
         e = min(s + CHUNK, T - 1)
-        logits = forward(ids=ids[None, s:e], **run)[0]  # [e - s, V]
+        logits = model._network(ids[None, s:e], cache=cache)[0]  # [e - s, V]
         lps.append(log_softmax_at(logits, ids[s + 1:e + 1]))
         tops.append(logits.argmax(axis=-1) == ids[s + 1:e + 1])
     return np.concatenate(lps), np.concatenate(tops)

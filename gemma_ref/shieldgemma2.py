@@ -16,7 +16,6 @@ this module adds the prompts and the two-logit head.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

@@ -10,6 +10,7 @@ partly right (so both the accept and the reject paths run).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np

@@ -10,9 +10,10 @@ import pytest
 from conftest import DATA
 from gemma_ref import Model
 
-# Gemma 3n's goldens hold every AltUp stream: tests/test_gemma3n.py reads them.
+# Gemma 3n's goldens hold every AltUp stream: tests/test_gemma3n.py reads them;
+# RecurrentGemma's (residual stream, Google's logits): tests/test_recurrent_gemma.py.
 TINY = sorted(p for p in (DATA / "tiny").iterdir()
-              if (p / "golden.npz").exists() and not p.name.startswith("gemma3n"))
+              if (p / "golden.npz").exists() and not p.name.startswith(("gemma3n", "recurrentgemma")))
 TOL = 1e-3  # the bar; the measured worst is reported by test_report_worst_delta
 
 
