@@ -304,7 +304,7 @@ class Model:
 
     def embed_audio(self, audio, *, trace: dict | None = None) -> list[np.ndarray]:
         """Soft-token embeddings of audio clips: one [tokens of that clip, hidden] each
-        (a token per 40 ms, at most 30 s of a clip).
+        (a token per 40 ms, at most 30 s of a clip; 12B Unified: a token per 40 ms, no cap).
 
         audio: a clip or a list of them, each a file path (a PCM WAV needs nothing more;
         FLAC, MP3, OGG and other rates need the `audio` extra) or (samples, sample_rate)
@@ -315,7 +315,7 @@ class Model:
 
     def _audio(self) -> Audio:
         if self.audio is None:
-            why = "its config.json has no audio_config: Gemma 4 E2B/E4B and Gemma 3n take audio"
+            why = "its config.json has no audio_config: Gemma 4 E2B/E4B, 12B Unified and Gemma 3n take audio"
             raise GemmaRefError(f"{self.source}: this model takes no audio ({why})")
         return self.audio
 

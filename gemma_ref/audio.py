@@ -1,8 +1,10 @@
-"""Audio in (Gemma 4 E2B/E4B, Gemma 3n E2B/E4B): features -> Conformer -> soft tokens.
+"""Audio in (Gemma 4 E2B/E4B, Gemma 3n E2B/E4B): features -> Conformer -> soft tokens;
+Gemma 4 12B Unified: raw 40 ms frames -> soft tokens (no tower: the embedder alone).
 
 One Conformer for both generations, driven by AudioConfig; every step follows
 transformers 5.25: models/gemma4/modeling_gemma4.py (Gemma4AudioModel,
-Gemma4MultimodalEmbedder, Gemma4Model.forward's audio merge), models/gemma3n/modeling_gemma3n.py
+Gemma4MultimodalEmbedder, Gemma4Model.forward's audio merge), models/gemma4_unified/
+(Gemma4UnifiedModel.get_audio_features), models/gemma3n/modeling_gemma3n.py
 (Gemma3nAudioEncoder, Gemma3nMultimodalEmbedder, Gemma3nModel.forward) and the processors
 (replace_audio_token). Features come from audio_features.py. Axis legend as model.py's, plus:
 
@@ -18,6 +20,7 @@ their transformers names, `audio_tower.*` and `embed_audio.*` (the loader drops 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio_features import GEMMA3N_FEATURES, AudioFeatures, log_mel, read_audio  # noqa: F401 (the API)
+from .audio_features import GEMMA3N_FEATURES, AudioFeatures, log_mel, raw_frames, read_audio  # noqa: F401 (the API)
 from .errors import GemmaRefError
 from .model import ImageTokens, record, rms_norm
 from .parallel import linear
@@ -83,6 +86,9 @@ class AudioConfig:
     vocab_offset: int = 0
     vocab_size: int = 0
     pad_token: int = 0
+    # Unified: no tower; every frame of this many raw samples (40 ms) is a soft token, embedded
+    # directly (hidden_size = output_proj_dims = it, num_hidden_layers 0)
+    samples_per_token: int = 0
 
     @property
     def head_dim(self) -> int:  # H: Gemma4AudioAttention derives it
@@ -99,10 +105,12 @@ class AudioConfig:
     @classmethod
     def from_dict(cls, d: dict, source: str = "config.json") -> "AudioConfig | None":
         """From config.json; None without an audio tower (audio_config null or absent)."""
-        if d.get("model_type") not in ("gemma4", "gemma3n") or not d.get("audio_config"):
+        if d.get("model_type") not in ("gemma4", "gemma3n", "gemma4_unified") or not d.get("audio_config"):
             return None
         if d["model_type"] == "gemma3n":
             return _gemma3n_config(d, source)
+        if d["model_type"] == "gemma4_unified":
+            return _unified_config(d, source)
         a = d["audio_config"]
         try:
             kw = {k: type(getattr(cls, k))(a[k]) for k in (
@@ -126,6 +134,8 @@ class AudioConfig:
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor of the tower and the embedder, with its shape."""
+        if self.samples_per_token:  # Unified: the embedder's projection only
+            return {"embed_audio.embedding_projection.weight": (self.text_hidden_size, self.samples_per_token)}
         Da, (C0, C1), k, n = self.hidden_size, self.subsampling_conv_channels, self.conv_kernel_size, self.names
         (kt0, kf0), (kt1, kf1) = self.sscp_conv_kernel_size
         sub = "audio_tower.subsample_conv_projection."
@@ -214,6 +224,20 @@ def _gemma3n_config(d: dict, source: str) -> AudioConfig:
     if get("hidden_act", "silu") not in ("silu", "swish"):
         raise GemmaRefError(f"{source}: audio hidden_act {a['hidden_act']!r}: only silu is implemented")
     return c
+
+
+def _unified_config(d: dict, source: str) -> AudioConfig:
+    """Gemma4UnifiedAudioConfig: audio_embed_dim (samples per token) and rms_norm_eps."""
+    a = d["audio_config"]
+    try:
+        n = int(a.get("audio_embed_dim") or 640)
+        return AudioConfig(
+            model_type="gemma4_unified_audio", hidden_size=n, num_hidden_layers=0, output_proj_dims=n,
+            samples_per_token=n, rms_norm_eps=float(a.get("rms_norm_eps") or 1e-6),
+            text_hidden_size=int((d.get("text_config") or {})["hidden_size"]),
+            **{k: int(d[k]) for k in ("audio_token_id", "boa_token_id", "eoa_token_index") if d.get(k) is not None})
+    except (TypeError, ValueError, KeyError) as e:
+        raise GemmaRefError(f"{source}: invalid audio_config ({e})") from None
 
 
 def subsampled_bins(c: AudioConfig) -> int:
@@ -467,7 +491,7 @@ def audio_tower(features, mask, W, c: AudioConfig, trace=None):
 def embed_audio(x, W, c: AudioConfig):
     """Soft tokens into the language model.                          [T', Do] -> [T', D]
 
-    Gemma4MultimodalEmbedder: RMSNorm (no weight), then a projection. Gemma3nMultimodalEmbedder:
+    Gemma4MultimodalEmbedder (and Unified's): RMSNorm (no weight), then a projection. Gemma3nMultimodalEmbedder:
     RMSNorm (soft_embedding_norm), the projection, RMSNorm (no weight)."""
     if not c.vocab_size:
         return linear(rms_norm(x, None, c.rms_norm_eps), W["embed_audio.embedding_projection.weight"])
@@ -488,8 +512,11 @@ def _embed_3n(normed, W, c: AudioConfig):
 def clip_embeddings(features, mask, W, c: AudioConfig, trace=None):
     """A clip's soft tokens: the tower, the embedder; the real tokens only (Gemma 4), or
     (3n) always soft_tokens of them, padding ones and the rest the pad token's embedding.
+    Unified: no tower, the features are the raw frames [N, 640] the embedder reads.
                                                                           -> [n, D]"""
-    x, mask = audio_tower(features, mask, W, c, trace)
+    x = features
+    if not c.samples_per_token:
+        x, mask = audio_tower(features, mask, W, c, trace)
     out = embed_audio(x, W, c)
     record(trace, "embed_audio", out[None])
     if not c.soft_tokens:
@@ -557,7 +584,8 @@ def expand_markers(text: str, blocks: dict[str, list[list[int]]], encode) -> lis
 class Audio:
     """The audio seam of a model: its tower's config, its feature extractor, and what the
     API asks of them (clips -> soft tokens, the ids of a clip's block, the soft tokens
-    of a chunk for model.forward)."""
+    of a chunk for model.forward). Gemma 4 12B Unified has no tower: its features are raw
+    40 ms frames (config.samples_per_token), its "tower" the embedder alone."""
 
     config: AudioConfig
     features: AudioFeatures
@@ -568,29 +596,37 @@ class Audio:
         config = AudioConfig.from_dict(raw, str(Path(path) / "config.json"))
         if config is None:
             return None
-        return cls(config, AudioFeatures.from_dir(path, gemma3n=config.model_type == "gemma3n_audio"))
+        features = AudioFeatures.from_dir(path, gemma3n=config.model_type == "gemma3n_audio")
+        if config.samples_per_token:  # Unified: no mel features; a "feature" is a frame of samples
+            features = dataclasses.replace(features, feature_size=config.samples_per_token)
+        return cls(config, features)
 
     @property
     def marker(self) -> str:
         """What a prompt writes where a clip goes when the tokenizer does not say: the
         audio token's spelling (Gemma 4 <|audio|>, 3n <audio_soft_token>)."""
-        return AUDIO_MARKER if self.config.model_type == "gemma4_audio" else GEMMA3N_AUDIO_MARKER
+        return GEMMA3N_AUDIO_MARKER if self.config.model_type == "gemma3n_audio" else AUDIO_MARKER
 
     def clip_features(self, clip, what: str = "audio", length: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """A clip (path or (samples, rate)) -> its log-mel features [F, M] and frame mask [F]
-        (length: pad as in a batch with a clip of that many samples)."""
-        return log_mel(read_audio(clip, self.features.sampling_rate, what), self.features, length)
+        (length: pad as in a batch with a clip of that many samples); Unified: its frames."""
+        return self._features(read_audio(clip, self.features.sampling_rate, what), length)
+
+    def _features(self, samples, length: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.config.samples_per_token:  # a batch's padding only adds frames that are not real
+            return raw_frames(samples, self.config.samples_per_token)
+        return log_mel(samples, self.features, length)
 
     def batch_features(self, clips) -> list[tuple[np.ndarray, np.ndarray]]:
         """The clips' features as one processor call makes them: each clip's samples padded
         to the longest's (for 3n that changes the last frames a convolution reads)."""
         samples = [read_audio(c, self.features.sampling_rate, f"audio {k + 1}") for k, c in enumerate(clips)]
         longest = max((len(x) for x in samples), default=0)
-        return [log_mel(x, self.features, longest) for x in samples]
+        return [self._features(x, longest) for x in samples]
 
     def wrap(self, prompt: str, marker: str) -> str:
         """3n: the processor writes "\n\n" on both sides of a clip's block (as text)."""
-        return prompt if self.config.model_type == "gemma4_audio" else prompt.replace(marker, f"\n\n{marker}\n\n")
+        return prompt if self.config.model_type != "gemma3n_audio" else prompt.replace(marker, f"\n\n{marker}\n\n")
 
     def embed(self, clips, W, trace: dict | None = None) -> list[np.ndarray]:
         """Soft-token embeddings of clips, one [n_i, D] per clip.

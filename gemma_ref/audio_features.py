@@ -4,8 +4,10 @@ Gemma4AudioFeatureExtractor (models/gemma4/feature_extraction_gemma4.py) and
 Gemma3nAudioFeatureExtractor (models/gemma3n/feature_extraction_gemma3n.py), with their
 dtype steps; files decoded as transformers.audio_utils.load_audio's soundfile backend does
 (soundfile + soxr, the `audio` extra; a PCM WAV at the model's rate needs neither).
-The tower that reads the features is audio.py's. Axis legend: A samples, F mel frames
-(10 ms), M mel bins, W window samples.
+The tower that reads the features is audio.py's. Gemma 4 12B Unified has neither mel
+features nor a tower: raw_frames cuts the samples into its 40 ms frames
+(Gemma4UnifiedAudioFeatureExtractor). Axis legend: A samples, F mel frames (10 ms), M mel
+bins, W window samples, N raw frames.
 """
 
 from __future__ import annotations
@@ -237,6 +239,17 @@ def pad_clip(samples, p: AudioFeatures, length: int = 0) -> tuple[np.ndarray, np
     n = -(-max(len(samples), min(length, p.max_length)) // p.pad_to_multiple_of) * p.pad_to_multiple_of
     valid = np.arange(n) < len(samples)
     return np.pad(samples.astype(np.float32), (0, n - len(samples))), valid
+
+
+def raw_frames(samples, samples_per_frame: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gemma 4 Unified's features: the samples zero-padded on the right to whole frames and
+    cut into them; every frame is real (one soft token each, no cap).
+                                           samples [A] -> frames [N, 640], mask [N] all True"""
+    x = np.asarray(samples, np.float32)
+    if x.ndim != 1 or not len(x):
+        raise GemmaRefError(f"audio: expected mono samples [n > 0], got shape {x.shape}")
+    x = np.pad(x, (0, -len(x) % samples_per_frame)).reshape(-1, samples_per_frame)
+    return x, np.ones(len(x), bool)
 
 
 def log_mel(samples, p: AudioFeatures, length: int = 0) -> tuple[np.ndarray, np.ndarray]:

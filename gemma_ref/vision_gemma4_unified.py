@@ -1,4 +1,4 @@
-"""Images and audio in, Gemma 4 12B "Unified": no encoder, only embedders.
+"""Images in, Gemma 4 12B "Unified": no encoder, only embedders (audio: audio.py).
 
     image --Gemma 4's resize to a soft-token budget--> model patches [M, 3(kp)^2], each a
           k x k block of p-pixel patches (one soft token), with its block position (x, y)
@@ -8,6 +8,7 @@
 
     audio --right-padded to a multiple of 640 samples (40 ms at 16 kHz)--> frames [N, 640]
           --weightless RMSNorm, Linear--> soft-token embeddings [N, D]
+          (the audio seam's: audio.py with AudioConfig.samples_per_token, audio_features.raw_frames)
 
 The language model's side is Gemma 4's (vision_gemma4.py: the prompt's image blocks,
 soft tokens embedded as <pad> before the features replace them, an image's tokens seeing
@@ -31,7 +32,6 @@ from .parallel import linear
 from .vision import layer_norm
 from .vision_gemma4 import Gemma4Preprocessing, Gemma4VisionConfig, preprocess_one
 
-AUDIO_SAMPLES_PER_TOKEN = 640  # 40 ms at 16 kHz
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which the embedder's three norms keep
 # transformers saves the embedder as model.vision_embedder.*, its projection as model.embed_vision.*
 KEY_PREFIXES = {"model.vision_embedder.": "model.embed_vision."}
@@ -103,23 +103,3 @@ def image_features(patches, xy, W, c: Gemma4UnifiedVisionConfig, trace=None):
     out = linear(rms_norm(h, None, c.rms_norm_eps), W["embed_vision.embedding_projection.weight"])
     record(trace, "embed_vision.embedding_projection", out)
     return out  # [M, D]
-
-
-# --- audio (not yet wired to the API: the embedder and the framing, as functions) -------------
-
-
-def audio_frames(waveform, samples_per_token: int = AUDIO_SAMPLES_PER_TOKEN) -> np.ndarray:
-    """16 kHz mono samples -> frames [N, 640]: zero-padded on the right to whole frames
-    (Gemma4UnifiedAudioFeatureExtractor); every frame is one audio soft token."""
-    w = np.asarray(waveform, np.float32)
-    if w.ndim != 1 or not len(w):
-        raise GemmaRefError(f"audio: expected mono samples [n > 0], got shape {w.shape}")
-    w = np.pad(w, (0, -len(w) % samples_per_token))
-    return w.reshape(-1, samples_per_token)
-
-
-def audio_features(frames, w_projection, eps: float = 1e-6) -> np.ndarray:
-    """Audio soft-token embeddings: weightless RMSNorm, then Linear (embed_audio).
-                                       frames [N, 640], w_projection [D, 640] -> [N, D]"""
-    frames = np.asarray(frames, np.float32)
-    return linear(rms_norm(frames, None, eps), np.asarray(w_projection, np.float32))

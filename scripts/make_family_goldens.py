@@ -521,7 +521,9 @@ def make_gemma4_unified(images, vocab_tok, date):
         "forward over prompt + continuation (with generate()'s masks) agrees",
         "- audio: `get_audio_features(input_features, input_features_mask)` on a seeded 20800-sample "
         "waveform (a 440 Hz tone + noise) framed by Gemma4UnifiedAudioFeatureExtractor (right-padded to "
-        "a multiple of 640, [N, 640])", "",
+        "a multiple of 640, [N, 640])",
+        "- audio prompts (1 and 2 clips, an image and a clip): audio_golden.npz and AUDIO_PROVENANCE.md, made "
+        "from this checkpoint by `python scripts/make_unified_audio_goldens.py` (run it after this script)", "",
         "## Cases", "", "| case | prompt | images | tokens | min greedy margin | HF cached vs no-cache |",
         "| --- | --- | --- | --- | --- | --- |",
     ]

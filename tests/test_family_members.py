@@ -226,22 +226,21 @@ def test_unified_images_see_each_other_on_sliding_layers_only(unified):
     assert np.abs(logits - g["one.logits"][:, :model.n_vocab]).max() <= 1e-4
 
 
-def test_unified_audio_embedder_matches_transformers():
-    """Raw 640-sample frames -> weightless RMSNorm -> Linear, as get_audio_features (not yet
-    wired into prompts: see docs/FAMILY_MEMBERS.md)."""
-    from safetensors.numpy import load_file
+def test_unified_audio_embedder_matches_transformers(unified):
+    """Raw 640-sample frames -> weightless RMSNorm -> Linear, as get_audio_features (the
+    prompts: tests/test_unified_audio.py)."""
+    from gemma_ref.audio_features import raw_frames
 
-    from gemma_ref.vision_gemma4_unified import audio_features, audio_frames
-
-    g = np.load(UNIFIED / "golden.npz")
-    frames = audio_frames(g["audio.waveform"])
+    model, g = unified
+    frames, mask = raw_frames(g["audio.waveform"], 640)
     np.testing.assert_array_equal(frames, g["audio.input_features"][0])
-    w = load_file(str(UNIFIED / "model.safetensors"))["model.embed_audio.embedding_projection.weight"]
-    delta = np.abs(audio_features(frames, w) - g["audio.features"][0]).max()
+    assert mask.all() and g["audio.input_features_mask"].all()
+    (feats,) = model.embed_audio((g["audio.waveform"], 16_000))
+    delta = np.abs(feats - g["audio.features"][0]).max()
     print(f"gemma4-unified audio: max |d| {delta:.2e}")
     assert delta <= 1e-4
     with pytest.raises(GemmaRefError, match="mono"):
-        audio_frames(np.zeros((2, 640)))
+        raw_frames(np.zeros((2, 640)), 640)
 
 
 def test_unified_bad_inputs_and_info(unified, capsys):

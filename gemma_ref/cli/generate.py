@@ -85,7 +85,7 @@ def _add_images(p):
                         "Each <start_of_image> (or Gemma 4's <|image|>) in the prompt takes the "
                         "next image; with no marker, the images go before the text")
     p.add_argument("--audio", action="append", default=[], metavar="FILE",
-                   help="an audio clip for the prompt (repeatable; Gemma 4 E2B/E4B): a WAV, or with "
+                   help="an audio clip for the prompt (repeatable; Gemma 4 E2B/E4B/12B Unified, 3n): a WAV, or with "
                         "the audio extra FLAC/MP3/OGG at any rate. Each <|audio|> in the prompt "
                         "takes the next clip; with no marker, the clips go before the text")
 
@@ -323,12 +323,16 @@ def _images_summary(config_file: Path, config) -> list[str]:
 
     raw = json.loads(Path(config_file).read_text())
     a = AudioConfig.from_dict(raw, str(config_file))
-    sound = [] if a is None else [
+    sound = [] if a is None or a.samples_per_token else [
         f"audio             {'Gemma 4' if a.model_type == 'gemma4_audio' else 'Gemma 3n'} Conformer, "
         f"{a.num_hidden_layers} layer(s) x {a.hidden_size} wide, chunks of {a.attention_chunk_size}, a token sees "
         f"itself and {a.attention_context_left - (1 if a.context_inclusive else 2)} before, one per "
         f"{40 * a.reduction_factor} ms{f', {a.soft_tokens} per clip' if a.soft_tokens else ''}; "
         f"{sum(int(np.prod(s)) for s in a.expected_shapes().values()):,} parameters (not counted above)"]
+    if a is not None and a.samples_per_token:  # Gemma 4 12B Unified: the embedder alone
+        sound = [f"audio             Gemma 4 Unified embedder (no encoder), a token per {a.samples_per_token} "
+                 f"samples (40 ms at 16 kHz), no cap; "
+                 f"{sum(int(np.prod(s)) for s in a.expected_shapes().values()):,} parameters (not counted above)"]
     v = VisionConfig.from_dict(raw, str(config_file)) or Gemma4VisionConfig.from_dict(raw, str(config_file))
     if v is None:
         return sound
