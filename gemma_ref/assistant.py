@@ -200,6 +200,8 @@ def drafter_kv(cache, source: int, P: int, window: int | None):
 class Assistant:
     """A loaded Gemma 4 assistant: drafts for its target, never generates alone."""
 
+    kind = "drafter"  # not a model alone (cli.common.load says what to use instead)
+
     def __init__(self, config: AssistantConfig, weights: dict, *, source: str = "", dtype="float32"):
         self.config, self.source, self.dtype = config, source, np.dtype(dtype)
         self.tokenizer, self.chat_template, self.instruction_tuned, self.checkpoint = None, None, False, None

@@ -92,7 +92,8 @@ def hidden_states(trace: dict, num_layers: int, prefix: str = "model.") -> np.nd
         names = ["model.altup_projections"] + [f"model.layers.{i}" for i in range(num_layers)]
         return np.stack([np.concatenate(list(trace[n]), axis=-1) for n in names])  # [L+1, B, T, S*D]
     first = prefix + ("inputs_embeds" if prefix + "inputs_embeds" in trace else "embed_tokens")  # images merged
-    names = [first] + [f"{prefix}layers.{i}" for i in range(num_layers - 1)] + [prefix + "norm"]
+    last = prefix + ("final_norm" if prefix + "final_norm" in trace else "norm")  # RecurrentGemma's name
+    names = [first] + [f"{prefix}layers.{i}" for i in range(num_layers - 1)] + [last]
     return np.stack([trace[n] for n in names])
 
 

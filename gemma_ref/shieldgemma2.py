@@ -57,6 +57,8 @@ def gemma3_config(raw: dict) -> dict:
 class ShieldGemma2:
     """An image safety classifier: `classify_image(images, policies=...)` -> P(yes), P(no) per row."""
 
+    kind = "classifier"  # not a text generator (cli.common.load says what to use instead)
+
     def __init__(self, lm, yes_token_index: int, no_token_index: int, policy_definitions: dict):
         self.lm = lm  # the api.Model (Gemma 3 with its vision tower) that computes the logits
         self.yes_token_index, self.no_token_index = yes_token_index, no_token_index

@@ -658,12 +658,15 @@ class T5GemmaModel:
             prompt = vision.IMAGE_MARKER * len(images) + prompt
         return vision.expand_prompt(prompt, [0] * len(images), self.vision, self.tokenizer.encode)
 
-    def stream(self, prompt, *, images: Sequence = (), stop=None, **sampling) -> Iterator:
+    def stream(self, prompt, *, images: Sequence = (), audio: Sequence = (), stop=None, **sampling) -> Iterator:
         """Yield the output as it is decoded: text pieces for a text prompt, ids for ids.
 
         The prompt is the encoder's input; the output starts afresh (not a continuation).
         stop: None (eos), or token ids and/or strings. stats={} collects timings.
+        audio: none (T5Gemma has no audio tower: clips are an error that says so).
         """
+        if _given(audio):
+            self._audio()  # says this model takes no audio
         stop_ids, stop_strings = self._stop(stop)
         ids = self.encoder_ids(prompt, images)
         steps = self.generate_ids([ids], stop_ids=stop_ids, images=images if _given(images) else None, **sampling)

@@ -136,7 +136,8 @@ def parse_size(text: str, what: str) -> int:
 def load(args, kind: str | None = None):
     """The model named by --model (with --dtype, --threads, --max-memory), timed on stderr.
 
-    kind: "generation" or "embedding", what the command needs; another kind is an error."""
+    kind: "generation" or "embedding", what the command needs; another kind (a model's `kind`:
+    "embedding", "classifier", "drafter"; api.Model has none: "generation") is an error."""
     from ..api import Model
     from ..parallel import set_threads
 
@@ -151,12 +152,20 @@ def load(args, kind: str | None = None):
         raise GemmaRefError(f"{args.command}: {model.source}: {why}")
     has = getattr(model, "kind", "generation")  # api.Model generates; families.py's classes say
     if kind is not None and has != kind:
-        raise GemmaRefError(f"{args.command}: {model.source} is an embedding model: it cannot generate text "
-                            f"(use `gemma-ref embed`)" if has == "embedding" else
-                            f"{args.command}: {model.source} is a text-generation model, not an embedding model "
-                            f"(try --model embeddinggemma-300m)" if kind == "embedding" else
-                            f"{args.command}: {model.source} is a {has} model, not a {kind} model")
+        wanted = "an embedding model (try --model embeddinggemma-300m)" if kind == "embedding" else f"a {kind} model"
+        what = KINDS.get(has) or f"is a {'text-generation' if has == 'generation' else has} model, not {wanted}"
+        raise GemmaRefError(f"{args.command}: {model.source} {what}")
     return model
+
+
+# What a model that is not a text generator is, and what to use instead (load's refusals)
+KINDS = {
+    "embedding": "is an embedding model: it cannot generate text (use `gemma-ref embed`)",
+    "classifier": ("is an image safety classifier (ShieldGemma 2): it gives P(yes) per image and "
+                   "policy, not text (use `gemma-ref classify --image FILE`)"),
+    "drafter": ("is a drafter: a Gemma 4 assistant drafts for its target model, never alone (use "
+                "`gemma-ref generate --model TARGET --assistant THIS`)"),
+}
 
 
 def read_stdin(where: str = "stdin") -> str:
