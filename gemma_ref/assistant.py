@@ -34,6 +34,7 @@ import numpy as np
 from .config import GemmaConfig, LayerSpec
 from .config_json import SLIDING, config_fields, load_json
 from .errors import GemmaRefError
+from .families import Refusals
 from .kv_cache import forget_from, new_cache
 from .loader import check_and_widen, checkpoint_files, expected_shapes, read_safetensors
 from .model import decoder_layer, forward, rms_norm, rope_angles
@@ -197,7 +198,7 @@ def drafter_kv(cache, source: int, P: int, window: int | None):
     return c.k, c.v, np.where(seen, c.pos, -1)
 
 
-class Assistant:
+class Assistant(Refusals):
     """A loaded Gemma 4 assistant: drafts for its target, never generates alone."""
 
     kind = "drafter"  # not a model alone (cli.common.load says what to use instead)

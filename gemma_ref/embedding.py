@@ -28,6 +28,7 @@ import numpy as np
 from . import files
 from .config import GemmaConfig
 from .errors import GemmaRefError
+from .families import Refusals
 from .loader import check_and_widen, checkpoint_files, read_safetensors
 from .model import forward
 from .parallel import dense
@@ -212,7 +213,7 @@ def _dense(folder: Path, width: int, dtype) -> DenseLayer:
 # --- the model ---------------------------------------------------------------------------
 
 
-class EmbeddingModel:
+class EmbeddingModel(Refusals):
     """EmbeddingGemma: text -> a unit vector (see the module docstring). `embed` is its use."""
 
     kind = "embedding"

@@ -136,7 +136,7 @@ def parse_size(text: str, what: str) -> int:
 def load(args, kind: str | None = None):
     """The model named by --model (with --dtype, --threads, --max-memory), timed on stderr.
 
-    kind: "generation" or "embedding", what the command needs; another kind (a model's `kind`:
+    kind: "generation", "embedding" or "classifier", what the command needs; another kind (a model's `kind`:
     "embedding", "classifier", "drafter"; api.Model has none: "generation") is an error."""
     from ..api import Model
     from ..parallel import set_threads
@@ -152,7 +152,7 @@ def load(args, kind: str | None = None):
         raise GemmaRefError(f"{args.command}: {model.source}: {why}")
     has = getattr(model, "kind", "generation")  # api.Model generates; families.py's classes say
     if kind is not None and has != kind:
-        wanted = "an embedding model (try --model embeddinggemma-300m)" if kind == "embedding" else f"a {kind} model"
+        wanted = WANTED.get(kind, f"a {kind} model")
         what = KINDS.get(has) or f"is a {'text-generation' if has == 'generation' else has} model, not {wanted}"
         raise GemmaRefError(f"{args.command}: {model.source} {what}")
     return model
@@ -160,12 +160,14 @@ def load(args, kind: str | None = None):
 
 # What a model that is not a text generator is, and what to use instead (load's refusals)
 KINDS = {
-    "embedding": "is an embedding model: it cannot generate text (use `gemma-ref embed`)",
+    "embedding": "is an embedding model: it gives sentence vectors, not text (use `gemma-ref embed` or `similarity`)",
     "classifier": ("is an image safety classifier (ShieldGemma 2): it gives P(yes) per image and "
                    "policy, not text (use `gemma-ref classify --image FILE`)"),
     "drafter": ("is a drafter: a Gemma 4 assistant drafts for its target model, never alone (use "
                 "`gemma-ref generate --model TARGET --assistant THIS`)"),
 }
+WANTED = {"embedding": "an embedding model (try --model embeddinggemma-300m)",
+          "classifier": "an image classifier (ShieldGemma 2, e.g. --model shieldgemma-2-4b-it)"}
 
 
 def read_stdin(where: str = "stdin") -> str:
