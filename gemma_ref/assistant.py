@@ -254,7 +254,7 @@ class Assistant(Refusals):
         raise GemmaRefError(f"{self.source}: a Gemma 4 assistant drafts for its target model; load the "
                             f"target and pass this as generate(..., assistant=...) (CLI: --assistant)")
 
-    generate = stream = chat = stream_chat = forward = score = logprobs = _not_alone
+    generate = stream = chat = stream_chat = chat_prompt = forward = score = logprobs = _not_alone
 
     # --- drafting ---
 

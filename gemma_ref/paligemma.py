@@ -285,9 +285,11 @@ class PaliGemma(Model):
         raise GemmaRefError("PaliGemma: generate takes one prompt with its images; for a batch, "
                             "generate_ids(prompts, image_features=[...]) with prompt_ids' ids and features")
 
-    def stream_chat(self, messages, **kwargs):
+    def _no_chat(self, *args, **kwargs):
         raise GemmaRefError(f"{self.source or 'PaliGemma'}: PaliGemma has no chat format; give it a "
                             "task prompt with images instead (generate \"caption en\" --image FILE)")
+
+    stream_chat = chat_prompt = _no_chat
 
     # --- the network ---------------------------------------------------------------------
 

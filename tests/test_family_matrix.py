@@ -29,6 +29,8 @@ KINDS = {  # model kind -> a tiny checkpoint of it
     "image4": "vision/gemma4-vision",  # Gemma 4 with its vision encoder
     "unified": "family/gemma4-unified",  # Gemma 4 12B Unified (embedder, no encoder)
     "audio4": "audio/gemma4-audio",  # Gemma 4 with its audio tower
+    "audio3n": "audio/gemma3n-audio",  # Gemma 3n with its audio tower (its vision tower not run)
+    "vaultgemma": "tiny/vaultgemma-mqa",  # VaultGemma (a Gemma 2-like config)
     "recurrent": "tiny/recurrentgemma-mqa",  # RecurrentGemma (Griffin)
     "paligemma": "paligemma/paligemma1-mqa",  # PaliGemma 1 (prefix-LM, images required)
     "t5gemma": "encdec/t5gemma-tiny",  # encoder-decoder, text only
@@ -41,7 +43,8 @@ IMAGE = str(DATA / "vision" / "images" / "rgb_wide.png")
 CLIP = str(DATA / "audio" / "clips" / "short.wav")
 N = 3  # new tokens
 
-GENERATORS = {"text", "image3", "image4", "unified", "audio4", "recurrent", "paligemma", "t5gemma", "t5gemma2"}
+GENERATORS = {"text", "image3", "image4", "unified", "audio4", "audio3n", "vaultgemma", "recurrent", "paligemma",
+              "t5gemma", "t5gemma2"}
 DECODERS = GENERATORS - {"t5gemma", "t5gemma2"}  # one forward over a text: logprobs, score, perplexity
 WITH_IMAGES = {"image3", "image4", "unified", "paligemma", "t5gemma2"}
 
@@ -143,9 +146,10 @@ CLI = {
                  {"paligemma": "PaliGemma needs an image"}),
     "generate --image": (["generate", "-n", str(N), "--image", IMAGE, "Describe"], WITH_IMAGES,
                          _check_generate_image,
-                         {k: "takes no images" for k in ("text", "audio4", "recurrent", "t5gemma")}),
-    "generate --audio": (["generate", "-n", str(N), "--audio", CLIP, "Transcribe"], {"audio4"},
-                         _check_generate_audio, {k: "takes no audio" for k in GENERATORS - {"audio4"}}),
+                         {k: "takes no images" for k in ("text", "audio4", "audio3n", "vaultgemma", "recurrent",
+                                                         "t5gemma")}),
+    "generate --audio": (["generate", "-n", str(N), "--audio", CLIP, "Transcribe"], {"audio4", "audio3n"},
+                         _check_generate_audio, {k: "takes no audio" for k in GENERATORS - {"audio4", "audio3n"}}),
     "chat": (["chat", "-n", str(N)], GENERATORS - {"paligemma", "t5gemma", "t5gemma2"}, _check_chat,
              {"paligemma": "PaliGemma has no chat format", "t5gemma": "no chat template",
               "t5gemma2": "no chat template"}),
@@ -241,6 +245,11 @@ def _api_chat(m):
     assert m.chat(messages, max_new_tokens=N) == m.generate(m.chat_prompt(messages), max_new_tokens=N)
 
 
+def _api_chat_prompt(m):
+    text = m.chat_prompt([{"role": "user", "content": "Hi there"}])
+    assert text.startswith("<bos>") and re.search(r"Hi there.*model\n", text, re.S)  # then the model's turn
+
+
 def _api_forward(m):
     logits = m.forward(np.array(IDS))
     assert logits.shape == (len(IDS), m.n_vocab)
@@ -287,6 +296,7 @@ def _api_embed_audio(m):
 
 def _call(method):
     args = {"generate": ("Hello",), "chat": ([{"role": "user", "content": "Hi"}],), "forward": (np.array(IDS),),
+            "chat_prompt": ([{"role": "user", "content": "Hi"}],),
             "logprobs": (IDS,), "score": (IDS[:3], [IDS[3:]]), "embed": (["hello"],),
             "classify_image": ([IMAGE],), "embed_images": ([IMAGE],), "embed_audio": ([CLIP],)}[method]
     return lambda m: getattr(m, method)(*args)
@@ -297,6 +307,8 @@ API = {
     "generate": (GENERATORS - {"paligemma"}, _api_generate, {"paligemma": "PaliGemma needs an image"}),
     "chat": (GENERATORS - {"paligemma", "t5gemma", "t5gemma2"}, _api_chat,
              {"paligemma": "no chat format", "t5gemma": "no chat template", "t5gemma2": "no chat template"}),
+    "chat_prompt": (GENERATORS - {"paligemma", "t5gemma", "t5gemma2"}, _api_chat_prompt,
+                    {"paligemma": "no chat format", "t5gemma": "no chat template", "t5gemma2": "no chat template"}),
     "forward": (DECODERS, _api_forward, {"t5gemma": "decoder_input_ids", "t5gemma2": "decoder_input_ids"}),
     "logprobs": (DECODERS, _api_logprobs, {"t5gemma": "decoder-only", "t5gemma2": "decoder-only"}),
     "score": (DECODERS, _api_score, {"t5gemma": "decoder-only", "t5gemma2": "decoder-only"}),
@@ -307,11 +319,12 @@ API = {
                        {k: "classify_image is for ShieldGemma 2" for k in KINDS}),
     "embed_images": (WITH_IMAGES - {"t5gemma2"}, _api_embed_images,
                      {"text": "takes no images", "audio4": "takes no images", "recurrent": "takes no images",
+                      "audio3n": "its vision tower is not implemented", "vaultgemma": "takes no images",
                       "t5gemma": "no vision_config", "t5gemma2": "embeds its images inside the encoder",
                       "embedding": "embed_images is for image-text models",
                       "assistant": "embed_images is for image-text models"}),
-    "embed_audio": ({"audio4"}, _api_embed_audio,
-                    {k: "takes no audio" for k in DECODERS - {"audio4"}}
+    "embed_audio": ({"audio4", "audio3n"}, _api_embed_audio,
+                    {k: "takes no audio" for k in DECODERS - {"audio4", "audio3n"}}
                     | {k: "embed_audio is for models with an audio tower"
                        for k in ("t5gemma", "t5gemma2", "shieldgemma2", "embedding", "assistant")}),
 }
