@@ -193,7 +193,8 @@ def _pixels(model, images):
     model._check_images(images)
     p = model._preprocessing()
     if isinstance(p, vision_gemma4.Gemma4Preprocessing):
-        patches = [vision_gemma4.preprocess_one(image, p, f"image {k + 1}") for k, image in enumerate(images)]
+        # the model's own cut (12B Unified: its k x k merged model patches), as embed_images makes
+        patches = [model.vision.preprocess(image, p, f"image {k + 1}") for k, image in enumerate(images)]
         return vision_gemma4.pad_patches(patches, max(vision_gemma4.max_patches(p), *(len(x) for x, _ in patches)))
     return vision.preprocess(images, p)[0], None
 

@@ -538,6 +538,12 @@ class T5GemmaModel(Refusals):
         """(encoder ids, None), as api.Model.prompt_ids: the images are embedded as the encoder runs."""
         return self.encoder_ids(prompt, images), None
 
+    def prompt_inputs(self, prompt, images=(), audio=()):
+        """(encoder ids, None, None), as api.Model.prompt_inputs (reference.dump's prompts with images)."""
+        if _given(audio):
+            self._audio()  # says this model takes no audio
+        return self.encoder_ids(prompt, images), None, None
+
     def dump_prompt(self, ids, *, k=0, max_new_tokens=16, trace=False, text=None, pixel_values=None,
                     decoder_input_ids=None):
         """reference.dump_prompt for an encoder-decoder: the encoder reads `ids`; the decoder's

@@ -116,6 +116,15 @@ def _check_dump_compare(model, out, tmp_path):
     assert main(["compare", "-m", model.source, str(golden)]) == 0  # the model agrees with its dump
 
 
+def _check_dump_media(key):
+    def check(model, out, tmp_path):
+        golden = tmp_path / "d.npz"
+        with np.load(golden) as z:  # the prompt's images / clips, as transformers' processor gives them
+            assert np.isfinite(z[f"prompt_0/{key}"]).all() and np.isfinite(z["prompt_0/logits"]).all()
+        assert main(["compare", "-m", model.source, str(golden)]) == 0  # the model agrees with its dump
+    return check
+
+
 def _check_perplexity(model, out, tmp_path):
     from gemma_ref.scoring import perplexity
 
@@ -155,6 +164,12 @@ CLI = {
               "t5gemma2": "no chat template"}),
     "dump+compare": (["dump", "--prompt", "Hello world", "--max-new-tokens", "2", "--out", "{tmp}/d.npz"], GENERATORS,
                      _check_dump_compare, {}),
+    "dump+compare, images": (["dump", "--prompts", "{tmp}/images.jsonl", "--max-new-tokens", "2", "--out",
+                               "{tmp}/d.npz"], WITH_IMAGES, _check_dump_media("pixel_values"),
+                              {k: "takes no images" for k in GENERATORS - WITH_IMAGES}),
+    "dump+compare, audio": (["dump", "--prompts", "{tmp}/audio.jsonl", "--max-new-tokens", "2", "--out",
+                              "{tmp}/d.npz"], {"audio4", "audio3n"}, _check_dump_media("input_features"),
+                             {k: "takes no audio" for k in GENERATORS - {"audio4", "audio3n"}}),
     "perplexity": (["perplexity", "--max-length", "16", "{tmp}/t.txt"], DECODERS, _check_perplexity,
                    {"t5gemma": "decoder-only", "t5gemma2": "decoder-only"}),
     "embed": (["embed", "hello"], {"embedding"}, _check_embed,
@@ -171,6 +186,8 @@ CLI = {
 def test_cli(command, kind, models, capsys, monkeypatch, tmp_path):
     argv, works, check, refusals = CLI[command]
     (tmp_path / "t.txt").write_text("The quick brown fox jumps over the lazy dog. " * 4)
+    (tmp_path / "images.jsonl").write_text(json.dumps({"prompt": "Describe", "images": [IMAGE]}) + "\n")
+    (tmp_path / "audio.jsonl").write_text(json.dumps({"prompt": "Say", "audio": [CLIP]}) + "\n")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     code, out, err = run(argv[:1] + ["--model", path(kind)] + argv[1:], capsys, monkeypatch)
     if kind in works:
