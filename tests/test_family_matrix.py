@@ -360,3 +360,21 @@ def test_api(method, kind, models):
         _call(method)(m)
     words = refusals.get(kind) or NOT_A_GENERATOR[kind]
     assert words in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["generate", "-m", "embeddinggemma-300m", "hi"], "generate: embeddinggemma-300m is an embedding model"),
+    (["chat", "-m", "shieldgemma-2-4b-it"], "chat: shieldgemma-2-4b-it is an image safety classifier"),
+    (["perplexity", "-m", "4-e2b-it-assistant", "t.txt"], "perplexity: 4-e2b-it-assistant is a drafter"),
+    (["embed", "-m", "3-1b-it", "hi"], "embed: 3-1b-it is a text-generation model, not an embedding model"),
+    (["classify", "-m", "2b", "--image", IMAGE], "classify: 2b is a text-generation model, not an image classifier"),
+])
+def test_cli_refuses_an_alias_of_another_kind_before_downloading_it(argv, words, capsys, monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # a download would be another error
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.txt").write_text("some text")
+    code, _, err = run(argv, capsys, monkeypatch)
+    refused(code, err, words)

@@ -139,9 +139,13 @@ def load(args, kind: str | None = None):
     kind: "generation", "embedding" or "classifier", what the command needs; another kind (a model's `kind`:
     "embedding", "classifier", "drafter"; api.Model has none: "generation") is an error."""
     from ..api import Model
+    from ..hub import ALIAS_KINDS, ALIASES
     from ..parallel import set_threads
 
     check_model_args(args)
+    alias = str(args.model or "").lower()
+    if kind is not None and alias in ALIASES:  # an alias of another kind: said before the download
+        _check_kind(args.command, args.model, ALIAS_KINDS.get(alias, "generation"), kind)
     if args.threads is not None:
         set_threads(args.threads)
     t0 = time.perf_counter()
@@ -150,12 +154,17 @@ def load(args, kind: str | None = None):
     why = getattr(model, "cannot", {}).get(getattr(args, "command", None))  # families.py: what it cannot do
     if why:
         raise GemmaRefError(f"{args.command}: {model.source}: {why}")
-    has = getattr(model, "kind", "generation")  # api.Model generates; families.py's classes say
-    if kind is not None and has != kind:
+    if kind is not None:  # api.Model generates; families.py's classes say what they are
+        _check_kind(args.command, model.source, getattr(model, "kind", "generation"), kind)
+    return model
+
+
+def _check_kind(command: str, source: str, has: str, kind: str) -> None:
+    """A model of kind `has` for a command that needs `kind`: one sentence on what it is instead."""
+    if has != kind:
         wanted = WANTED.get(kind, f"a {kind} model")
         what = KINDS.get(has) or f"is a {'text-generation' if has == 'generation' else has} model, not {wanted}"
-        raise GemmaRefError(f"{args.command}: {model.source} {what}")
-    return model
+        raise GemmaRefError(f"{command}: {source} {what}")
 
 
 # What a model that is not a text generator is, and what to use instead (load's refusals)
