@@ -385,7 +385,8 @@ class EmbeddingModel(Refusals):
                             f"no language-model head and cannot generate text; use embed() or "
                             f"`gemma-ref embed`")
 
-    generate = stream = chat = stream_chat = chat_prompt = forward = logprobs = score = generate_ids = _not_generative
+    generate = stream = chat = stream_chat = chat_prompt = _not_generative
+    forward = logprobs = score = generate_ids = _not_generative
 
     def __repr__(self):
         c = self.config

@@ -276,7 +276,8 @@ class PaliGemma(Model):
     def prompt_ids(self, prompt: str, images: Sequence = (), *, pan_and_scan: bool | None = None):
         """Token ids of a prompt with its images (all of it the prefix), and the image tokens."""
         if not isinstance(prompt, str):
-            return self._prompt_ids(prompt), self.embed_images(images) if images is not None and len(images) else None
+            given = images is not None and len(images) > 0
+            return self._prompt_ids(prompt), self.embed_images(images) if given else None
         _no_pan_and_scan(pan_and_scan)
         inputs = self.processor_inputs(prompt, images)
         return inputs["input_ids"], inputs["image_features"]

@@ -162,7 +162,8 @@ CLI = {
     "chat": (["chat", "-n", str(N)], GENERATORS - {"paligemma", "t5gemma", "t5gemma2"}, _check_chat,
              {"paligemma": "PaliGemma has no chat format", "t5gemma": "no chat template",
               "t5gemma2": "no chat template"}),
-    "dump+compare": (["dump", "--prompt", "Hello world", "--max-new-tokens", "2", "--out", "{tmp}/d.npz"], GENERATORS,
+    "dump+compare": (["dump", "--prompt", "Hello world", "--max-new-tokens", "2", "--out", "{tmp}/d.npz"],
+                     GENERATORS,
                      _check_dump_compare, {}),
     "dump+compare, images": (["dump", "--prompts", "{tmp}/images.jsonl", "--max-new-tokens", "2", "--out",
                                "{tmp}/d.npz"], WITH_IMAGES, _check_dump_media("pixel_values"),
@@ -326,7 +327,8 @@ API = {
     "chat": (GENERATORS - {"paligemma", "t5gemma", "t5gemma2"}, _api_chat,
              {"paligemma": "no chat format", "t5gemma": "no chat template", "t5gemma2": "no chat template"}),
     "chat_prompt": (GENERATORS - {"paligemma", "t5gemma", "t5gemma2"}, _api_chat_prompt,
-                    {"paligemma": "no chat format", "t5gemma": "no chat template", "t5gemma2": "no chat template"}),
+                    {"paligemma": "no chat format", "t5gemma": "no chat template",
+                     "t5gemma2": "no chat template"}),
     "forward": (DECODERS, _api_forward, {"t5gemma": "decoder_input_ids", "t5gemma2": "decoder_input_ids"}),
     "logprobs": (DECODERS, _api_logprobs, {"t5gemma": "decoder-only", "t5gemma2": "decoder-only"}),
     "score": (DECODERS, _api_score, {"t5gemma": "decoder-only", "t5gemma2": "decoder-only"}),
@@ -367,7 +369,8 @@ def test_api(method, kind, models):
     (["chat", "-m", "shieldgemma-2-4b-it"], "chat: shieldgemma-2-4b-it is an image safety classifier"),
     (["perplexity", "-m", "4-e2b-it-assistant", "t.txt"], "perplexity: 4-e2b-it-assistant is a drafter"),
     (["embed", "-m", "3-1b-it", "hi"], "embed: 3-1b-it is a text-generation model, not an embedding model"),
-    (["classify", "-m", "2b", "--image", IMAGE], "classify: 2b is a text-generation model, not an image classifier"),
+    (["classify", "-m", "2b", "--image", IMAGE],
+     "classify: 2b is a text-generation model, not an image classifier"),
 ])
 def test_cli_refuses_an_alias_of_another_kind_before_downloading_it(argv, words, capsys, monkeypatch, tmp_path):
     from huggingface_hub import constants

@@ -136,8 +136,9 @@ def parse_size(text: str, what: str) -> int:
 def load(args, kind: str | None = None):
     """The model named by --model (with --dtype, --threads, --max-memory), timed on stderr.
 
-    kind: "generation", "embedding" or "classifier", what the command needs; another kind (a model's `kind`:
-    "embedding", "classifier", "drafter"; api.Model has none: "generation") is an error."""
+    kind: "generation", "embedding" or "classifier", what the command needs; another kind (a
+    model's `kind`: "embedding", "classifier", "drafter"; api.Model's: "generation") is an error,
+    for an alias (hub.ALIAS_KINDS) before its download."""
     from ..api import Model
     from ..hub import ALIAS_KINDS, ALIASES
     from ..parallel import set_threads
@@ -169,7 +170,8 @@ def _check_kind(command: str, source: str, has: str, kind: str) -> None:
 
 # What a model that is not a text generator is, and what to use instead (load's refusals)
 KINDS = {
-    "embedding": "is an embedding model: it gives sentence vectors, not text (use `gemma-ref embed` or `similarity`)",
+    "embedding": ("is an embedding model: it gives sentence vectors, not text (use `gemma-ref embed` "
+                  "or `similarity`)"),
     "classifier": ("is an image safety classifier (ShieldGemma 2): it gives P(yes) per image and "
                    "policy, not text (use `gemma-ref classify --image FILE`)"),
     "drafter": ("is a drafter: a Gemma 4 assistant drafts for its target model, never alone (use "
