@@ -327,8 +327,8 @@ def load_safetensors_checkpoint(directory: Path, config: GemmaConfig,
             found[name] = tensor
     if skipped_vision:
         runs = " and ".join(["text"] + ["images"] * (vision is not None) + ["audio"] * (audio is not None))
-        print(f"gemma-ref: {runs} only; ignoring {skipped_vision} tensor(s) of a vision/audio tower it does "
-              f"not run", file=sys.stderr)
+        print(f"gemma-ref: {runs} only; ignoring {skipped_vision} vision/audio tensors (of towers not run)",
+              file=sys.stderr)
     # A stored output head is the embedding again (Gemma ties them); we use the embedding.
     found.pop("lm_head.weight", None)
     extra = {}
