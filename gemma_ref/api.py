@@ -64,7 +64,7 @@ def check_messages(messages) -> None:
             raise GemmaRefError(f"chat: message {i}: 'role' must be a string and 'content' text")
 
 
-class Model:
+class Model(families.Refusals):
     """A Gemma model: config + weights (+ tokenizer when the checkpoint has one)."""
 
     first_position = 0  # RoPE position of a prompt's first token (PaliGemma counts from 1)

@@ -34,6 +34,7 @@ import numpy as np
 from .config import GemmaConfig, LayerSpec
 from .config_json import SLIDING, config_fields, load_json
 from .errors import GemmaRefError
+from .families import Refusals
 from .kv_cache import forget_from, new_cache
 from .loader import check_and_widen, checkpoint_files, expected_shapes, read_safetensors
 from .model import decoder_layer, forward, rms_norm, rope_angles
@@ -197,8 +198,10 @@ def drafter_kv(cache, source: int, P: int, window: int | None):
     return c.k, c.v, np.where(seen, c.pos, -1)
 
 
-class Assistant:
+class Assistant(Refusals):
     """A loaded Gemma 4 assistant: drafts for its target, never generates alone."""
+
+    kind = "drafter"  # not a model alone (cli.common.load says what to use instead)
 
     def __init__(self, config: AssistantConfig, weights: dict, *, source: str = "", dtype="float32"):
         self.config, self.source, self.dtype = config, source, np.dtype(dtype)
@@ -251,7 +254,7 @@ class Assistant:
         raise GemmaRefError(f"{self.source}: a Gemma 4 assistant drafts for its target model; load the "
                             f"target and pass this as generate(..., assistant=...) (CLI: --assistant)")
 
-    generate = stream = chat = stream_chat = forward = score = logprobs = _not_alone
+    generate = stream = chat = stream_chat = chat_prompt = forward = score = logprobs = _not_alone
 
     # --- drafting ---
 

@@ -28,6 +28,7 @@ import numpy as np
 from . import files
 from .config import GemmaConfig
 from .errors import GemmaRefError
+from .families import Refusals
 from .loader import check_and_widen, checkpoint_files, read_safetensors
 from .model import forward
 from .parallel import dense
@@ -212,7 +213,7 @@ def _dense(folder: Path, width: int, dtype) -> DenseLayer:
 # --- the model ---------------------------------------------------------------------------
 
 
-class EmbeddingModel:
+class EmbeddingModel(Refusals):
     """EmbeddingGemma: text -> a unit vector (see the module docstring). `embed` is its use."""
 
     kind = "embedding"
@@ -384,7 +385,8 @@ class EmbeddingModel:
                             f"no language-model head and cannot generate text; use embed() or "
                             f"`gemma-ref embed`")
 
-    generate = stream = chat = stream_chat = forward = logprobs = score = generate_ids = _not_generative
+    generate = stream = chat = stream_chat = chat_prompt = _not_generative
+    forward = logprobs = score = generate_ids = _not_generative
 
     def __repr__(self):
         c = self.config

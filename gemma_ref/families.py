@@ -12,6 +12,8 @@ A family class provides
   what it cannot do is a GemmaRefError that says so;
 - `cannot`: {CLI command: why} for the commands it cannot serve (the CLI says why, after
   the load);
+- `kind` ("embedding", "classifier", "drafter"; "generation" if it generates text) and the
+  methods of Model it cannot serve refused in one sentence: inherit `Refusals`;
 - `describe(config_file) -> dict` for `gemma-ref info` (also with --load): keys
   parameters (int), config (dict of the keys worth printing), chat_template (str),
   special (list of lines saying what is particular to it).
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+
+from .errors import GemmaRefError
 
 # config.json model_type -> "module:Class" (relative to gemma_ref)
 BY_MODEL_TYPE: dict[str, str] = {
@@ -45,6 +49,47 @@ BY_TEST: list = [
 ]
 
 
+# What a model of each kind is, and the method it is used with: what a refusal says
+WHAT = {
+    "generation": "a text-generation model (generate, chat)",
+    "embedding": "an embedding model: embed(texts) gives its sentence vectors (`gemma-ref embed`)",
+    "classifier": ("an image safety classifier (ShieldGemma 2): classify_image(images, policies=...) gives "
+                   "P(yes), P(no) (`gemma-ref classify`)"),
+    "drafter": ("a Gemma 4 assistant: it drafts for its target model only, as "
+                "target.generate(..., assistant=this) (`gemma-ref generate --assistant`)"),
+}
+
+# Which models each of Model's methods is for (named when another kind refuses it)
+FOR = {"embed": "embedding models (embeddinggemma-300m)",
+       "classify_image": "ShieldGemma 2 (shieldgemma-2-4b-it)",
+       "embed_images": "image-text models (Gemma 3 4B+, Gemma 4, PaliGemma)",
+       "embed_audio": "models with an audio tower (Gemma 4 E2B/E4B, Gemma 3n)"}
+
+
+class Refusals:
+    """The methods of Model's surface a model class may lack, each refusing in one sentence:
+    what the method is for, and what this model (its `kind`) is. api.Model and the family
+    classes inherit it; what a class can do, it defines (overriding these)."""
+
+    kind = "generation"
+
+    def _refuse(self, method: str):
+        raise GemmaRefError(f"{getattr(self, 'source', '') or 'this model'}: {method} is for {FOR[method]}; "
+                            f"this is {WHAT[self.kind]}")
+
+    def embed(self, *args, **kwargs):
+        self._refuse("embed")
+
+    def classify_image(self, *args, **kwargs):
+        self._refuse("classify_image")
+
+    def embed_images(self, *args, **kwargs):
+        self._refuse("embed_images")
+
+    def embed_audio(self, *args, **kwargs):
+        self._refuse("embed_audio")
+
+
 def family_of(raw: dict, path) -> str | None:
     """"module:Class" of the family that runs this checkpoint, or None for api.Model."""
     for test, target in BY_TEST:
@@ -62,7 +107,6 @@ def speculative(assistant):
     """`assistant`, checked to be a loaded Gemma 4 assistant (assistant.py), the one kind of
     model that generate(..., assistant=...) takes; else a GemmaRefError."""
     from .assistant import Assistant
-    from .errors import GemmaRefError
 
     if not isinstance(assistant, Assistant):
         what = getattr(getattr(assistant, "config", None), "model_type", type(assistant).__name__)

@@ -72,8 +72,14 @@ ALIASES = {
     "recurrentgemma-9b": "google/recurrentgemma-9b", "recurrentgemma-9b-it": "google/recurrentgemma-9b-it",
 }
 
+# What the aliases that do not generate text alone are (the model classes' `kind`); the
+# others are "generation". `gemma-ref models` shows it.
+ALIAS_KINDS = {"embeddinggemma-300m": "embedding",  # `gemma-ref embed`
+               "shieldgemma-2-4b-it": "classifier",  # `gemma-ref classify`
+               **{a: "drafter" for a in ALIASES if a.endswith("-assistant")}}  # generate --assistant
+
 # Aliases of embedding models (`gemma-ref embed`; generate refuses them)
-EMBEDDING_ALIASES = {"embeddinggemma-300m"}
+EMBEDDING_ALIASES = {a for a, kind in ALIAS_KINDS.items() if kind == "embedding"}
 
 # The files the engine reads from a Hub repo (never the .gguf or PyTorch copies).
 FILES = ["config.json", "generation_config.json", "tokenizer.model", "*.safetensors",

@@ -326,8 +326,9 @@ def load_safetensors_checkpoint(directory: Path, config: GemmaConfig,
                                     f"and {path.name})")
             found[name] = tensor
     if skipped_vision:
-        print(f"gemma-ref: {'text and audio' if audio is not None else 'text model'} only; ignoring "
-              f"{skipped_vision} vision/audio tensors", file=sys.stderr)
+        runs = " and ".join(["text"] + ["images"] * (vision is not None) + ["audio"] * (audio is not None))
+        print(f"gemma-ref: {runs} only; ignoring {skipped_vision} vision/audio tensors (of towers not run)",
+              file=sys.stderr)
     # A stored output head is the embedding again (Gemma ties them); we use the embedding.
     found.pop("lm_head.weight", None)
     extra = {}

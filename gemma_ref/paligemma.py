@@ -276,7 +276,8 @@ class PaliGemma(Model):
     def prompt_ids(self, prompt: str, images: Sequence = (), *, pan_and_scan: bool | None = None):
         """Token ids of a prompt with its images (all of it the prefix), and the image tokens."""
         if not isinstance(prompt, str):
-            return self._prompt_ids(prompt), self.embed_images(images) if len(images) else None
+            given = images is not None and len(images) > 0
+            return self._prompt_ids(prompt), self.embed_images(images) if given else None
         _no_pan_and_scan(pan_and_scan)
         inputs = self.processor_inputs(prompt, images)
         return inputs["input_ids"], inputs["image_features"]
@@ -285,9 +286,11 @@ class PaliGemma(Model):
         raise GemmaRefError("PaliGemma: generate takes one prompt with its images; for a batch, "
                             "generate_ids(prompts, image_features=[...]) with prompt_ids' ids and features")
 
-    def stream_chat(self, messages, **kwargs):
+    def _no_chat(self, *args, **kwargs):
         raise GemmaRefError(f"{self.source or 'PaliGemma'}: PaliGemma has no chat format; give it a "
                             "task prompt with images instead (generate \"caption en\" --image FILE)")
+
+    stream_chat = chat_prompt = _no_chat
 
     # --- the network ---------------------------------------------------------------------
 

@@ -92,7 +92,8 @@ def hidden_states(trace: dict, num_layers: int, prefix: str = "model.") -> np.nd
         names = ["model.altup_projections"] + [f"model.layers.{i}" for i in range(num_layers)]
         return np.stack([np.concatenate(list(trace[n]), axis=-1) for n in names])  # [L+1, B, T, S*D]
     first = prefix + ("inputs_embeds" if prefix + "inputs_embeds" in trace else "embed_tokens")  # images merged
-    names = [first] + [f"{prefix}layers.{i}" for i in range(num_layers - 1)] + [prefix + "norm"]
+    last = prefix + ("final_norm" if prefix + "final_norm" in trace else "norm")  # RecurrentGemma's name
+    names = [first] + [f"{prefix}layers.{i}" for i in range(num_layers - 1)] + [last]
     return np.stack([trace[n] for n in names])
 
 
@@ -192,7 +193,8 @@ def _pixels(model, images):
     model._check_images(images)
     p = model._preprocessing()
     if isinstance(p, vision_gemma4.Gemma4Preprocessing):
-        patches = [vision_gemma4.preprocess_one(image, p, f"image {k + 1}") for k, image in enumerate(images)]
+        # the model's own cut (12B Unified: its k x k merged model patches), as embed_images makes
+        patches = [model.vision.preprocess(image, p, f"image {k + 1}") for k, image in enumerate(images)]
         return vision_gemma4.pad_patches(patches, max(vision_gemma4.max_patches(p), *(len(x) for x, _ in patches)))
     return vision.preprocess(images, p)[0], None
 

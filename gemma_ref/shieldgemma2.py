@@ -24,6 +24,7 @@ from . import chat_template as chat_templates
 from .config import GemmaConfig
 from .config_json import load_json
 from .errors import GemmaRefError
+from .families import Refusals
 
 # The processor's policy definitions when processor_config.json states none
 # (DEFAULT_SHIELDGEMMA2_POLICIES in processing_shieldgemma2.py).
@@ -54,8 +55,10 @@ def gemma3_config(raw: dict) -> dict:
     return {**raw, "model_type": "gemma3"}
 
 
-class ShieldGemma2:
+class ShieldGemma2(Refusals):
     """An image safety classifier: `classify_image(images, policies=...)` -> P(yes), P(no) per row."""
+
+    kind = "classifier"  # not a text generator (cli.common.load says what to use instead)
 
     def __init__(self, lm, yes_token_index: int, no_token_index: int, policy_definitions: dict):
         self.lm = lm  # the api.Model (Gemma 3 with its vision tower) that computes the logits

@@ -41,6 +41,7 @@ from . import chat_template as chat_templates
 from .config import GemmaConfig
 from .config_json import load_json
 from .errors import GemmaRefError
+from .families import Refusals
 from .kv_cache import attended_kv, new_cache
 from .loader import check_finite, checkpoint_files, read_safetensors
 from .model import attention, geglu, qkv, record, rms_norm, rope_angles, softcap, visible
@@ -362,7 +363,7 @@ def decode(W, cfg: T5GemmaConfig, ids, positions, cache, cross: CrossKV, *, last
 # --- the model ----------------------------------------------------------------------------
 
 
-class T5GemmaModel:
+class T5GemmaModel(Refusals):
     """A T5Gemma or T5Gemma 2 checkpoint: forward, generate, stream (families.py loads it).
 
     Prompts and stop arguments are read as api.Model reads them (the methods below are
@@ -375,6 +376,7 @@ class T5GemmaModel:
     _stop = api.Model._stop
     _text_pieces = api.Model._text_pieces
     _image_marker = api.Model._image_marker
+    _audio = api.Model._audio  # says there is no audio tower
     chat = api.Model.chat
     stream_chat = api.Model.stream_chat  # the rendered conversation is the encoder's input
     continues_prompt = False  # the CLI prints the output alone, not after the prompt
@@ -536,6 +538,12 @@ class T5GemmaModel:
         """(encoder ids, None), as api.Model.prompt_ids: the images are embedded as the encoder runs."""
         return self.encoder_ids(prompt, images), None
 
+    def prompt_inputs(self, prompt, images=(), audio=()):
+        """(encoder ids, None, None), as api.Model.prompt_inputs (reference.dump's prompts with images)."""
+        if _given(audio):
+            self._audio()  # says this model takes no audio
+        return self.encoder_ids(prompt, images), None, None
+
     def dump_prompt(self, ids, *, k=0, max_new_tokens=16, trace=False, text=None, pixel_values=None,
                     decoder_input_ids=None):
         """reference.dump_prompt for an encoder-decoder: the encoder reads `ids`; the decoder's
@@ -573,7 +581,7 @@ class T5GemmaModel:
                                 "(or pass pixel values [I, 3, S, S])")
         return vision.Preprocessing.from_json(f)
 
-    def forward(self, input_ids, decoder_input_ids, *, attention_mask=None, images=None,
+    def forward(self, input_ids, decoder_input_ids=None, *, attention_mask=None, images=None,
                 trace: dict | None = None) -> np.ndarray:
         """Logits of every decoder position, as transformers' model(input_ids, attention_mask,
         decoder_input_ids).logits: [T] -> [T, V] or [B, T] -> [B, T, V]. Stateless.
@@ -581,6 +589,10 @@ class T5GemmaModel:
         input_ids [S] or [B, S] go to the encoder; decoder_input_ids (starting with the
         decoder start token) to the decoder, at positions 0..T-1.
         """
+        if decoder_input_ids is None:
+            raise GemmaRefError(f"forward: {self.source} is an encoder-decoder: give the decoder's ids too, "
+                                f"forward(input_ids, decoder_input_ids) (they start with token "
+                                f"{self.config.decoder_start_token_id})")
         one = np.ndim(input_ids) == 1
         ids = np.atleast_2d(np.asarray(input_ids))
         dec = _ids(np.atleast_2d(np.asarray(decoder_input_ids)), "decoder_input_ids", self.config.decoder.vocab_size)
@@ -658,12 +670,18 @@ class T5GemmaModel:
             prompt = vision.IMAGE_MARKER * len(images) + prompt
         return vision.expand_prompt(prompt, [0] * len(images), self.vision, self.tokenizer.encode)
 
-    def stream(self, prompt, *, images: Sequence = (), stop=None, **sampling) -> Iterator:
+    def stream(self, prompt, *, images: Sequence = (), audio: Sequence = (), stop=None, **sampling) -> Iterator:
         """Yield the output as it is decoded: text pieces for a text prompt, ids for ids.
 
         The prompt is the encoder's input; the output starts afresh (not a continuation).
         stop: None (eos), or token ids and/or strings. stats={} collects timings.
+        audio: none (T5Gemma has no audio tower: clips are an error that says so).
         """
+        if _given(audio):
+            self._audio()  # says this model takes no audio
+        if sampling.get("assistant") is not None or sampling.get("draft_tokens") is not None:
+            raise GemmaRefError(f"{self.source}: speculative decoding (assistant=...) drafts for a Gemma 4 "
+                                f"decoder-only target, not an encoder-decoder")
         stop_ids, stop_strings = self._stop(stop)
         ids = self.encoder_ids(prompt, images)
         steps = self.generate_ids([ids], stop_ids=stop_ids, images=images if _given(images) else None, **sampling)
@@ -691,11 +709,18 @@ class T5GemmaModel:
         pieces = list(self.stream(prompt, **kwargs))
         return "".join(pieces) if isinstance(prompt, str) else pieces
 
-    def logprobs(self, ids):
-        raise GemmaRefError(f"{self.source}: logprobs of a text is a decoder-only model's; an encoder-decoder "
-                            "gives the logits of an output given an input: forward(input_ids, decoder_input_ids)")
+    def logprobs(self, *args, **kwargs):
+        raise GemmaRefError(f"{self.source}: logprobs and score of a text are a decoder-only model's; an "
+                            "encoder-decoder gives the logits of an output given an input: "
+                            "forward(input_ids, decoder_input_ids)")
 
     score = logprobs
+
+    def embed_images(self, *args, **kwargs):
+        raise GemmaRefError(f"{self.source}: an encoder-decoder embeds its images inside the encoder"
+                            + (": pass images=[...] to generate, forward or encode" if self.vision else
+                               " and this one has no vision_config (T5Gemma 2 checkpoints with a SigLIP "
+                               "tower take images)"))
 
     def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True, tools=None, **kw) -> str:
         """The conversation rendered by the checkpoint's chat template (T5Gemma -it checkpoints

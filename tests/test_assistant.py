@@ -209,7 +209,7 @@ def test_cli_generate_and_info(capsys):
     assert "Gemma 4 MTP drafter" in info and "3 of 16 clusters (32 tokens each)" in info
     assert "parameters  30,218" in info  # 16x24 centroids + 512x24 embedding + 2 layers + projections
     assert main(["models"]) == 0
-    assert re.search(r"\n  4-e2b-it-assistant +draft huggingface.co/google/gemma-4-E2B-it-assistant\n",
+    assert re.search(r"\n  4-e2b-it-assistant +draft +huggingface.co/google/gemma-4-E2B-it-assistant\n",
                      capsys.readouterr().out)
 
 

@@ -30,10 +30,7 @@ def cmd_classify(args) -> int:
         if not sep or not name or not definition:
             raise GemmaRefError(f"--custom-policy {item!r}: expected NAME=DEFINITION")
         custom[name] = definition
-    model = load(args)
-    if not hasattr(model, "classify_image"):
-        raise GemmaRefError(f"classify: {model.source} is not an image classifier (ShieldGemma 2, "
-                            f"e.g. --model shieldgemma-2-4b-it); generate text with `gemma-ref generate`")
+    model = load(args, "classifier")
     probs = model.classify_image(args.image, policies=args.policy, custom_policies=custom or None)
     policies = args.policy or list({**model.policy_definitions, **custom})
     rows = [{"image": image, "policy": policy, "yes": float(p[0]), "no": float(p[1])}

@@ -136,11 +136,17 @@ def parse_size(text: str, what: str) -> int:
 def load(args, kind: str | None = None):
     """The model named by --model (with --dtype, --threads, --max-memory), timed on stderr.
 
-    kind: "generation" or "embedding", what the command needs; another kind is an error."""
+    kind: "generation", "embedding" or "classifier", what the command needs; another kind (a
+    model's `kind`: "embedding", "classifier", "drafter"; api.Model's: "generation") is an error,
+    for an alias (hub.ALIAS_KINDS) before its download."""
     from ..api import Model
+    from ..hub import ALIAS_KINDS, ALIASES
     from ..parallel import set_threads
 
     check_model_args(args)
+    alias = str(args.model or "").lower()
+    if kind is not None and alias in ALIASES:  # an alias of another kind: said before the download
+        _check_kind(args.command, args.model, ALIAS_KINDS.get(alias, "generation"), kind)
     if args.threads is not None:
         set_threads(args.threads)
     t0 = time.perf_counter()
@@ -149,14 +155,30 @@ def load(args, kind: str | None = None):
     why = getattr(model, "cannot", {}).get(getattr(args, "command", None))  # families.py: what it cannot do
     if why:
         raise GemmaRefError(f"{args.command}: {model.source}: {why}")
-    has = getattr(model, "kind", "generation")  # api.Model generates; families.py's classes say
-    if kind is not None and has != kind:
-        raise GemmaRefError(f"{args.command}: {model.source} is an embedding model: it cannot generate text "
-                            f"(use `gemma-ref embed`)" if has == "embedding" else
-                            f"{args.command}: {model.source} is a text-generation model, not an embedding model "
-                            f"(try --model embeddinggemma-300m)" if kind == "embedding" else
-                            f"{args.command}: {model.source} is a {has} model, not a {kind} model")
+    if kind is not None:  # api.Model generates; families.py's classes say what they are
+        _check_kind(args.command, model.source, getattr(model, "kind", "generation"), kind)
     return model
+
+
+def _check_kind(command: str, source: str, has: str, kind: str) -> None:
+    """A model of kind `has` for a command that needs `kind`: one sentence on what it is instead."""
+    if has != kind:
+        wanted = WANTED.get(kind, f"a {kind} model")
+        what = KINDS.get(has) or f"is a {'text-generation' if has == 'generation' else has} model, not {wanted}"
+        raise GemmaRefError(f"{command}: {source} {what}")
+
+
+# What a model that is not a text generator is, and what to use instead (load's refusals)
+KINDS = {
+    "embedding": ("is an embedding model: it gives sentence vectors, not text (use `gemma-ref embed` "
+                  "or `similarity`)"),
+    "classifier": ("is an image safety classifier (ShieldGemma 2): it gives P(yes) per image and "
+                   "policy, not text (use `gemma-ref classify --image FILE`)"),
+    "drafter": ("is a drafter: a Gemma 4 assistant drafts for its target model, never alone (use "
+                "`gemma-ref generate --model TARGET --assistant THIS`)"),
+}
+WANTED = {"embedding": "an embedding model (try --model embeddinggemma-300m)",
+          "classifier": "an image classifier (ShieldGemma 2, e.g. --model shieldgemma-2-4b-it)"}
 
 
 def read_stdin(where: str = "stdin") -> str:

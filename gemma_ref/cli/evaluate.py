@@ -82,7 +82,7 @@ def cmd_eval(args) -> int:
 
     from ..lmeval import GemmaRefLM
 
-    lm = GemmaRefLM(model=load(args), batch_size=args.batch_size, max_length=args.max_length,
+    lm = GemmaRefLM(model=load(args, "generation"), batch_size=args.batch_size, max_length=args.max_length,
                     seed=args.seed)
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     try:

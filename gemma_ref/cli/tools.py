@@ -82,7 +82,7 @@ def cmd_dump(args) -> int:
     if args.top_k < 0 or args.max_new_tokens < 0:
         raise GemmaRefError("dump: --top-k and --max-new-tokens must be >= 0")
     check_model_args(args)
-    model = load(args)
+    model = load(args, "generation")
     golden = reference.dump(model, prompts, k=args.top_k, max_new_tokens=args.max_new_tokens,
                             trace=args.trace)
     reference.save(golden, args.out)
@@ -126,7 +126,7 @@ def _compare(args) -> dict:
     if args.other is not None:
         other = reference.load(args.other)
     else:
-        other = reference.candidate_from_model(load(args), golden, trace=True)
+        other = reference.candidate_from_model(load(args, "generation"), golden, trace=True)
     return reference.compare(golden, other, args.rtol, args.top_k)
 
 
@@ -137,7 +137,7 @@ def cmd_perplexity(args) -> int:
     check_window(length, length // 2 if args.stride is None else args.stride)
     check_model_args(args)
     text = read_text(args.file)
-    model = load(args)
+    model = load(args, "generation")
     if model.tokenizer is None:
         raise GemmaRefError(f"{model.source}: perplexity of a text needs a tokenizer.model")
     ids = model.tokenizer.encode(text)
