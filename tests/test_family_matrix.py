@@ -47,6 +47,7 @@ GENERATORS = {"text", "image3", "image4", "unified", "audio4", "audio3n", "vault
               "t5gemma", "t5gemma2"}
 DECODERS = GENERATORS - {"t5gemma", "t5gemma2"}  # one forward over a text: logprobs, score, perplexity
 WITH_IMAGES = {"image3", "image4", "unified", "paligemma", "t5gemma2"}
+AUDIO = {"audio4", "audio3n", "unified"}  # the kinds that take audio (12B Unified: raw frames, no tower)
 
 # What a refusal must say, by the model's kind (the commands that the kind cannot serve at all)
 NOT_A_GENERATOR = {"embedding": "is an embedding model", "shieldgemma2": "image safety classifier",
@@ -157,8 +158,8 @@ CLI = {
                          _check_generate_image,
                          {k: "takes no images" for k in ("text", "audio4", "audio3n", "vaultgemma", "recurrent",
                                                          "t5gemma")}),
-    "generate --audio": (["generate", "-n", str(N), "--audio", CLIP, "Transcribe"], {"audio4", "audio3n"},
-                         _check_generate_audio, {k: "takes no audio" for k in GENERATORS - {"audio4", "audio3n"}}),
+    "generate --audio": (["generate", "-n", str(N), "--audio", CLIP, "Transcribe"], AUDIO,
+                         _check_generate_audio, {k: "takes no audio" for k in GENERATORS - AUDIO}),
     "chat": (["chat", "-n", str(N)], GENERATORS - {"paligemma", "t5gemma", "t5gemma2"}, _check_chat,
              {"paligemma": "PaliGemma has no chat format", "t5gemma": "no chat template",
               "t5gemma2": "no chat template"}),
@@ -169,8 +170,8 @@ CLI = {
                                "{tmp}/d.npz"], WITH_IMAGES, _check_dump_media("pixel_values"),
                               {k: "takes no images" for k in GENERATORS - WITH_IMAGES}),
     "dump+compare, audio": (["dump", "--prompts", "{tmp}/audio.jsonl", "--max-new-tokens", "2", "--out",
-                              "{tmp}/d.npz"], {"audio4", "audio3n"}, _check_dump_media("input_features"),
-                             {k: "takes no audio" for k in GENERATORS - {"audio4", "audio3n"}}),
+                              "{tmp}/d.npz"], AUDIO, _check_dump_media("input_features"),
+                             {k: "takes no audio" for k in GENERATORS - AUDIO}),
     "perplexity": (["perplexity", "--max-length", "16", "{tmp}/t.txt"], DECODERS, _check_perplexity,
                    {"t5gemma": "decoder-only", "t5gemma2": "decoder-only"}),
     "embed": (["embed", "hello"], {"embedding"}, _check_embed,
@@ -343,8 +344,8 @@ API = {
                       "t5gemma": "no vision_config", "t5gemma2": "embeds its images inside the encoder",
                       "embedding": "embed_images is for image-text models",
                       "assistant": "embed_images is for image-text models"}),
-    "embed_audio": ({"audio4", "audio3n"}, _api_embed_audio,
-                    {k: "takes no audio" for k in DECODERS - {"audio4", "audio3n"}}
+    "embed_audio": (AUDIO, _api_embed_audio,
+                    {k: "takes no audio" for k in DECODERS - AUDIO}
                     | {k: "embed_audio is for models with an audio tower"
                        for k in ("t5gemma", "t5gemma2", "shieldgemma2", "embedding", "assistant")}),
 }
