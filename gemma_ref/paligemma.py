@@ -34,11 +34,12 @@ from typing import Sequence
 import numpy as np
 
 from . import vision
-from .api import Model, _generation_config_eos, _image_rows, _rows
+from .api import Model, _generation_config_eos
 from .config import GemmaConfig
 from .config_json import load_json
 from .errors import GemmaRefError
 from .loader import load_safetensors_checkpoint
+from .media import _image_rows, _rows
 from .model import ImageTokens, forward, record
 from .parallel import linear, threads_for
 from .tokenizer import Tokenizer
