@@ -23,7 +23,7 @@ default. Nothing numerical in gemma's code is touched.
 Usage (gemma 4.0.1 needs Python >= 3.12; from the repository root):
 
     python3.12 -m venv venv && venv/bin/pip install gemma==4.0.1 'jax[cpu]' sentencepiece==0.2.1
-    venv/bin/python scripts/check_audio_jax.py --gemma-ref python3.11 [--save out.npz]
+    venv/bin/python scripts/check_audio_jax.py --gemma-ref python3.11 [--keep tests/data/audio/jax-gemma-4.0.1.npz]
 """
 
 from __future__ import annotations
@@ -281,6 +281,7 @@ for name in sys.argv[4:]:
     print(f"  {name:15s} worst          tower B {worst[0]:.2e}  soft B {worst[1]:.2e}  tower A {worst[2]:.2e}")
 """
 
+KEEP = "tone.wav"  # the clip whose JAX outputs --keep commits (tests/test_audio_jax.py)
 GEMMA_MEL = {"fft_length": 512, "min_frequency": 0.0, "max_frequency": 8000.0, "mel_floor": 0.001,
              "preemphasis": 0.0, "per_bin_mean": None, "per_bin_stddev": None, "frame_length": 320,
              "hop_length": 160, "input_scale_factor": 1.0, "dither": 0.0}  # what GemaxMelFilterbank fixes
@@ -291,12 +292,19 @@ def main(argv=None) -> None:
     ap.add_argument("variants", nargs="*", default=VARIANTS)
     ap.add_argument("--gemma-ref", metavar="PYTHON", help="a Python with gemma-ref's requirements: compare it with JAX")
     ap.add_argument("--save", metavar="PREFIX", help="save JAX outputs to PREFIX.<variant>.npz")
+    ap.add_argument("--keep", metavar="NPZ", help=f"save JAX's outputs for {KEEP} (every variant) to NPZ, for the tests")
     a = ap.parse_args(argv)
     print(f"gemma {__import__('importlib.metadata').metadata.version('gemma')}, jax {jax.__version__}, "
           f"flax {__import__('importlib.metadata').metadata.version('flax')}, numpy {np.__version__}, Python {sys.version.split()[0]}")
     prefix = a.save or str(Path(tempfile.mkdtemp()) / "jax")
+    kept = {}
     for name in a.variants:
-        np.savez(f"{prefix}.{name}.npz", **run_variant(name))
+        out = run_variant(name)
+        np.savez(f"{prefix}.{name}.npz", **out)
+        kept.update({f"{name}.{k}": v for k, v in out.items() if k.split(".wav.")[0] + ".wav" == KEEP
+                     and not k.endswith("features_A")})
+    if a.keep:
+        np.savez_compressed(a.keep, **kept)
     if a.gemma_ref:
         subprocess.run([a.gemma_ref, "-c", GEMMA_REF_STEP, str(ROOT), prefix, repr(CLIPS), *a.variants], check=True)
 
