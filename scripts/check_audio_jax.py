@@ -9,7 +9,9 @@ tree of gemma's Flax modules (gm/nn/gemma4/audio/_modules.py), runs
     as AudioTokenizer.__call__ chains them after the filterbank) and its audio embedder
     (Embedder.encode_audio) on the transformers features stored in golden.npz,
 
-and prints max |delta| against the transformers goldens per clip. With --gemma-ref
+and prints max |delta| against the transformers goldens per clip: (A) gemma as it is,
+(B) gemma with transformers' attention window and embedder order (diagnostics that
+localise the differences; docs/AUDIO.md explains them). With --gemma-ref
 PYTHON it also saves the JAX outputs and asks a separate process (that Python, with
 gemma-ref importable; this script never imports gemma_ref) for gemma-ref's tower on
 the same features, and prints max |delta| JAX vs gemma-ref.
@@ -22,7 +24,11 @@ default. Nothing numerical in gemma's code is touched.
 
 Usage (gemma 4.0.1 needs Python >= 3.12; from the repository root):
 
-    python3.12 -m venv venv && venv/bin/pip install gemma==4.0.1 'jax[cpu]' sentencepiece==0.2.1
+    python3.12 -m venv venv && venv/bin/pip install 'jax[cpu]' flax safetensors jaxtyping typeguard etils einops
+    venv/bin/pip install --no-deps gemma==4.0.1 kauldron clu tensorflow wrapt six gast astunparse \
+        termcolor packaging flatbuffers requests urllib3 idna certifi lark
+    (what gemma's Flax modules and kauldron.typing import; `pip install gemma==4.0.1` with its
+    full dependencies was still resolving after 10 minutes here)
     venv/bin/python scripts/check_audio_jax.py --gemma-ref python3.11 [--keep tests/data/audio/jax-gemma-4.0.1.npz]
 """
 
